@@ -1,0 +1,109 @@
+"""Where per-user state lives.
+
+Takes the environment; gives `StatePaths`. Promise: with `TRACECAP_HOME` set, every file the agent
+writes for this user is under that one directory; otherwise platformdirs' per-user directories.
+`ensure()` creates each directory with mode 0700 and raises `StateDirError` (one sentence) if it
+cannot.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import platformdirs
+
+APP = "tracecap"
+
+
+class StateDirError(Exception):
+    """A state directory cannot be created or written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePaths:
+    config: Path  # consent.json, device identity
+    spool: Path  # journal segments
+    outbox: Path  # sealed bundles waiting to leave
+    quarantine: Path  # bundles the collector refused
+    keys: Path  # device signing key, personal-mode org key pair
+    logs: Path
+    run: Path  # control socket, daemon lock, shell spool
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "control.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.run / "daemon.lock"
+
+    @property
+    def shell_spool(self) -> Path:
+        """Directory the shell hook appends its records to (see agent/shell/)."""
+        return self.run / "shell"
+
+    @property
+    def consent_file(self) -> Path:
+        return self.config / "consent.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs / "tracecap.log"
+
+    def all_dirs(self) -> list[Path]:
+        return [self.config, self.spool, self.outbox, self.quarantine, self.keys, self.logs, self.run,
+                self.shell_spool]
+
+    def ensure(self) -> "StatePaths":
+        for d in self.all_dirs():
+            try:
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if d.stat().st_uid == os.getuid():
+                    os.chmod(d, 0o700)
+            except OSError as exc:
+                raise StateDirError(
+                    f"cannot create state directory {d}: {exc.strerror}; "
+                    f"set TRACECAP_HOME to a writable directory"
+                ) from None
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StateDirError(
+                    f"state directory {d} is not writable; fix its permissions or set TRACECAP_HOME"
+                )
+        return self
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None) -> "StatePaths":
+        env = os.environ if env is None else env
+        home = env.get("TRACECAP_HOME")
+        if home:
+            root = Path(home).expanduser().absolute()
+            return cls(
+                config=root / "config",
+                spool=root / "spool",
+                outbox=root / "outbox",
+                quarantine=root / "quarantine",
+                keys=root / "keys",
+                logs=root / "logs",
+                run=root / "run",
+            )
+        state = Path(platformdirs.user_state_dir(APP))
+        runtime = _runtime_dir()
+        return cls(
+            config=Path(platformdirs.user_config_dir(APP)),
+            spool=state / "spool",
+            outbox=state / "outbox",
+            quarantine=state / "quarantine",
+            keys=state / "keys",
+            logs=Path(platformdirs.user_log_dir(APP)),
+            run=runtime,
+        )
+
+
+def _runtime_dir() -> Path:
+    # XDG_RUNTIME_DIR is per-user tmpfs on systemd machines; without it (macOS, containers) fall
+    # back to the state directory so the socket never lands in a world-writable /tmp.
+    if sys.platform.startswith("linux") and os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / APP
+    return Path(platformdirs.user_state_dir(APP)) / "run"

@@ -1,0 +1,50 @@
+"""The contract between the daemon and a capture source.
+
+A source is a class with a `name` and a `run(stop)` method that blocks until `stop` is set,
+emitting events through `SourceContext.emit`. It takes the effective policy and state paths; it
+gives events. It promises: no busy loops (every wait blocks on something, or on `stop.wait(t)`),
+no writes of raw captured content anywhere (emit is the only way out, and emit redacts before the
+journal sees anything), and an exception out of `run` means "restart me": the supervisor logs it,
+shows it in `status`, and restarts the source with backoff. Sources never import the daemon.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Callable, Protocol
+
+from agent.paths import StatePaths
+
+
+class Emit(Protocol):
+    def __call__(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        ts: int | None = None,
+        session: str | None = None,
+    ) -> None: ...
+
+
+@dataclasses.dataclass
+class SourceContext:
+    name: str
+    policy: Any  # agent.policy.Policy
+    paths: StatePaths
+    emit: Emit  # thread-safe; drops the event when capture is off; redacts; then journals
+    capturing: Callable[[], bool]  # True while consent allows and not paused
+    log: logging.Logger
+    set_state: Callable[[str], None]  # e.g. "running", "unavailable: no X display"
+    changed: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # `changed` is set by the daemon when consent, pause or policy changes, so a source blocked on
+    # its own wait can wake up and re-read `capturing()` / `policy`.
+
+
+class Source(Protocol):
+    name: str
+
+    def __init__(self, ctx: SourceContext) -> None: ...
+
+    def run(self, stop: threading.Event) -> None: ...
