@@ -37,6 +37,9 @@ class SourceContext:
     capturing: Callable[[], bool]  # True while consent allows and not paused
     log: logging.Logger
     set_state: Callable[[str], None]  # e.g. "running", "unavailable: no X display"
+    redactor: Any = None  # redaction.Redactor: redact_text(text).text, content_allowed(path)
+    # Sources that keep captured text in memory (the files source's diff cache) keep only what has
+    # passed `redactor`, so nothing raw outlives the moment of capture.
     changed: threading.Event = dataclasses.field(default_factory=threading.Event)
     # `changed` is set by the daemon when consent, pause or policy changes, so a source blocked on
     # its own wait can wake up and re-read `capturing()` / `policy`.
