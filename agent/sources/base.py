@@ -25,6 +25,7 @@ class Emit(Protocol):
         *,
         ts: int | None = None,
         session: str | None = None,
+        source: str | None = None,  # defaults to the emitting source's name
     ) -> None: ...
 
 
