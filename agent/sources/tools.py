@@ -1,0 +1,384 @@
+"""The tools source: programs the user runs from a captured shell or an editor, as `tool.invocation`.
+
+Takes the process table (psutil), the policy's `tools.interval_ms`, `tools.allow`, `tools.deny` and
+`tools.agents`, and the shell sessions the shell hook reports; gives one `tool.invocation` per
+finished process: exe, argv, cwd, pid, ppid, session, start (ns), duration_ms, cpu_ms, exit, actor,
+via (the shell or editor it descends from).
+
+How: every interval the poller lists pids and diffs them against the previous list. Only pids that
+appeared are read (ppid, create time, uid, name), so a quiet machine costs one directory listing per
+tick; processes being tracked are re-read each tick for CPU time and to notice an exec. A process is
+tracked when it belongs to the user, starts while capture is on, and descends from a capture root:
+an interactive bash/zsh/fish (or any shell the shell hook reports a session for) or an editor (VS
+Code and its forks, JetBrains IDEs, vim/neovim, emacs). The event is emitted when the process ends,
+so duration is known.
+
+Promises and limits:
+- The shells themselves, an editor's own helper processes, bare shell forks that never exec, and
+  tracecap's own processes are never recorded.
+- A process that starts and ends within one interval (250 ms by default) may be missed entirely,
+  and durations are accurate to one interval; processes running when the source stops are dropped.
+- `exit` is null: Linux and macOS report an exit status only to the parent, which is not tracecap.
+- Nothing is written but through `ctx.emit`, which redacts argv and cwd before the journal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from agent import actor as actor_mod
+from agent.sources.base import SourceContext
+from agent.sources.tools_rules import (
+    ROOT_SHELLS,
+    editor_name,
+    executable_selected,
+    is_interactive_shell,
+    is_own_process,
+    is_shell_fork,
+    nearest_root,
+)
+
+# (session id or None, interactive or None) for a shell pid, from the shell hook's records.
+SessionLookup = Callable[[int], "tuple[str | None, bool | None]"]
+
+
+def _no_sessions(pid: int) -> tuple[str | None, bool | None]:
+    return None, None
+
+
+def policy_section(policy: Any, name: str) -> dict[str, Any]:
+    """`policy.data[name]` for an `agent.policy.Policy`, or `policy[name]` for a plain dict."""
+    data = getattr(policy, "data", policy) or {}
+    return dict(data.get(name) or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolsSettings:
+    interval_s: float = 0.25
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    agents: tuple[str, ...] = actor_mod.DEFAULT_AGENTS
+
+    @classmethod
+    def from_policy(cls, policy: Any) -> "ToolsSettings":
+        sec = policy_section(policy, "tools")
+        return cls(
+            interval_s=int(sec.get("interval_ms", 250)) / 1000.0,
+            allow=tuple(sec.get("allow") or ()),
+            deny=tuple(sec.get("deny") or ()),
+            agents=tuple(sec.get("agents") or actor_mod.DEFAULT_AGENTS),
+        )
+
+
+@dataclasses.dataclass
+class _Root:
+    kind: str  # "shell" | "editor"
+    name: str
+    argv: list[str]
+    session: str | None
+    interactive: bool
+
+
+@dataclasses.dataclass
+class _Tracked:
+    pid: int
+    ppid: int
+    create_time: float
+    name: str
+    exe: str
+    argv: list[str]
+    cwd: str
+    root: _Root
+    actor: str
+    cpu_s: float = 0.0
+
+
+class ProcessWatcher:
+    """The process-table diff. `baseline()` once, then `poll()` each tick; `poll()` returns the
+    `tool.invocation` data of processes that ended since the last tick."""
+
+    def __init__(self, settings: ToolsSettings, *, sessions: SessionLookup = _no_sessions,
+                 own_pid: int | None = None, uid: int | None = None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.settings = settings
+        self._sessions = sessions
+        self._own_pid = os.getpid() if own_pid is None else own_pid
+        self._uid = (os.getuid() if hasattr(os, "getuid") else None) if uid is None else uid
+        self._parents: dict[int, int] = {}
+        self._ctime: dict[int, float] = {}
+        self._roots: dict[int, _Root] = {}
+        self._tracked: dict[int, _Tracked] = {}
+        self._clock_skew = _create_time_skew(psutil)
+
+    @property
+    def tracked_pids(self) -> list[int]:
+        return list(self._tracked)
+
+    @property
+    def root_pids(self) -> list[int]:
+        return list(self._roots)
+
+    def baseline(self) -> None:
+        """Learn the processes already running: roots are registered, nothing else is tracked,
+        because those programs started before capture did."""
+        self._parents.clear()
+        self._ctime.clear()
+        self._roots.clear()
+        self._tracked.clear()
+        infos = [i for i in (self._read_basic(pid) for pid in self._psutil.pids()) if i]
+        for pid, ppid, ctime, _uid, _name in infos:
+            self._parents[pid] = ppid
+            self._ctime[pid] = ctime
+        for info in sorted(infos, key=lambda i: i[2]):
+            self._consider(*info, track=False)
+
+    def poll(self, now_ns: int | None = None) -> list[dict[str, Any]]:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        current = set(self._psutil.pids())
+        finished: list[dict[str, Any]] = []
+        for pid in [p for p in self._ctime if p not in current]:
+            self._gone(pid, now_ns, finished)
+        for t in list(self._tracked.values()):
+            self._refresh(t, now_ns, finished)
+        new = [i for i in (self._read_basic(pid) for pid in current if pid not in self._ctime) if i]
+        for pid, ppid, ctime, _uid, _name in new:
+            self._parents[pid] = ppid
+            self._ctime[pid] = ctime
+        for info in sorted(new, key=lambda i: i[2]):
+            self._consider(*info, track=True)
+        return finished
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _read_basic(self, pid: int) -> tuple[int, int, float, int | None, str] | None:
+        ps = self._psutil
+        try:
+            p = ps.Process(pid)
+            with p.oneshot():
+                uid = p.uids().real if hasattr(p, "uids") else None
+                return pid, p.ppid(), p.create_time(), uid, p.name()
+        except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess, ProcessLookupError):
+            return None
+
+    def _read_detail(self, pid: int) -> tuple[str, list[str], str, bool] | None:
+        ps = self._psutil
+        try:
+            p = ps.Process(pid)
+            argv = p.cmdline()
+        except (ps.NoSuchProcess, ps.ZombieProcess, ProcessLookupError):
+            return None
+        except ps.AccessDenied:
+            argv = []
+        exe = cwd = ""
+        has_tty = False
+        for attr in ("exe", "cwd"):
+            try:
+                value = getattr(p, attr)() or ""
+            except (ps.Error, OSError):
+                value = ""
+            if attr == "exe":
+                exe = value
+            else:
+                cwd = value
+        try:
+            has_tty = p.terminal() is not None if hasattr(p, "terminal") else False
+        except (ps.Error, OSError):
+            pass
+        return exe, argv, cwd, has_tty
+
+    # -- deciding --------------------------------------------------------------------------
+
+    def _consider(self, pid: int, ppid: int, ctime: float, uid: int | None, name: str,
+                  *, track: bool) -> None:
+        if self._uid is not None and uid is not None and uid != self._uid:
+            return
+        if pid == self._own_pid:
+            return
+        root_pid = nearest_root(pid, self._parents, self._roots)
+        parent_root = self._roots.get(root_pid) if root_pid else None
+        low = name.lower()
+        maybe_root = low in ROOT_SHELLS or low in ("java",) or editor_name(name, ()) is not None
+        if parent_root is None and not maybe_root:
+            return  # the common case on a busy machine: not ours to look at further
+        detail = self._read_detail(pid)
+        if detail is None:
+            return
+        exe, argv, cwd, has_tty = detail
+        if is_own_process(pid, argv, self._own_pid, self._parents):
+            return
+        # A shell's fork seen before it execs looks exactly like its shell: track it as a
+        # candidate (an exec turns it into the real program; `_finish` drops it if none came).
+        fork = parent_root is not None and is_shell_fork(name, argv, parent_root.name,
+                                                         parent_root.argv)
+        if not fork and self._register_root(pid, name, argv, has_tty, parent_root):
+            return
+        if parent_root is None or not track:
+            return
+        if parent_root.kind == "editor" and editor_name(name, argv) == parent_root.name:
+            return  # an editor's own helper (Electron renderer, vim job): part of the editor
+        chain = actor_mod.ancestry(pid)
+        who = actor_mod.classify(chain, interactive=parent_root.interactive,
+                                 agents=self.settings.agents)
+        self._tracked[pid] = _Tracked(pid=pid, ppid=ppid, create_time=ctime, name=name, exe=exe,
+                                      argv=list(argv), cwd=cwd, root=parent_root, actor=who)
+        ed = editor_name(name, argv)
+        if ed is not None:  # vim started from a shell: its `:!make` children belong to the session
+            self._roots[pid] = _Root("editor", ed, list(argv), parent_root.session, True)
+
+    def _register_root(self, pid: int, name: str, argv: list[str], has_tty: bool,
+                       parent_root: _Root | None) -> bool:
+        """Register pid as a capture root if it is a shell session; return True if it is a shell
+        (which is never itself recorded). Editors started outside any root become roots here."""
+        low = name.lower().lstrip("-")
+        if low in ROOT_SHELLS:
+            session, interactive = self._sessions(pid)
+            if session is not None or is_interactive_shell(name, argv, has_tty):
+                if session is None and parent_root is not None:
+                    session = parent_root.session  # a subshell of a session stays in it
+                self._roots[pid] = _Root("shell", low, list(argv), session,
+                                         bool(interactive) if interactive is not None else True)
+                return True
+            return False
+        if parent_root is None:
+            ed = editor_name(name, argv)
+            if ed is not None:
+                self._roots[pid] = _Root("editor", ed, list(argv), None, True)
+                return True
+        return False
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _refresh(self, t: _Tracked, now_ns: int, finished: list[dict[str, Any]]) -> None:
+        ps = self._psutil
+        try:
+            p = ps.Process(t.pid)
+            with p.oneshot():
+                if abs(p.create_time() - t.create_time) > 0.01:
+                    raise ps.NoSuchProcess(t.pid)  # the pid was reused: ours is gone
+                name = p.name()
+                zombie = p.status() == ps.STATUS_ZOMBIE
+                if not zombie:
+                    cpu = p.cpu_times()
+                    t.cpu_s = cpu.user + cpu.system
+        except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess, ProcessLookupError):
+            self._finish(t, now_ns, finished)
+            return
+        if zombie:
+            self._finish(t, now_ns, finished)
+            return
+        if name != t.name:  # exec since we first saw it (fork, then exec): read it again
+            detail = self._read_detail(t.pid)
+            t.name = name
+            if detail is not None:
+                t.exe, t.argv, t.cwd, has_tty = detail
+                if is_own_process(t.pid, t.argv, self._own_pid, self._parents):
+                    self._tracked.pop(t.pid, None)
+                elif self._register_root(t.pid, name, t.argv, has_tty, t.root):
+                    self._tracked.pop(t.pid, None)
+                else:
+                    ed = editor_name(name, t.argv)
+                    if ed is not None and t.pid not in self._roots:
+                        self._roots[t.pid] = _Root("editor", ed, list(t.argv), t.root.session, True)
+
+    def _gone(self, pid: int, now_ns: int, finished: list[dict[str, Any]]) -> None:
+        t = self._tracked.get(pid)
+        if t is not None:
+            self._finish(t, now_ns, finished)
+        self._ctime.pop(pid, None)
+        self._parents.pop(pid, None)
+        self._roots.pop(pid, None)
+
+    def _finish(self, t: _Tracked, now_ns: int, finished: list[dict[str, Any]]) -> None:
+        self._tracked.pop(t.pid, None)
+        if is_shell_fork(t.name, t.argv, t.root.name, t.root.argv):
+            return
+        if not executable_selected(t.exe, t.name, self.settings.allow, self.settings.deny):
+            return
+        finished.append(invocation_data(t, now_ns, self._clock_skew))
+
+
+def _create_time_skew(psutil: Any) -> float:
+    """Seconds by which psutil's create times run ahead of the wall clock. Linux reports boot time
+    in whole seconds (/proc/stat btime), so every create time can be up to a second off; the boot
+    clock gives the exact offset."""
+    if not hasattr(time, "CLOCK_BOOTTIME"):
+        return 0.0
+    try:
+        return psutil.boot_time() - (time.time() - time.clock_gettime(time.CLOCK_BOOTTIME))
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def invocation_data(t: _Tracked, end_ns: int, skew_s: float = 0.0) -> dict[str, Any]:
+    start_ns = int((t.create_time - skew_s) * 1e9)
+    return {
+        "exe": t.exe or t.name,
+        "argv": list(t.argv) or [t.name],
+        "cwd": t.cwd,
+        "pid": t.pid,
+        "ppid": t.ppid,
+        "session": t.root.session,
+        "start": start_ns,
+        "duration_ms": max(0, (end_ns - start_ns) // 1_000_000),
+        "cpu_ms": int(round(t.cpu_s * 1000)),
+        "exit": None,
+        "actor": t.actor,
+        "via": t.root.name,
+    }
+
+
+class ToolsSource:
+    """Source "tools": runs a `ProcessWatcher` while capture is on; see the module docstring."""
+
+    name = "tools"
+
+    def __init__(self, ctx: SourceContext, *, sessions: SessionLookup | None = None) -> None:
+        self.ctx = ctx
+        self._sessions = sessions or _shell_session_lookup(ctx)
+
+    def run(self, stop: threading.Event) -> None:
+        ctx = self.ctx
+        threading.Thread(target=_forward_stop, args=(stop, ctx.changed), daemon=True,
+                         name="tools-stop").start()
+        watcher: ProcessWatcher | None = None
+        ctx.set_state("running")
+        while not stop.is_set():
+            if not ctx.capturing():
+                watcher = None  # programs started while capture was off are never recorded
+                ctx.changed.wait(5.0)  # the daemon sets it on consent/pause changes; 5 s bounds a
+                ctx.changed.clear()    # pause that simply expires
+                continue
+            if watcher is None:
+                watcher = ProcessWatcher(ToolsSettings.from_policy(ctx.policy),
+                                         sessions=self._sessions)
+                watcher.baseline()
+            for data in watcher.poll():
+                ctx.emit("tool.invocation", data, session=data["session"])
+            stop.wait(watcher.settings.interval_s)
+
+
+def _forward_stop(stop: threading.Event, changed: threading.Event) -> None:
+    stop.wait()
+    changed.set()
+
+
+def _shell_session_lookup(ctx: SourceContext) -> SessionLookup:
+    """The shell source's pid→session index if it offers one, else no sessions (any interactive
+    shell is then a root and events carry no session id)."""
+    try:
+        from agent.sources import shell as shell_mod  # type: ignore[attr-defined]
+    except ImportError:
+        return _no_sessions
+    factory = getattr(shell_mod, "session_lookup", None)
+    if factory is None:
+        return _no_sessions
+    try:
+        return factory(ctx.paths.shell_spool)
+    except Exception as exc:  # a broken spool must not stop tool capture
+        ctx.log.warning("tools: shell sessions unavailable: %s", exc)
+        return _no_sessions

@@ -1,0 +1,201 @@
+"""The tools source against real processes: an interactive bash in tmux runs programs, and the
+poller must report them (and only them) with the right argv, cwd, duration, CPU time and actor."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.paths import StatePaths
+from agent.sources.base import SourceContext
+from agent.sources.tools import ProcessWatcher, ToolsSettings, ToolsSource
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class TmuxShell:
+    """An interactive shell in a detached tmux session on a private server socket."""
+
+    def __init__(self, tmp: Path, shell: str = "bash --norc --noprofile") -> None:
+        self.sock = f"tc-tools-{os.getpid()}-{time.monotonic_ns()}"
+        self.cwd = tmp
+        subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d",
+                        "-x", "120", "-y", "30", "-c", str(tmp), shell], check=True, timeout=10)
+        self.pid = self._pane_pid()
+
+    def _pane_pid(self) -> int:
+        out = subprocess.run(["tmux", "-L", self.sock, "list-panes", "-F", "#{pane_pid}"],
+                             check=True, capture_output=True, text=True, timeout=10).stdout
+        return int(out.split()[0])
+
+    def send(self, line: str) -> None:
+        subprocess.run(["tmux", "-L", self.sock, "send-keys", line, "Enter"], check=True, timeout=10)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.sock, "kill-server"], timeout=10)
+
+
+@pytest.fixture
+def shell(tmp_path):
+    sh = TmuxShell(tmp_path)
+    time.sleep(0.3)  # let bash reach its prompt before the baseline sees it
+    yield sh
+    sh.close()
+
+
+def poll_until(watcher: ProcessWatcher, pred, timeout: float = 10.0) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got.extend(watcher.poll())
+        if pred(got):
+            return got
+        time.sleep(0.05)
+    return got
+
+
+def by_exe(events: list[dict], base: str) -> list[dict]:
+    return [e for e in events if os.path.basename(e["exe"]) == base]
+
+
+def test_records_programs_run_in_an_interactive_shell(shell, tmp_path):
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+    w.baseline()
+    assert shell.pid in w.root_pids
+    shell.send("sleep 0.8")
+    shell.send("python3 -c 'import time; t=time.process_time()\nwhile time.process_time()-t<0.4: pass'")
+    got = poll_until(w, lambda g: by_exe(g, "sleep") and
+                     [e for e in g if "python3" in os.path.basename(e["exe"])])
+    sleep = by_exe(got, "sleep")
+    assert len(sleep) == 1, got
+    e = sleep[0]
+    assert e["argv"] == ["sleep", "0.8"]
+    assert e["cwd"] == str(tmp_path)
+    assert e["ppid"] == shell.pid
+    assert e["actor"] == "human" and e["via"] == "bash"
+    assert 700 <= e["duration_ms"] <= 1500
+    assert e["cpu_ms"] < 200
+    assert e["exit"] is None
+    py = [x for x in got if "python3" in os.path.basename(x["exe"])][0]
+    assert py["cpu_ms"] >= 250, py  # a busy loop of 0.4 s CPU, sampled while it ran
+    # The shell itself is never an invocation.
+    assert not [x for x in got if x["pid"] == shell.pid]
+
+
+def test_deny_list_and_allow_list(shell):
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05, deny=("sleep",)))
+    w.baseline()
+    shell.send("sleep 0.5; cat /dev/null; sleep 0.4 | cat")
+    got = poll_until(w, lambda g: len(by_exe(g, "cat")) >= 1, timeout=6)
+    time.sleep(0.6)
+    got += w.poll()
+    assert by_exe(got, "cat"), got
+    assert not by_exe(got, "sleep"), got
+
+    w2 = ProcessWatcher(ToolsSettings(interval_s=0.05, allow=("sleep",)))
+    w2.baseline()
+    shell.send("sleep 0.5 | cat")
+    got2 = poll_until(w2, lambda g: by_exe(g, "sleep"), timeout=6)
+    time.sleep(0.3)
+    got2 += w2.poll()
+    assert by_exe(got2, "sleep") and not by_exe(got2, "cat"), got2
+
+
+def test_programs_under_a_coding_agent_are_marked_agent(shell, tmp_path):
+    agent = tmp_path / "claude"
+    agent.write_text("#!/bin/bash\nsleep 0.6\n")
+    agent.chmod(0o755)
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+    w.baseline()
+    shell.send(f"{agent}; sleep 0.5")
+    got = poll_until(w, lambda g: len(by_exe(g, "sleep")) == 2)
+    sleeps = sorted(by_exe(got, "sleep"), key=lambda e: e["start"])
+    assert [e["actor"] for e in sleeps] == ["agent", "human"], got
+    claude = [e for e in got if os.path.basename(e["exe"]) in ("bash", "claude")
+              and "claude" in " ".join(e["argv"])]
+    assert claude and claude[0]["actor"] == "agent"
+
+
+def test_processes_that_started_before_the_baseline_are_not_recorded(shell):
+    shell.send("sleep 1.2")
+    time.sleep(0.4)
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+    w.baseline()
+    got = poll_until(w, lambda g: False, timeout=1.5)
+    assert not by_exe(got, "sleep")
+
+
+def test_processes_outside_any_shell_session_are_ignored(tmp_path):
+    # A detached program whose parent chain has no interactive shell or editor (setsid, no tty).
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05), own_pid=-1)
+    w.baseline()
+    p = subprocess.Popen(["setsid", "sleep", "0.4"], stdin=subprocess.DEVNULL)
+    got = poll_until(w, lambda g: p.poll() is not None and False, timeout=1.0)
+    p.wait(timeout=5)
+    got += w.poll()
+    assert not by_exe(got, "sleep")
+
+
+def test_tracecap_commands_are_never_recorded(shell, tmp_path):
+    fake = tmp_path / "tracecap"
+    fake.write_text("#!/usr/bin/env python3\nimport time\ntime.sleep(0.5)\n")
+    fake.chmod(0o755)
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+    w.baseline()
+    shell.send(f"{fake} note hello; sleep 0.3")
+    got = poll_until(w, lambda g: by_exe(g, "sleep"))
+    assert by_exe(got, "sleep"), got
+    assert not [e for e in got if "tracecap" in " ".join(e["argv"])], got
+
+
+def test_descendants_of_the_agent_itself_are_never_recorded(shell):
+    # As if the interactive shell were tracecap's own child: nothing under it is recorded.
+    w = ProcessWatcher(ToolsSettings(interval_s=0.05), own_pid=shell.pid)
+    w.baseline()
+    shell.send("sleep 0.3")
+    got = poll_until(w, lambda g: False, timeout=1.2)
+    assert not got
+
+
+def _ctx(tmp_path, policy: dict, events: list, capturing) -> SourceContext:
+    def emit(kind, data, *, ts=None, session=None, source=None):
+        events.append((kind, dict(data), session))
+
+    return SourceContext(name="tools", policy=policy, paths=StatePaths.from_env(
+        {"TRACECAP_HOME": str(tmp_path / "state")}), emit=emit, capturing=capturing,
+        log=logging.getLogger("test.tools"), set_state=lambda s: None)
+
+
+def test_source_emits_while_capturing_and_not_while_paused(shell, tmp_path):
+    events: list = []
+    on = threading.Event()
+    on.set()
+    ctx = _ctx(tmp_path, {"tools": {"interval_ms": 50}}, events, on.is_set)
+    src = ToolsSource(ctx)
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        time.sleep(0.4)
+        shell.send("sleep 0.3")
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and not events:
+            time.sleep(0.05)
+        assert [k for k, _, _ in events] == ["tool.invocation"]
+        on.clear()
+        ctx.changed.set()
+        time.sleep(0.3)
+        shell.send("sleep 0.3")
+        time.sleep(1.0)
+        assert len(events) == 1  # nothing while capture is off
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert not t.is_alive(), "run() must return promptly once stop is set"
