@@ -525,16 +525,22 @@ def _open_gen(f: BinaryIO, keys: list[OrgPrivateKey], start: int) -> Iterator[di
     h = hashlib.sha256()
     prefix = _read_prefix(f, h)
     payload_at = f.tell()
-    file_key = _unwrap_file_key(prefix, keys)
-    aead = _payload_aead(file_key, prefix.header_hash)
-    del file_key
-    failed: BundleTampered | None = None
+    # Failures are held until the signature is checked: "altered after sealing" is the more
+    # telling report, and it comes first whenever the signature does not verify.
+    failed: BundleError | None = None
+    aead = None
+    try:
+        file_key = _unwrap_file_key(prefix, keys)
+        aead = _payload_aead(file_key, prefix.header_hash)
+        del file_key
+    except (BundleTampered, BundleWrongKey) as exc:
+        failed = exc
     for counter, last, ct in _iter_frames(f, h):
         if failed is None:
             try:
                 _decrypt(aead, counter, last, ct, prefix.header_hash)
             except BundleTampered as exc:
-                failed = exc  # keep reading: a bad signature is the more telling report
+                failed = exc
     _finish(f, h, prefix.header, None)
     if failed is not None:
         raise failed

@@ -211,17 +211,19 @@ def _read_key_text(path: Path, tag: str, what: str) -> tuple[str, str, bytes]:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         raise KeyFileError(f"{what} file {path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not a text key file"
-        raise KeyFileError(f"cannot read {what} file {path}: {reason}; check the path and permissions") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path} is not an {what} file (it is not text); "
+                           f"use the file written by 'tracecap keys generate'") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} file {path}: {exc.strerror}; check the path and permissions") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if len(lines) != 2:
-        raise KeyFileError(f"{path} is not a {what} file (expected a '{tag}' line and a base64 line); "
+        raise KeyFileError(f"{path} is not an {what} file (expected a '{tag}' line and a base64 line); "
                            f"use the file written by 'tracecap keys generate'")
     parts = lines[0].split()
     if len(parts) != 3 or parts[0] != tag:
         hint = " (this looks like the other half of the pair)" if parts and parts[0] in (PRIVATE_TAG, PUBLIC_TAG) else ""
-        raise KeyFileError(f"{path} is not a {what} file{hint}; use the file written by 'tracecap keys generate'")
+        raise KeyFileError(f"{path} is not an {what} file{hint}; use the file written by 'tracecap keys generate'")
     suite, key_id = parts[1], parts[2]
     if suite not in SUITES:
         raise KeyFileError(f"{path} names unknown key suite {suite!r}; regenerate it with 'tracecap keys generate'")
