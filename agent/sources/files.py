@@ -1,0 +1,428 @@
+"""The files source: one `file.save` event per logical save in the git repositories under the roots.
+
+Takes the policy's `[capture]` keys (roots, repo_depth, exclude, debounce_ms, max_file_bytes,
+diff_cache_bytes) and the redactor; gives `file.save` events with `repo` (absolute work-tree root),
+`path` (repo-relative, '/'-separated), `op` (create | modify | delete | move, move with `from`),
+`size`, and, when the content may be captured, `diff` (unified, from redacted text) with `base`
+saying what the diff applies to: "previous" (the version this source last captured), "head" (the
+file in HEAD) or "empty".
+
+Promises:
+- Only directories that are not ignored are watched (one inotify descriptor, one watch per
+  directory), so writes under node_modules, virtualenvs, build and cache directories, the policy's
+  excludes, `.gitignore`d trees and `.git` cost nothing. Ignored files in watched directories are
+  dropped on arrival. Repositories cloned or `git init`ed under a root later are picked up.
+- One logical save is one event whatever the editor did (see files_coalesce), after `debounce_ms`
+  of quiet on that file. `ts` is the file's mtime.
+- Nothing raw is kept: the cache of previous versions (bounded by `diff_cache_bytes`, LRU) holds
+  only redacted text, and every diff is made from redacted text. Binary files, files over
+  `max_file_bytes`, symlinks, and paths the redactor forbids content for are metadata only. Without
+  a redactor the source captures metadata only.
+- HEAD's version of a file comes from one long-lived `git cat-file --batch` per repository.
+- While capture is off (`ctx.capturing()` False) changes are discarded and the cached versions of
+  the files they touched are dropped, so the first save after resuming diffs against HEAD (`base`
+  "head"): no event ever describes an edit made while paused as a step of its own, and a receiver
+  can still rebuild every file from the events.
+- Replay: applying each event's diff to its base, in `seq` order, rebuilds every captured text file.
+"""
+from __future__ import annotations
+
+import os
+import select
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.repos import (CaptureSettings, RepoIgnore, discover_repos, is_always_ignored_dir,
+                         is_repo, walk_repo)
+from agent.sources.base import SourceContext
+from agent.sources.files_coalesce import RawChange, Touched, coalesce, is_editor_junk
+from agent.sources.files_diff import VersionCache, decode_text, unified_diff
+from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher
+from agent.sources.git_catfile import CatFile
+
+
+class _Repo:
+    def __init__(self, root: Path, exclude: tuple[str, ...]) -> None:
+        self.root = root
+        self.ignore = RepoIgnore(root, exclude)
+        self.catfile = CatFile(root)
+
+
+class FilesSource:
+    name = "files"
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+        self.settings = CaptureSettings.from_policy(ctx.policy)
+        self.cache = VersionCache(self.settings.diff_cache_bytes)
+        self.repos: dict[Path, _Repo] = {}
+        self.roles: dict[str, Path | int] = {}  # watched dir -> its repo, or discovery depth
+        self.pending: list[RawChange] = []
+        self.watch_limit_hit = False
+        self.emitted = 0
+        self._watcher: InotifyWatcher | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def run(self, stop: threading.Event) -> None:
+        self._watcher = InotifyWatcher()
+        wake_r, wake_w = os.pipe()
+        done = threading.Event()
+        waker = threading.Thread(target=_wake_on, args=(stop, done, wake_w), daemon=True,
+                                 name="files-waker")
+        waker.start()
+        try:
+            self._scan_roots()
+            self.ctx.set_state(self._state())
+            self._loop(stop, wake_r)
+        finally:
+            done.set()
+            for repo in self.repos.values():
+                repo.catfile.close()
+            self._watcher.close()
+            waker.join(timeout=2)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _loop(self, stop: threading.Event, wake_r: int) -> None:
+        window = self.settings.debounce_ms / 1000
+        poller = select.poll()
+        poller.register(self._watcher.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        last_check = 0.0
+        while not stop.is_set():
+            timeout_ms = None
+            if self.pending:
+                # Coalescing re-reads the pending list, so under a sustained stream of saves it
+                # runs at most every quarter window instead of on every kernel event.
+                due = max(self.pending[0].t + window, last_check + window / 4)
+                timeout_ms = max(0, int((due - time.monotonic()) * 1000) + 1)
+            ready = poller.poll(timeout_ms)
+            if stop.is_set():
+                return
+            if any(fd == self._watcher.fileno() for fd, _ in ready):
+                self.ingest(self._watcher.read(), time.monotonic())
+            now = time.monotonic()
+            if self.pending and now >= self.pending[0].t + window and now >= last_check + window / 4:
+                last_check = now
+                saves, self.pending = coalesce(self.pending, now, window)
+                for touched in saves:
+                    self.save(touched)
+
+    def _state(self) -> str:
+        state = f"running: {len(self.repos)} repos, {len(self._watcher or ())} directories watched"
+        if self.watch_limit_hit:
+            state += "; inotify watch limit reached, raise fs.inotify.max_user_watches"
+        return state
+
+    # ---------------------------------------------------------------- what is watched
+    def _watch(self, d: Path, role: Path | int) -> bool:
+        try:
+            ok = self._watcher.add(str(d))
+        except InotifyError as exc:
+            if not self.watch_limit_hit:
+                self.ctx.log.warning("files: %s", exc)
+            self.watch_limit_hit = True
+            return False
+        if ok:
+            self.roles[str(d)] = role
+        return ok
+
+    def _scan_roots(self) -> None:
+        found = discover_repos(self.settings.roots, self.settings.repo_depth)
+        for d, level in found.scanned:
+            self._watch(d, level)
+        for root in found.repos:
+            self._add_repo(root)
+
+    def _add_repo(self, root: Path, announce_files: bool = False) -> None:
+        if root in self.repos:
+            return
+        repo = self.repos[root] = _Repo(root, self.settings.exclude)
+        self._add_tree(repo, root, announce_files)
+
+    def _add_tree(self, repo: _Repo, start: Path, announce_files: bool) -> None:
+        walk = walk_repo(repo.root, repo.ignore, start)
+        now = time.monotonic()
+        for d in walk.dirs:
+            self._watch(d, repo.root)
+            if announce_files:
+                # A directory that appeared (mkdir -p, cp -r, a checkout) may hold files written
+                # before its watch existed; they are creations all the same.
+                for f in _files_in(d):
+                    rel = f.relative_to(repo.root).as_posix()
+                    if not repo.ignore.ignored_here(rel, False):
+                        self.pending.append(RawChange(now, "create", str(f)))
+        for nested in walk.nested:
+            self._add_repo(nested, announce_files)
+
+    def _discover_under(self, d: Path, level: int) -> None:
+        if level > self.settings.repo_depth:
+            return
+        found = discover_repos([d], self.settings.repo_depth - level)
+        for sub, sub_level in found.scanned:
+            self._watch(sub, level + sub_level)
+        for root in found.repos:
+            self._add_repo(root, announce_files=False)
+
+    def _repo_of(self, path: str) -> _Repo | None:
+        p = Path(path).parent
+        while True:
+            repo = self.repos.get(p)
+            if repo is not None:
+                return repo
+            if p.parent == p:
+                return None
+            p = p.parent
+
+    # ---------------------------------------------------------------- raw events
+    def ingest(self, events: list[FsEvent], now: float) -> None:
+        """Turn kernel events into RawChanges for non-ignored files; keep watches in step."""
+        for ev in events:
+            if ev.kind == "overflow":
+                self.ctx.log.warning("files: inotify queue overflowed; rescanning, saves may be lost")
+                self._rescan()
+                continue
+            if ev.kind == "gone":
+                self._watcher.remove_tree(ev.path)
+                self._forget_roles(ev.path)
+                continue
+            parent_role = self.roles.get(os.path.dirname(ev.path))
+            if ev.kind == "move" and ev.is_dir and ev.dest is not None:
+                dest_role = self.roles.get(os.path.dirname(ev.dest))
+                if isinstance(dest_role, int) or isinstance(parent_role, int):
+                    # A directory renamed among the roots (not inside a repo): forget it and
+                    # look at its new place afresh.
+                    self._watcher.remove_tree(ev.dest)
+                    self._forget_roles(ev.path)
+                    if isinstance(dest_role, int):
+                        self._discovery_event(FsEvent("create", ev.dest, True), dest_role)
+                    elif dest_role is not None:
+                        self._dir_event(FsEvent("create", ev.dest, True), now)
+                    continue
+            if isinstance(parent_role, int):
+                if ev.kind != "move":
+                    self._discovery_event(ev, parent_role)
+                continue
+            if ev.is_dir:
+                self._dir_event(ev, now)
+            else:
+                self._file_event(ev, now)
+
+    def _discovery_event(self, ev: FsEvent, level: int) -> None:
+        p = Path(ev.path)
+        if ev.kind == "create" and p.name == ".git":
+            self._forget_roles(str(p.parent))
+            self._add_repo(p.parent)
+        elif ev.kind == "create" and ev.is_dir and not p.name.startswith(".") \
+                and not is_always_ignored_dir(p):
+            self._discover_under(p, level + 1)
+
+    def _forget_roles(self, path: str) -> None:
+        prefix = path + "/"
+        for d in [d for d in self.roles if d == path or d.startswith(prefix)]:
+            del self.roles[d]
+        for root in [r for r in self.repos if str(r) == path or str(r).startswith(prefix)]:
+            self.repos.pop(root).catfile.close()
+
+    def _rescan(self) -> None:
+        self._scan_roots()
+        for repo in list(self.repos.values()):
+            self._add_tree(repo, repo.root, announce_files=False)
+
+    def _ignored(self, path: str, is_dir: bool) -> tuple[_Repo | None, bool]:
+        repo = self._repo_of(path)
+        if repo is None:
+            return None, True
+        rel = Path(path).relative_to(repo.root).as_posix()
+        return repo, repo.ignore.ignored_here(rel, is_dir)
+
+    def _dir_event(self, ev: FsEvent, now: float) -> None:
+        if ev.kind == "create":
+            p = Path(ev.path)
+            if p.name == ".git":  # `git init` inside a repo: a nested repo from now on
+                self._forget_roles(str(p.parent))
+                self._add_repo(p.parent)
+                return
+            repo, ignored = self._ignored(ev.path, True)
+            if repo is not None and not ignored:
+                if is_repo(p):
+                    self._add_repo(p, announce_files=True)
+                else:
+                    self._add_tree(repo, p, announce_files=True)
+        elif ev.kind == "delete":
+            self._watcher.remove_tree(ev.path)
+            self._forget_roles(ev.path)
+            self._forget_cached_under(ev.path, now)
+        elif ev.kind == "move" and ev.dest is not None:
+            self._forget_roles(ev.path)
+            repo, ignored = self._ignored(ev.dest, True)
+            if repo is None or ignored:
+                self._watcher.remove_tree(ev.dest)
+                self._forget_cached_under(ev.path, now)
+                return
+            self._add_tree(repo, Path(ev.dest), announce_files=False)
+            for f in _files_under(Path(ev.dest)):
+                rel = f.relative_to(ev.dest).as_posix()
+                self.pending.append(RawChange(now, "move", os.path.join(ev.path, rel), str(f)))
+
+    def _forget_cached_under(self, path: str, now: float) -> None:
+        """A directory went away (or out of sight): each file we held a version of is deleted."""
+        prefix = path + "/"
+        for key in self.cache.keys():
+            full = os.path.join(key[0], key[1])
+            if full.startswith(prefix):
+                self.pending.append(RawChange(now, "delete", full))
+
+    def _file_event(self, ev: FsEvent, now: float) -> None:
+        if ".gitignore" in (os.path.basename(ev.path), os.path.basename(ev.dest or "")):
+            for changed in (ev.path, ev.dest):
+                repo = self._repo_of(changed) if changed else None
+                if repo is not None:
+                    rel_dir = Path(changed).parent.relative_to(repo.root).as_posix()
+                    repo.ignore.forget("" if rel_dir == "." else rel_dir)
+        if ev.kind == "move" and ev.dest is not None:
+            _, src_ignored = self._ignored(ev.path, False)
+            _, dest_ignored = self._ignored(ev.dest, False)
+            if src_ignored and dest_ignored:
+                return
+            if dest_ignored:
+                self.pending.append(RawChange(now, "delete", ev.path))
+            elif src_ignored:
+                self.pending.append(RawChange(now, "create", ev.dest))
+            else:
+                self.pending.append(RawChange(now, "move", ev.path, ev.dest))
+            return
+        _, ignored = self._ignored(ev.path, False)
+        if not ignored:
+            self.pending.append(RawChange(now, ev.kind, ev.path))
+
+    # ---------------------------------------------------------------- one logical save
+    def save(self, touched: Touched) -> None:
+        """Decide the op from the disk and what was known, build the event, emit it."""
+        repo = self._repo_of(touched.path)
+        if repo is None:
+            return
+        rel = Path(touched.path).relative_to(repo.root).as_posix()
+        if not self.ctx.capturing():
+            self.cache.pop((repo.root, rel))
+            if touched.moved_from:
+                src_repo = self._repo_of(touched.moved_from)
+                if src_repo is not None:
+                    self.cache.pop((src_repo.root, Path(touched.moved_from)
+                                    .relative_to(src_repo.root).as_posix()))
+            return
+        try:
+            st = os.lstat(touched.path)
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            self._deleted(repo, rel, touched)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            return
+        src = self._move_source(repo, touched)
+        if src is not None:
+            op = "move"
+        elif (repo.root, rel) in self.cache or touched.existed or \
+                repo.catfile.head_blob(rel) is not None:
+            op = "modify"
+        else:
+            op = "create"
+        data: dict[str, Any] = {"repo": str(repo.root), "path": rel, "op": op, "size": st.st_size}
+        if src is not None:
+            data["from"] = src
+        new_text = self._content(touched.path, rel, st)
+        base_rel = src if src is not None else rel
+        if new_text is None:
+            self.cache.pop((repo.root, rel))
+        else:
+            base, base_text = self._base(repo, base_rel)
+            data["diff"] = unified_diff(base_text, new_text, rel)
+            data["base"] = base
+            self.cache.put((repo.root, rel), new_text)
+        if src is not None:
+            self.cache.pop((repo.root, src))
+        self.emitted += 1
+        self.ctx.emit("file.save", data, ts=st.st_mtime_ns)
+
+    def _move_source(self, repo: _Repo, touched: Touched) -> str | None:
+        """The repo-relative source of a rename within the same repo, if this is one."""
+        if not touched.moved_from or os.path.lexists(touched.moved_from):
+            return None
+        if self._repo_of(touched.moved_from) is not repo:
+            # Moved across repositories: the old repo sees a delete, this one a create.
+            self._deleted_elsewhere(touched.moved_from)
+            return None
+        return Path(touched.moved_from).relative_to(repo.root).as_posix()
+
+    def _deleted_elsewhere(self, path: str) -> None:
+        other = self._repo_of(path)
+        if other is not None:
+            rel = Path(path).relative_to(other.root).as_posix()
+            self._deleted(other, rel, Touched(path, existed=True))
+
+    def _deleted(self, repo: _Repo, rel: str, touched: Touched) -> None:
+        known = (repo.root, rel) in self.cache or touched.existed is True
+        if not known and touched.existed is None:
+            known = repo.catfile.head_blob(rel) is not None
+        self.cache.pop((repo.root, rel))
+        if not known:
+            return  # made and removed within the window: a scratch file, not a save
+        self.emitted += 1
+        self.ctx.emit("file.save", {"repo": str(repo.root), "path": rel, "op": "delete", "size": 0})
+
+    def _content(self, path: str, rel: str, st: os.stat_result) -> str | None:
+        """The redacted text of the file, or None when only metadata may be captured."""
+        redactor = self.ctx.redactor
+        if redactor is None or not stat.S_ISREG(st.st_mode) or \
+                st.st_size > self.settings.max_file_bytes or is_editor_junk(path):
+            return None
+        if not redactor.content_allowed(path):
+            return None
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(self.settings.max_file_bytes + 1)
+        except OSError:
+            return None
+        if len(raw) > self.settings.max_file_bytes:
+            return None
+        text = decode_text(raw)
+        return None if text is None else redactor.redact_text(text).text
+
+    def _base(self, repo: _Repo, rel: str) -> tuple[str, str]:
+        cached = self.cache.get((repo.root, rel))
+        if cached is not None:
+            return "previous", cached
+        blob = repo.catfile.head_blob(rel)
+        if blob is not None:
+            text = decode_text(blob)
+            if text is not None:
+                return "head", self.ctx.redactor.redact_text(text).text
+        return "empty", ""
+
+
+def _wake_on(stop: threading.Event, done: threading.Event, fd: int) -> None:
+    """Turns `stop` into a readable pipe so the poll loop wakes at once; ends with the loop."""
+    while not done.is_set():
+        if stop.wait(1.0):
+            os.write(fd, b"x")
+            return
+
+
+def _files_in(d: Path) -> list[Path]:
+    try:
+        with os.scandir(d) as it:
+            return [Path(e.path) for e in it if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _files_under(d: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [n for n in dirnames if n != ".git"]
+        out.extend(Path(dirpath) / n for n in filenames)
+    return out
