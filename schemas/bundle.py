@@ -364,10 +364,15 @@ class _Prefix:
 
 
 def _read_preamble_and_header(f: BinaryIO, h) -> tuple[BundleHeader, bytes]:
-    pre = _read_exact(f, _PREAMBLE.size, "preamble")
-    magic, version, header_len = _PREAMBLE.unpack(pre)
-    if magic != MAGIC:
+    try:
+        pre = f.read(_PREAMBLE.size) or b""
+    except OSError as exc:
+        raise BundleFormatError(f"the bundle cannot be read ({exc.strerror})") from None
+    if pre[:len(MAGIC)] != MAGIC[:len(pre)] or not pre:
         raise BundleFormatError("the file is not a tracecap bundle (wrong magic bytes)")
+    if len(pre) < _PREAMBLE.size:
+        raise BundleTruncated("the bundle is truncated (it ends inside the preamble)")
+    _, version, header_len = _PREAMBLE.unpack(pre)
     if version != FORMAT_VERSION:
         raise BundleVersionError(
             f"the bundle has format version {version}, which this tracecap does not read "
