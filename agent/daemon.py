@@ -1,0 +1,422 @@
+"""The daemon: one per user, in the foreground, until SIGTERM or SIGINT.
+
+Takes the effective policy and the user's state; runs the pipeline
+    sources -> emit (consent gate, redaction) -> journal -> bundler -> outbox -> uploader
+and answers the control socket. Promises:
+- One daemon per user: an exclusive flock on `<run>/daemon.lock`, which the kernel drops when the
+  process dies (even by kill -9), so a crash never leaves a stale lock.
+- Nothing is journaled before redaction, and nothing the user does is captured unless the policy's
+  consent mode and the user's choice allow it and capture is not paused. While capture is off only
+  the `agent.pause` marker written at the moment it stopped (and `agent.resume` when it restarts) are
+  journaled; in particular nothing at all is written before a user first opts in.
+- SIGTERM/SIGINT: sources stop, the journal is flushed and fsynced, `agent.stop` is written (if
+  capture was on), pending events are sealed into a bundle, and the process exits 0.
+- A policy change on disk (checked every 2 s, or at once on SIGHUP) is applied live and journaled
+  as `agent.policy` with the new digest; a policy that stops being valid or safe turns capture off
+  and `status` says why, until it is fixed.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import agent
+from agent import consent as consent_mod
+from agent.errors import RuntimeFailure, TracecapError, UsageError
+from agent.journal import Journal, JournalFull, read_segments
+from agent.paths import StatePaths
+from agent.policy import (Policy, PolicyError, default_policy_path, load_effective_policy,
+                          load_hmac_key, parse_duration)
+from agent.sources.base import SourceContext
+from agent.supervisor import Supervisor
+
+log = logging.getLogger("tracecap.daemon")
+
+LOG_MAX_BYTES = 5 << 20
+LOG_BACKUPS = 3
+
+
+class DaemonLock:
+    """flock-based: held for the life of the process, released by the kernel on any exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode().strip()
+            finally:
+                os.close(fd)
+            raise RuntimeFailure(f"a tracecap daemon is already running for this user (pid {pid or '?'}); "
+                                 f"stop it first or use `tracecap status`") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid holding the daemon lock, or None when no daemon runs."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.read(fd, 32).decode().strip()
+            return int(raw) if raw.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def setup_logging(paths: StatePaths, foreground: bool = True) -> None:
+    root = logging.getLogger("tracecap")
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fh = logging.handlers.RotatingFileHandler(paths.log_file, maxBytes=LOG_MAX_BYTES,
+                                              backupCount=LOG_BACKUPS)
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    if foreground:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        sh.setLevel(logging.WARNING)
+        root.addHandler(sh)
+
+
+class Daemon:
+    def __init__(self, paths: StatePaths, policy: Policy) -> None:
+        self.paths = paths
+        self.policy = policy
+        self.policy_error: str | None = None
+        self.policy_path = default_policy_path()
+        self._policy_stat = self._stat_policy()
+        self.stop_event = threading.Event()
+        self.lock = DaemonLock(paths.lock)
+        self.journal = Journal(paths.spool, fsync_ms=policy.get("spool.fsync_ms"),
+                               reorder_ms=policy.get("spool.reorder_ms"),
+                               segment_bytes=policy.size("spool.segment_bytes"))
+        self.redactor: Any = None
+        self.supervisor = Supervisor(self._make_context)
+        self.contexts: dict[str, SourceContext] = {}
+        self.decision = consent_mod.decide(policy.get("consent.mode"),
+                                           consent_mod.ConsentFile.load(paths.consent_file),
+                                           time.time_ns())
+        self.discarded = 0
+        self.started_ns = time.time_ns()
+        self.delivery: Any = None
+        self._state_lock = threading.RLock()
+        from agent.control import ControlServer
+
+        self.control = ControlServer(paths.socket, self.handle)
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        self.lock.acquire()
+        try:
+            self._build_redactor()
+            recovery = self.journal.open()
+            self.journal.start()
+            for gap in recovery.gaps:
+                self._journal("agent.gap", gap)
+            from agent.delivery import Delivery
+
+            self.delivery = Delivery(self)
+            self.delivery.start()
+            self.control.start()
+            self._install_signals()
+            if self.capturing():
+                self._journal("agent.start", self._lifecycle_data())
+            self._apply_sources()
+            log.info("tracecap %s started (pid %d, policy %s)", agent.__version__, os.getpid(),
+                     self.policy.origin)
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _lifecycle_data(self) -> dict[str, Any]:
+        return {"version": agent.__version__, "pid": os.getpid(), "policy": self.policy.digest,
+                "sources": self.enabled_sources()}
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        # SIGHUP: re-read the policy now. Setting the stop event's sibling would need a second
+        # waitable; forcing the next check is enough since the loop wakes at least every 2 s.
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_policy_stat", ("reload",)))
+
+    def _main_loop(self) -> None:
+        while not self.stop_event.is_set():
+            timeout = 2.0
+            pu = self.decision.paused_until
+            if pu not in (None, consent_mod.PAUSE_INDEFINITE):
+                timeout = max(0.05, min(timeout, (pu - time.time_ns()) / 1e9 + 0.01))
+            if self.stop_event.wait(timeout):
+                break
+            self._check_policy()
+            self._refresh_consent()
+
+    def _shutdown(self) -> None:
+        log.info("stopping")
+        try:
+            self.supervisor.stop()
+            if self.capturing():
+                self._journal("agent.stop", {"reason": "signal"})
+            self.journal.stop()
+            if self.delivery is not None:
+                self.delivery.stop()
+        finally:
+            self.control.stop()
+            self.lock.release()
+
+    # ------------------------------------------------------------------ capture gate + emit
+    def capturing(self) -> bool:
+        return self.decision.capturing and self.policy_error is None and not self.journal.disk_full
+
+    def enabled_sources(self) -> list[str]:
+        return list(self.policy.get("capture.sources"))
+
+    def _build_redactor(self) -> None:
+        from redaction import Redactor
+
+        self.redactor = Redactor.from_policy(
+            self.policy.data["redaction"], hmac_key=load_hmac_key(self.policy, self.paths),
+            home=str(Path.home()), username=_username())
+
+    def _journal(self, kind: str, data: dict[str, Any], *, source: str = "agent",
+                 session: str | None = None, ts: int | None = None, durable: bool = False) -> Any:
+        """Redact, then journal. The only path into the journal."""
+        red = self.redactor.redact_event(kind, data)
+        if red is None:
+            return None
+        try:
+            return self.journal.append(kind, source, session, red, ts, durable=durable)
+        except JournalFull:
+            return None
+
+    def _make_context(self, name: str, set_state: Any) -> SourceContext:
+        def emit(kind: str, data: dict[str, Any], *, ts: int | None = None,
+                 session: str | None = None, source: str | None = None) -> None:
+            if not self.capturing():
+                self.discarded += 1
+                return
+            self._journal(kind, data, source=source or name, session=session, ts=ts)
+
+        ctx = SourceContext(name=name, policy=self.policy, paths=self.paths, emit=emit,
+                            capturing=self.capturing, log=logging.getLogger(f"tracecap.source.{name}"),
+                            set_state=set_state, redactor=self.redactor)
+        old = self.contexts.get(name)
+        if old is not None:
+            ctx.changed = old.changed
+        self.contexts[name] = ctx
+        return ctx
+
+    def _apply_sources(self) -> None:
+        """Sources run while capture is on and stop (listeners unhooked, watchers gone) while off."""
+        if self.capturing():
+            self.supervisor.start(self.enabled_sources())
+        elif self.supervisor.runs:
+            self.supervisor.stop()
+        for ctx in self.contexts.values():
+            ctx.changed.set()
+
+    def _set_decision(self, new: consent_mod.Decision, reason: str) -> None:
+        with self._state_lock:
+            was = self.capturing()
+            if was and not new.capturing:
+                # Written while consent still held; nothing follows until capture is on again.
+                self._journal("agent.pause", {"reason": reason,
+                                              "until": consent_mod.describe_pause(new.paused_until)})
+            self.decision = new
+            now = self.capturing()
+            if now and not was:
+                self._journal("agent.resume", {"reason": reason})
+            if now != was:
+                self._apply_sources()
+
+    def _refresh_consent(self, reason: str = "pause ended") -> None:
+        new = consent_mod.decide(self.policy.get("consent.mode"),
+                                 consent_mod.ConsentFile.load(self.paths.consent_file), time.time_ns())
+        if new != self.decision:
+            self._set_decision(new, reason)
+
+    # ------------------------------------------------------------------ policy
+    def _stat_policy(self) -> tuple | None:
+        try:
+            st = self.policy_path.stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid)
+        except OSError:
+            return None
+
+    def _check_policy(self, force: bool = False) -> None:
+        st = self._stat_policy()
+        if st == self._policy_stat and not force:
+            return
+        self._policy_stat = st
+        try:
+            new = load_effective_policy()
+        except PolicyError as exc:
+            with self._state_lock:
+                was = self.capturing()
+                if was:
+                    self._journal("agent.pause", {"reason": "policy became invalid"})
+                self.policy_error = str(exc)
+                log.error("%s; capture is off until the policy is fixed", exc)
+                self._apply_sources()
+            return
+        if new.digest == self.policy.digest and self.policy_error is None:
+            return
+        with self._state_lock:
+            was = self.capturing()
+            self.supervisor.stop()
+            self.policy, self.policy_error = new, None
+            self._build_redactor()
+            self.decision = consent_mod.decide(new.get("consent.mode"),
+                                               consent_mod.ConsentFile.load(self.paths.consent_file),
+                                               time.time_ns())
+            if self.capturing() or was:
+                self._journal("agent.policy", {"digest": new.digest, "origin": new.origin,
+                                               "consent_mode": new.get("consent.mode")})
+            if was and not self.capturing():
+                self._journal("agent.pause", {"reason": "policy change"})
+            if self.delivery is not None:
+                self.delivery.policy_changed()
+            self._apply_sources()
+        log.info("policy %s applied (digest %s)", new.origin, new.digest[:12])
+
+    # ------------------------------------------------------------------ control requests
+    def handle(self, req: dict[str, Any]) -> Any:
+        op = req["op"]
+        if op == "status":
+            return self.status()
+        if op in ("opt-in", "opt-out", "pause", "resume"):
+            consent_mod.change(self.paths.consent_file, self.policy.get("consent.mode"), op,
+                               pause_seconds=req.get("seconds"))
+            self._refresh_consent(reason=op)
+            return self.status()
+        if op == "note":
+            return self.note(str(req.get("text", "")))
+        if op == "durable":
+            return {"durable_seq": self.journal.durable_seq}
+        if op == "forget":
+            from agent.forget import forget_span
+
+            return forget_span(self, float(req["seconds"]))
+        if op == "flush":
+            return self.delivery.flush(float(req.get("timeout", 60)))
+        if op == "reload":
+            self._check_policy(force=True)
+            return self.status()
+        raise UsageError(f"unknown control request {op!r}")
+
+    def note(self, text: str) -> dict[str, Any]:
+        if not self.capturing():
+            reason = self.policy_error or self.decision.reason or "the disk is full"
+            raise RuntimeFailure(f"capture is off ({reason}); the note was not recorded")
+        ticket = self._journal("user.note", {"text": text}, source="user", durable=True)
+        if ticket is None:
+            raise RuntimeFailure("the note was not recorded (dropped by a redaction rule or the disk is full)")
+        try:
+            seq = ticket.wait(10)
+        except (TimeoutError, OSError) as exc:
+            raise RuntimeFailure(f"the note could not be made durable: {exc}") from None
+        return {"seq": seq}
+
+    def status(self) -> dict[str, Any]:
+        cap = self.capturing()
+        sources: dict[str, str] = {}
+        states = self.supervisor.states()
+        for name in ("files", "shell", "tests", "git", "tools", "input"):
+            if name not in self.enabled_sources():
+                sources[name] = "off: not in policy capture.sources"
+            elif not cap:
+                sources[name] = "off: capture is off"
+            elif name == "tests":
+                sources[name] = "on (with shell)" if "shell" in self.enabled_sources() else \
+                    "off: needs the shell source"
+            else:
+                sources[name] = states.get(name, "starting")
+        if cap:
+            reason = ""
+        elif self.policy_error:
+            reason = f"policy refused: {self.policy_error}"
+        elif self.journal.disk_full:
+            reason = "the disk holding the spool is full; capture resumes when space returns"
+        else:
+            reason = self.decision.reason
+        return {
+            "version": agent.__version__,
+            "pid": os.getpid(),
+            "capturing": cap,
+            "reason": reason,
+            "consent": self.decision.state,
+            "paused_until": consent_mod.describe_pause(self.decision.paused_until),
+            "sources": sources,
+            "roots": list(self.policy.get("capture.roots")),
+            "content": self.policy.get("redaction.content"),
+            "journal": self.journal.stats() | {"discarded_while_off": self.discarded},
+            "outbox": self.delivery.outbox_status() if self.delivery else {},
+            "upload": self.delivery.upload_status() if self.delivery else {},
+            "policy": self.policy.summary() | {"error": self.policy_error},
+            "redaction": getattr(self.redactor, "stats", None) and _jsonable(self.redactor.stats),
+            "logs": str(self.paths.log_file),
+            "state": str(self.paths.spool.parent) if os.environ.get("TRACECAP_HOME") else None,
+        }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "__dict__"):
+        return _jsonable(vars(obj))
+    return str(obj)
+
+
+def _username() -> str | None:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:
+        return None
+
+
+def run_daemon() -> int:
+    paths = StatePaths.from_env().ensure()
+    setup_logging(paths)
+    policy = load_effective_policy()
+    daemon = Daemon(paths, policy)
+    try:
+        return daemon.run()
+    except TracecapError:
+        raise
+    except OSError as exc:
+        raise RuntimeFailure(f"the daemon failed: {exc}") from None

@@ -1,0 +1,606 @@
+"""The journal: the durable, ordered spine every captured event passes through.
+
+Takes redacted events (kind, source, session, data, ts) from any thread; gives them back in `seq`
+order to readers (the bundler, `tracecap log`). Promises:
+- `seq` is per device, strictly increasing, persisted, and never reused after a stop, crash or
+  restart; readers only ever see records that are on disk and fsynced, so a seq they saw can never
+  be handed out again.
+- Durability is batched: records are fsynced at most `fsync_ms` after they are written, and on
+  `flush()`/`stop()`. `append(..., durable=True)` returns a ticket whose `wait()` returns the seq only
+  once its record is fsynced (what `tracecap note` acknowledges); a batch holding such a ticket is
+  fsynced as soon as it is written.
+- Ordering across sources: each event is held in a reorder buffer until `reorder_ms` has passed since
+  its `ts` (or since it arrived, whichever comes first), and the buffer releases in `ts` order. So
+  two events whose `ts` differ and that both reach the journal within `reorder_ms` of happening get
+  `seq` in `ts` order. An event that arrives later than that is sequenced on arrival: its `ts` may
+  then be earlier than a lower-seq event's. The bound is `reorder_ms` (default 250 ms).
+- A torn tail or corrupt record never stops the journal: it is skipped on open, counted, and
+  reported in `recovery.gaps` (the daemon journals each as an `agent.gap` event).
+- ENOSPC: the failed write is rolled back, the batch is kept and retried every few seconds, new
+  events are refused (counted in `dropped_full`) until space returns; the daemon reports the state.
+
+On-disk format (the spool directory)
+------------------------------------
+    journal.meta          JSON {"format": 1, "floor": N}, replaced atomically (temp, fsync, rename,
+                          fsync dir). `floor` is a lower bound for the next seq, so releasing every
+                          segment never lets a seq be reused.
+    <base_seq:020d>.seg   segments, named by the seq of their first record; one is active (the last).
+
+    segment  := header record*
+    header   := b"TCJ1" base_seq:u64le                                           (12 bytes)
+    record   := b"\\xa5\\x5a" length:u32le check:8 payload:length
+    check    := blake2b(length_bytes || payload, digest_size=8)   (stronger than CRC32C)
+    payload  := msgpack of the event's contract dict (schemas/events.py)
+
+The 2-byte sync marker lets a reader resynchronise after a corrupt record by searching for the next
+marker at which a record with a valid check begins; the 64-bit check makes a false resync negligible.
+Writes are appended in batches with O_APPEND; a segment rotates once it exceeds `segment_bytes`.
+On open, the last segment is truncated after its last valid record (a torn tail is a record that was
+being written when the process died and was therefore never acknowledged).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgpack
+
+from schemas.events import Event, decode_event
+
+log = logging.getLogger("tracecap.journal")
+
+SEG_MAGIC = b"TCJ1"
+SEG_HEADER = struct.Struct("<4sQ")
+REC_MARK = b"\xa5\x5a"
+REC_HEAD = struct.Struct("<2sI8s")
+MAX_RECORD = 64 << 20
+META = "journal.meta"
+
+
+def _check(length_bytes: bytes, payload: bytes) -> bytes:
+    h = hashlib.blake2b(length_bytes, digest_size=8)
+    h.update(payload)
+    return h.digest()
+
+
+def frame(payload: bytes) -> bytes:
+    length = struct.pack("<I", len(payload))
+    return REC_MARK + length + _check(length, payload) + payload
+
+
+def _seg_name(base: int) -> str:
+    return f"{base:020d}.seg"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass
+class ScanResult:
+    records: list[tuple[int, int, bytes]]  # (offset, end, payload)
+    good_end: int  # offset just past the last valid record
+    skipped: list[tuple[int, int]]  # (offset, end) byte ranges that held no valid record
+
+
+def scan_segment(buf: bytes) -> ScanResult:
+    """Parse a segment body (after its header). Pure; never raises on bad bytes."""
+    records: list[tuple[int, int, bytes]] = []
+    skipped: list[tuple[int, int]] = []
+    pos = SEG_HEADER.size
+    good_end = pos
+    n = len(buf)
+    while pos < n:
+        rec = _record_at(buf, pos)
+        if rec is not None:
+            end, payload = rec
+            records.append((pos, end, payload))
+            pos = good_end = end
+            continue
+        nxt = pos + 1
+        while True:
+            nxt = buf.find(REC_MARK, nxt)
+            if nxt < 0 or _record_at(buf, nxt) is not None:
+                break
+            nxt += 1
+        stop = n if nxt < 0 else nxt
+        skipped.append((pos, stop))
+        pos = stop
+    return ScanResult(records, good_end, skipped)
+
+
+def _record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:
+    if pos + REC_HEAD.size > len(buf):
+        return None
+    mark, length, check = REC_HEAD.unpack_from(buf, pos)
+    if mark != REC_MARK or length > MAX_RECORD:
+        return None
+    start = pos + REC_HEAD.size
+    end = start + length
+    if end > len(buf):
+        return None
+    payload = bytes(buf[start:end])
+    if _check(struct.pack("<I", length), payload) != check:
+        return None
+    return end, payload
+
+
+@dataclasses.dataclass
+class Recovery:
+    next_seq: int
+    gaps: list[dict[str, Any]]  # agent.gap data: dropped, reason, and from/to where known
+    records: int
+    segments: int
+
+
+class Ticket:
+    """Completes when its record is fsynced; `wait` gives the seq."""
+
+    __slots__ = ("_done", "seq", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.seq: int | None = None
+        self.error: str | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise TimeoutError("the journal did not make the event durable in time")
+        if self.error:
+            raise OSError(self.error)
+        assert self.seq is not None
+        return self.seq
+
+
+class JournalFull(Exception):
+    """The disk is full: the event was not journaled."""
+
+
+class Journal:
+    def __init__(self, directory: Path, *, fsync_ms: int = 200, reorder_ms: int = 250,
+                 segment_bytes: int = 16 << 20, clock: Callable[[], int] = time.time_ns) -> None:
+        self.dir = Path(directory)
+        self.fsync_s = fsync_ms / 1000
+        self.reorder_ns = reorder_ms * 1_000_000
+        self.segment_bytes = segment_bytes
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, int, tuple, Ticket | None]] = []
+        self._counter = itertools.count()
+        self._io_lock = threading.Lock()  # held while the writer touches files; rewrite() takes it
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._force = False
+        self._sync_now = False
+        self._fd: int | None = None
+        self._seg_base = 0
+        self._seg_size = 0
+        self._segments: list[int] = []  # base seqs, ascending
+        self.next_seq = 1
+        self.durable_seq = 0
+        self._written_seq = 0
+        self._pending_tickets: list[tuple[int, Ticket]] = []
+        self._held_batch: bytes = b""
+        self._held_last = 0
+        self.disk_full = False
+        self.dropped_full = 0
+        self.write_error: str | None = None
+        self.recovery: Recovery | None = None
+
+    # ---------------------------------------------------------------- open / recover
+    def open(self) -> Recovery:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        floor = self._read_floor()
+        gaps: list[dict[str, Any]] = []
+        bases = sorted(int(p.name[:-4]) for p in self.dir.glob("*.seg") if p.name[:-4].isdigit())
+        max_seq = 0
+        nrec = 0
+        for i, base in enumerate(bases):
+            path = self.dir / _seg_name(base)
+            buf = path.read_bytes()
+            if len(buf) < SEG_HEADER.size or SEG_HEADER.unpack_from(buf)[0] != SEG_MAGIC:
+                # A segment whose header never reached the disk holds nothing acknowledged.
+                gaps.append({"dropped": 0, "reason": f"unreadable journal segment {path.name} set aside"})
+                path.rename(path.with_suffix(".corrupt"))
+                continue
+            res = scan_segment(buf)
+            last = i == len(bases) - 1
+            prev = max_seq
+            for _, _, payload in res.records:
+                try:
+                    seq = msgpack.unpackb(payload)["seq"]
+                except Exception:  # a record with a valid check but an undecodable body
+                    continue
+                if seq > prev + 1 and prev:
+                    gaps.append({"dropped": seq - prev - 1, "from": prev + 1, "to": seq - 1,
+                                 "reason": f"corrupt journal record in segment {path.name}"})
+                prev = max(prev, seq)
+                nrec += 1
+            max_seq = max(max_seq, prev)
+            for start, end in res.skipped:
+                torn = last and end == len(buf)
+                if torn:
+                    gaps.append({"dropped": 1, "reason":
+                                 f"torn write at the end of journal segment {path.name} "
+                                 f"({end - start} bytes, never acknowledged)"})
+                elif not res.records or res.records[-1][0] < start:
+                    # corrupt bytes after the last record of a sealed segment: the next segment's
+                    # base tells how many seqs they held.
+                    nxt = bases[i + 1] if i + 1 < len(bases) else max_seq + 1
+                    if nxt - max_seq - 1 > 0:
+                        gaps.append({"dropped": nxt - max_seq - 1, "from": max_seq + 1, "to": nxt - 1,
+                                     "reason": f"corrupt journal record in segment {path.name}"})
+            if last and res.good_end < len(buf):
+                with open(path, "r+b") as f:
+                    f.truncate(res.good_end)
+                    os.fsync(f.fileno())
+            self._segments.append(base)
+        self.next_seq = max(floor, max_seq + 1, 1)
+        self.durable_seq = self._written_seq = self.next_seq - 1
+        if self._segments:
+            self._open_segment(self._segments[-1], create=False)
+        self.recovery = Recovery(self.next_seq, gaps, nrec, len(self._segments))
+        return self.recovery
+
+    def _read_floor(self) -> int:
+        try:
+            return int(json.loads((self.dir / META).read_text())["floor"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return 1
+
+    def _write_floor(self, floor: int) -> None:
+        tmp = self.dir / (META + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"format": 1, "floor": floor}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / META)
+        _fsync_dir(self.dir)
+
+    def _open_segment(self, base: int, *, create: bool) -> None:
+        path = self.dir / _seg_name(base)
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if create:
+            os.write(fd, SEG_HEADER.pack(SEG_MAGIC, base))
+            os.fsync(fd)
+            _fsync_dir(self.dir)
+            self._segments.append(base)
+        self._fd = fd
+        self._seg_base = base
+        self._seg_size = os.fstat(fd).st_size
+
+    # ---------------------------------------------------------------- writing
+    def start(self) -> None:
+        if self.recovery is None:
+            self.open()
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def append(self, kind: str, source: str, session: str | None, data: dict[str, Any],
+               ts: int | None = None, *, durable: bool = False) -> Ticket | None:
+        """Queue an already-redacted event. Thread-safe and cheap: encoding and I/O happen on the
+        writer thread. Raises JournalFull while the disk is full."""
+        now = self.clock()
+        ticket = Ticket() if durable else None
+        with self._cond:
+            if self.disk_full:
+                self.dropped_full += 1
+                raise JournalFull("the disk holding the journal is full")
+            if self._stopping:
+                raise RuntimeError("the journal is stopped")
+            was_empty = not self._heap
+            heapq.heappush(self._heap, (ts or now, next(self._counter), time.monotonic_ns(),
+                                        (kind, source, session, data), ticket))
+            if was_empty or durable:
+                self._cond.notify()
+        return ticket
+
+    def flush(self, timeout: float | None = 10.0) -> int:
+        """Release the reorder buffer now and wait until everything appended so far is fsynced.
+        Returns the durable seq."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._force = self._sync_now = True
+            self._cond.notify_all()
+            while self._heap or self._held_batch or self.durable_seq < self._written_seq or self._sync_now:
+                if self.write_error and not self.disk_full:
+                    raise OSError(self.write_error)
+                if self._thread is None:
+                    raise RuntimeError("the journal writer is not running")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("the journal did not flush in time")
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            return self.durable_seq
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        try:
+            self.flush(timeout)
+        except (TimeoutError, OSError) as exc:
+            log.error("journal flush on stop failed: %s", exc)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self._thread = None
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+    def _take_releasable(self) -> list[tuple]:
+        now_ns = self.clock()
+        mono = time.monotonic_ns()
+        out = []
+        heap = self._heap
+        while heap:
+            ts, _, arrived, payload, ticket = heap[0]
+            if self._force or self._stopping or ts <= now_ns - self.reorder_ns or arrived <= mono - self.reorder_ns:
+                heapq.heappop(heap)
+                out.append((ts, payload, ticket))
+            else:
+                break
+        if not heap:
+            self._force = False
+        return out
+
+    def _next_wait(self, dirty_since: float | None) -> float | None:
+        waits = []
+        if self._heap:
+            ts, _, arrived, _, _ = self._heap[0]
+            by_ts = (ts + self.reorder_ns - self.clock()) / 1e9
+            by_arrival = (arrived + self.reorder_ns - time.monotonic_ns()) / 1e9
+            waits.append(max(0.0, min(by_ts, by_arrival)))
+        if dirty_since is not None:
+            waits.append(max(0.0, dirty_since + self.fsync_s - time.monotonic()))
+        if self.disk_full:
+            waits.append(2.0)
+        return min(waits) if waits else None
+
+    def _run(self) -> None:
+        dirty_since: float | None = None
+        while True:
+            with self._cond:
+                batch = self._take_releasable()
+                if not batch and not self._held_batch and not self._stopping:
+                    if dirty_since is None and self._sync_now and not self._heap:
+                        self._sync_now = False
+                        self._cond.notify_all()
+                    due = dirty_since is not None and (
+                        self._sync_now or time.monotonic() - dirty_since >= self.fsync_s)
+                    if not due:
+                        self._cond.wait(self._next_wait(dirty_since))
+                        batch = self._take_releasable()
+                stopping, sync_now = self._stopping, self._sync_now
+            try:
+                with self._io_lock:
+                    if batch or self._held_batch:
+                        self._write_batch(batch)
+                        if dirty_since is None:
+                            dirty_since = time.monotonic()
+                    # A durable ticket (an acknowledgement someone waits on) is synced at once;
+                    # everything else waits out the batching interval.
+                    if dirty_since is not None and (
+                            stopping or sync_now or self._pending_tickets
+                            or time.monotonic() - dirty_since >= self.fsync_s):
+                        self._sync()
+                        dirty_since = None
+            except OSError as exc:
+                self._on_write_error(exc)
+                continue
+            if stopping:
+                with self._cond:
+                    if not self._heap:
+                        self._cond.notify_all()
+                        return
+
+    def _write_batch(self, batch: list[tuple]) -> None:
+        """Encode the batch behind any batch held back by an earlier failed write, then write all
+        of it. On failure everything stays held, in order, for the next attempt."""
+        if batch:
+            parts = []
+            seq = self.next_seq
+            for ts, (kind, source, session, data), ticket in batch:
+                payload = msgpack.packb({"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source,
+                                         "session": session, "data": data}, use_bin_type=True)
+                parts.append(frame(payload))
+                if ticket is not None:
+                    ticket.seq = seq
+                    self._pending_tickets.append((seq, ticket))
+                seq += 1
+            self._held_batch += b"".join(parts)
+            self._held_last = seq - 1
+            self.next_seq = seq
+        if not self._held_batch:
+            return
+        self._write_bytes(self._held_batch)
+        self._written_seq = self._held_last
+        self._held_batch = b""
+        if self.disk_full:
+            with self._cond:
+                self.disk_full = False
+                self.write_error = None
+            log.warning("disk space is back; capture resumes")
+
+    def _write_bytes(self, blob: bytes) -> None:
+        if self._fd is None or self._seg_size >= self.segment_bytes:
+            self._open_segment(self._next_base(), create=True)
+        start_size = self._seg_size
+        view = memoryview(blob)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            # Roll back a partial write so the segment ends on a record boundary.
+            try:
+                os.ftruncate(self._fd, start_size)
+            except OSError:
+                pass
+            raise
+        self._seg_size = start_size + len(blob)
+
+    def _next_base(self) -> int:
+        return self._written_seq + 1  # the first seq the new segment will hold
+
+    def _sync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+        with self._cond:
+            self.durable_seq = self._written_seq
+            done = [t for s, t in self._pending_tickets if s <= self.durable_seq]
+            self._pending_tickets = [(s, t) for s, t in self._pending_tickets if s > self.durable_seq]
+            if not self._heap:
+                self._sync_now = False
+            self._cond.notify_all()
+        for t in done:
+            t._done.set()
+
+    def _on_write_error(self, exc: OSError) -> None:
+        with self._cond:
+            if exc.errno == errno.ENOSPC:
+                if not self.disk_full:
+                    log.error("the disk holding the journal is full; capture pauses until space returns")
+                self.disk_full = True
+                self.write_error = "disk full"
+            else:
+                log.error("journal write failed: %s", exc)
+                self.write_error = str(exc)
+                # Hand the error to everyone waiting so nobody hangs; the records stay held.
+                for _, t in self._pending_tickets:
+                    t.error = f"journal write failed: {exc}"
+                    t._done.set()
+                self._pending_tickets = []
+            self._cond.notify_all()
+        # Wait a little before retrying so a full disk does not become a busy loop.
+        with self._cond:
+            self._cond.wait(2.0)
+
+    # ---------------------------------------------------------------- reading
+    def read(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Event]:
+        """Durable events with from_seq <= seq <= to_seq, in seq order."""
+        limit = self.durable_seq if to_seq is None else min(to_seq, self.durable_seq)
+        yield from read_segments(self.dir, from_seq, limit)
+
+    def stats(self) -> dict[str, Any]:
+        size = 0
+        for base in list(self._segments):
+            try:
+                size += (self.dir / _seg_name(base)).stat().st_size
+            except FileNotFoundError:
+                pass
+        return {"segments": len(self._segments), "bytes": size, "next_seq": self.next_seq,
+                "durable_seq": self.durable_seq, "first_seq": self._segments[0] if self._segments else None,
+                "buffered": len(self._heap), "disk_full": self.disk_full,
+                "dropped_full": self.dropped_full, "error": self.write_error}
+
+    # ---------------------------------------------------------------- release / rewrite
+    def release(self, upto_seq: int) -> int:
+        """Delete sealed segments whose every record has seq <= upto_seq. Returns bytes freed."""
+        freed = 0
+        with self._io_lock:
+            bases = list(self._segments)
+            removable = [b for b, nxt in zip(bases, bases[1:]) if nxt - 1 <= upto_seq]
+            if not removable:
+                return 0
+            self._write_floor(max(self._read_floor(), bases[bases.index(removable[-1]) + 1]))
+            for base in removable:
+                path = self.dir / _seg_name(base)
+                try:
+                    freed += path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                self._segments.remove(base)
+            _fsync_dir(self.dir)
+        return freed
+
+    def rewrite(self, drop: Callable[[Event], bool]) -> list[Event]:
+        """Remove every durable record for which `drop(event)` is true (tracecap forget). Each
+        affected segment is rewritten to a temporary file, fsynced and renamed over the original.
+        Returns the removed events. Holds the writer off while it runs."""
+        self.flush()
+        removed: list[Event] = []
+        with self._io_lock:
+            for base in list(self._segments):
+                path = self.dir / _seg_name(base)
+                buf = path.read_bytes()
+                res = scan_segment(buf)
+                kept = [SEG_HEADER.pack(SEG_MAGIC, base)]
+                hit = False
+                for _, _, payload in res.records:
+                    try:
+                        ev = decode_event(payload)
+                    except Exception:
+                        kept.append(frame(payload))
+                        continue
+                    if drop(ev):
+                        removed.append(ev)
+                        hit = True
+                    else:
+                        kept.append(frame(payload))
+                if not hit:
+                    continue
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(b"".join(kept))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(self.dir)
+                if base == self._seg_base and self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                    self._open_segment(base, create=False)
+        return removed
+
+
+def read_segments(directory: Path, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Event]:
+    """Every valid record in a spool directory with from_seq <= seq <= to_seq, in seq order; corrupt
+    records are skipped. Safe to call while a writer appends (a partly written tail fails its check)
+    and while segments are released (a vanished segment is skipped)."""
+    directory = Path(directory)
+    bases = sorted(int(p.name[:-4]) for p in directory.glob("*.seg") if p.name[:-4].isdigit())
+    for i, base in enumerate(bases):
+        nxt = bases[i + 1] if i + 1 < len(bases) else None
+        if nxt is not None and nxt <= from_seq:
+            continue
+        if to_seq is not None and base > to_seq:
+            break
+        try:
+            buf = (directory / _seg_name(base)).read_bytes()
+        except FileNotFoundError:
+            continue
+        for _, _, payload in scan_segment(buf).records:
+            try:
+                ev = decode_event(payload)
+            except Exception:
+                continue
+            if ev.seq < from_seq:
+                continue
+            if to_seq is not None and ev.seq > to_seq:
+                return
+            yield ev
