@@ -1,0 +1,293 @@
+"""The redaction engine: text in, redacted text and findings out.
+
+Takes compiled rules (built-in, admin, and the user's home directory and name) and an HMAC key;
+gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
+- Linear time: every pattern is RE2. One RE2 set pass over the text finds which rules can apply
+  (their keywords, or the whole pattern for rules without keywords); only those rules then run.
+- Findings are spans of the INPUT text (str offsets). Overlapping spans merge, so a secret that two
+  rules see partly is removed whole; the merged span keeps the rule whose match starts first.
+- Text longer than `max_scan_bytes` is scanned in windows that overlap by `OVERLAP` characters,
+  so a secret on a window boundary is still found.
+- `hash` gives `[rule:hmac8]`, HMAC-SHA256 keyed by the caller's key: stable per key, never unkeyed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import threading
+from collections import Counter
+
+import re2
+
+from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule
+from redaction.validators import VALIDATORS, shannon_entropy
+
+OVERLAP = 16384  # characters shared by neighbouring scan windows; longer than any PEM key block
+MIN_WINDOW = 4 * OVERLAP
+DEFAULT_MAX_SCAN_BYTES = 1 << 20
+FAILED_MARKER = "[REDACTION-FAILED]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    rule: str
+    start: int
+    end: int
+    action: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedactionResult:
+    text: str
+    findings: list[Finding]
+
+    @property
+    def drop_event(self) -> bool:
+        return any(f.action == "drop-event" for f in self.findings)
+
+
+class RedactionStats:
+    """Counters for `status`: findings per rule, fail-closed failures, dropped events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._findings: Counter[str] = Counter()
+        self._failures = 0
+        self._dropped_events = 0
+
+    def add_findings(self, findings: list[Finding]) -> None:
+        if findings:
+            with self._lock:
+                self._findings.update(f.rule for f in findings)
+
+    def add_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+
+    def add_dropped_event(self) -> None:
+        with self._lock:
+            self._dropped_events += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"findings": dict(self._findings), "failures": self._failures,
+                    "dropped_events": self._dropped_events}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Compiled:
+    rule: Rule
+    regex: object
+    check: object  # validator function or None
+
+
+def _user_rules(home: str | None, username: str | None) -> list[Rule]:
+    rules = []
+    home = (home or "").rstrip("/\\")
+    if len(home) > 1:
+        rules.append(Rule("home-path", "(" + re2.escape(home) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])", group=1,
+                          keywords=(home.lower(),), replacement="~", category="pii"))
+    if username and len(username) >= 2:
+        rules.append(Rule("user-name", r"(?i)(?:/home/|/Users/|[A-Za-z]:\\Users\\|[/\\])("
+                          + re2.escape(username) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])",
+                          keywords=(username.lower(),), group=1, replacement="[user]", category="pii"))
+    return rules
+
+
+class Redactor:
+    """Applies a fixed rule set; safe to share between threads (no mutable state but `stats`)."""
+
+    def __init__(self, rules: list[Rule], *, hmac_key: bytes, max_scan_bytes: int = DEFAULT_MAX_SCAN_BYTES,
+                 content: str = "full", never_capture: list[str] | None = None) -> None:
+        if not hmac_key:
+            raise ValueError("Redactor needs a non-empty HMAC key for the hash action")
+        self._key = bytes(hmac_key)
+        self._window = max(int(max_scan_bytes), MIN_WINDOW)
+        self.content = content
+        self.stats = RedactionStats()
+        self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None)
+                       for r in rules]
+        self._set, self._set_owner, self._always = self._build_prefilter()
+        from redaction.paths import PathRules  # local: keeps the module graph one-way and flat
+        self._paths = PathRules(never_capture)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_policy(cls, redaction: dict, *, hmac_key: bytes, home: str | None = None,
+                    username: str | None = None) -> "Redactor":
+        """From the policy's [redaction] table (defaults filled in); raises RuleError on bad rules."""
+        from redaction.paths import DEFAULT_NEVER_CAPTURE
+
+        redaction = redaction or {}
+        admin = compile_admin_rules(list(redaction.get("rules") or []))
+        admin_names = {r.name for r in admin}
+        rules: list[Rule] = list(admin)
+        for r in BUILTIN_RULES:
+            if r.name in admin_names:  # an admin rule of the same name replaces the built-in
+                continue
+            if r.policy_flag and not redaction.get(r.policy_flag, True):
+                continue
+            rules.append(r)
+        rules.extend(_user_rules(home, username))
+        never = redaction.get("never_capture")
+        return cls(rules, hmac_key=hmac_key,
+                   max_scan_bytes=_size(redaction.get("max_scan_bytes", DEFAULT_MAX_SCAN_BYTES)),
+                   content=redaction.get("content", "full"),
+                   never_capture=list(DEFAULT_NEVER_CAPTURE if never is None else never))
+
+    def _build_prefilter(self):
+        opts = re2.Options()
+        opts.case_sensitive = False
+        opts.max_mem = 64 << 20
+        rset = re2.Set.SearchSet(opts)
+        owner: list[int] = []
+        always: list[int] = []
+        for i, c in enumerate(self._rules):
+            entries = [re2.escape(k) for k in c.rule.keywords] or [c.rule.pattern]
+            for entry in entries:
+                try:
+                    rset.Add(entry)
+                except re2.error:
+                    always.append(i)  # cannot prefilter this one: run it on every text
+                    break
+                owner.append(i)
+        rset.Compile()
+        return rset, owner, sorted(set(always))
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [c.rule for c in self._rules]
+
+    # -- scanning -----------------------------------------------------------------------------------
+    def redact_text(self, text: str) -> RedactionResult:
+        """Redacted text and findings (spans of `text`). Raises only on internal errors."""
+        spans = self._scan(text)
+        if not spans:
+            return RedactionResult(text, [])
+        out = []
+        findings = []
+        pos = 0
+        for start, end, idx in spans:
+            rule = self._rules[idx].rule
+            out.append(text[pos:start])
+            out.append(self._replacement(rule, text[start:end]))
+            findings.append(Finding(rule.name, start, end, rule.action))
+            pos = end
+        out.append(text[pos:])
+        self.stats.add_findings(findings)
+        return RedactionResult("".join(out), findings)
+
+    def _scan(self, text: str) -> list[tuple[int, int, int]]:
+        if len(text) <= self._window:
+            return _merge(self._scan_window(text, 0))
+        raw = []
+        step = self._window - OVERLAP
+        start = 0
+        while True:
+            raw.extend(self._scan_window(text[start:start + self._window], start))
+            if start + self._window >= len(text):
+                break
+            start += step
+        return _merge(raw)
+
+    def _scan_window(self, text: str, base: int) -> list[tuple[int, int, int]]:
+        ascii_text = text.isascii()
+        data = text.encode("ascii" if ascii_text else "utf-8", "surrogatepass")
+        hits = self._set.Match(data)
+        todo = set(self._always)
+        if hits:
+            owner = self._set_owner
+            todo.update(owner[h] for h in hits)
+        if not todo:
+            return []
+        found = []
+        for idx in sorted(todo):
+            c = self._rules[idx]
+            group = c.rule.group
+            for m in c.regex.finditer(data):
+                s, e = m.span(group)
+                if s < 0 or e <= s:
+                    continue
+                if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
+                    s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
+                if c.check is not None or c.rule.entropy is not None:
+                    secret = data[s:e].decode("utf-8", "replace")
+                    if c.rule.entropy is not None and shannon_entropy(secret) < c.rule.entropy:
+                        continue
+                    if c.check is not None:
+                        ms = m.span()[0]
+                        before = data[max(0, ms - 64):ms].decode("utf-8", "replace")
+                        if not c.check(secret, m.group(0).decode("utf-8", "replace"), before):
+                            continue
+                found.append((s, e, idx))
+        if found and not ascii_text:
+            found = _bytes_to_chars(data, found)
+        if base:
+            found = [(s + base, e + base, i) for s, e, i in found]
+        return found
+
+    def _replacement(self, rule: Rule, secret: str) -> str:
+        if rule.action == "hash":
+            digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+            return f"[{rule.name}:{digest[:8]}]"
+        if rule.replacement is not None:
+            return rule.replacement
+        if rule.action == "mask":
+            keep = min(4, len(secret) // 5)
+            return f"{secret[:keep]}[REDACTED:{rule.name}]"
+        return f"[REDACTED:{rule.name}]"
+
+    # -- events and paths ---------------------------------------------------------------------------
+    def redact_event(self, kind: str, data: dict) -> dict | None:
+        """A new `data` with every string redacted; None when a drop-event rule matched."""
+        from redaction.events import redact_event_data
+
+        return redact_event_data(self, kind, data)
+
+    def content_allowed(self, path: str) -> bool:
+        """False when `path` matches a never-capture glob: its content must not be captured."""
+        return self._paths.content_allowed(path)
+
+
+def _merge(found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Sorted, non-overlapping spans; overlapping spans merge into their union, attributed to the
+    rule of highest priority (lowest index) among them."""
+    if not found:
+        return []
+    found.sort(key=lambda f: (f[0], -f[1], f[2]))
+    merged = [list(found[0])]
+    for s, e, i in found[1:]:
+        last = merged[-1]
+        if s < last[1]:
+            last[1] = max(last[1], e)
+            last[2] = min(last[2], i)
+        else:
+            merged.append([s, e, i])
+    return [tuple(m) for m in merged]
+
+
+def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    cache: dict[int, int] = {}
+
+    def conv(off: int) -> int:
+        if off not in cache:
+            cache[off] = len(data[:off].decode("utf-8", "surrogatepass"))
+        return cache[off]
+
+    return [(conv(s), conv(e), i) for s, e, i in found]
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,
+          "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3, "TIB": 1024 ** 4}
+
+
+def _size(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    s = str(value).strip().upper()
+    digits = s.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = s[len(digits):]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise RuleError(f"redaction.max_scan_bytes {value!r} is not a size; use e.g. 1048576 or \"1MiB\"")
+    return int(digits) * _UNITS[unit]

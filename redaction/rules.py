@@ -1,0 +1,356 @@
+"""The built-in detectors as data, and the compiler for admin rules from the policy.
+
+Takes rule rows (built-in `BUILTIN_RULES`, or policy `redaction.rules` dicts); gives `Rule` values
+whose patterns compiled with google-re2 (linear time, no lookarounds or backreferences).
+Promise: every built-in row carries true-positive examples (text, secret) and negatives that the
+test suite runs; every keyword of a row is a literal the pattern cannot match without (the engine
+only runs a rule when one of its keywords occurs, case-insensitively). `compile_admin_rules` raises
+`RuleError`, one sentence naming the rule and the reason, for anything RE2 or the schema rejects.
+
+Adding a detector is one `Rule(...)` row below plus its examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import re2
+
+from redaction.validators import VALIDATORS
+
+ACTIONS = ("replace", "mask", "hash", "drop-event")
+# Evaluation classes: `known` formats carry a fixed prefix or structure; `context` detectors rely
+# on a key name, URL or header around the value; `pii` are personal data.
+CATEGORIES = ("known", "context", "pii")
+
+
+class RuleError(ValueError):
+    """A redaction rule cannot be used; str() names the rule and the reason."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    pattern: str
+    action: str = "replace"
+    keywords: tuple[str, ...] = ()
+    entropy: float | None = None
+    group: int = 0
+    replacement: str | None = None
+    validator: str | None = None
+    category: str = "known"
+    policy_flag: str | None = None  # the [redaction] boolean that turns this rule on
+    examples: tuple[tuple[str, str], ...] = ()  # (text, the secret that must disappear)
+    negatives: tuple[str, ...] = ()  # texts this rule must leave alone
+
+
+_Q = "[\"'`]?"  # an optional quote around a key
+# Values: a quoted string (quotes trimmed later) or a run up to whitespace/quote/separator.
+_VALUE = r"(\"[^\"\n]{1,300}\"|'[^'\n]{1,300}'|`[^`\n]{1,300}`|[^\s\"'`,;=<>(){}\[\]][^\s\"'`,;<>]{0,300})"
+_SECRET_WORDS = (
+    r"secret|passw(?:or)?d|passphrase|\bpwd|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key"
+    r"|private[_.-]?key|signing[_.-]?key|encryption[_.-]?key|master[_.-]?key|account[_.-]?key"
+    r"|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|(?-i:[A-Z0-9]_KEY)\b"
+)
+
+_SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
+_AGE = "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58]
+
+# Table order is priority: when two rules' spans overlap, the merged span is attributed to the
+# rule that comes first (admin rules come before all of these).
+BUILTIN_RULES: tuple[Rule, ...] = (
+    # ---- cloud ----
+    Rule("aws-access-key-id", r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}\b",
+         keywords=("akia", "asia", "abia", "acca", "a3t"),
+         examples=(("aws configure set aws_access_key_id AKIAQYLPMN5HHHFPZAM2", "AKIAQYLPMN5HHHFPZAM2"),
+                   ("key=ASIAY34FZKBOKMUTVV7A;", "ASIAY34FZKBOKMUTVV7A")),
+         negatives=("AKIAIOSFODNN7EXAMPL", "asian cuisine", "AKIA_LOWERCASE_thing")),
+    Rule("aws-secret-access-key",
+         r"(?i)aws.{0,24}?(?:secret|private).{0,24}?[=:]\s*[\"']?([A-Za-z0-9/+]{40})\b",
+         keywords=("aws",), group=1, category="context",
+         examples=(("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+                   ('"AWS_SECRET_ACCESS_KEY": "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4"',
+                    "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4")),
+         negatives=("aws_secret_access_key = os.environ['AWS_SECRET_ACCESS_KEY']",)),
+    Rule("gcp-api-key", r"\bAIza[0-9A-Za-z_-]{35}", keywords=("aiza",),
+         examples=(("curl 'https://maps.googleapis.com/api?key=AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN'",
+                    "AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN"),),
+         negatives=("AIzaShort",)),
+    Rule("gcp-private-key-id", r"\"private_key_id\"\s*:\s*\"([0-9a-f]{40})\"",
+         keywords=("private_key_id",), group=1,
+         examples=(('"private_key_id": "3f4e5d6c7b8a99887766554433221100ffeeddcc",',
+                    "3f4e5d6c7b8a99887766554433221100ffeeddcc"),),
+         negatives=('"private_key_id": "<id>"',)),
+    Rule("google-oauth-secret", r"\bGOCSPX-[A-Za-z0-9_-]{28}", keywords=("gocspx-",),
+         examples=(("client_secret: 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", "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"),)),
+    Rule("google-oauth-token", r"\bya29\.[0-9A-Za-z_-]{30,}", keywords=("ya29.",),
+         examples=(("Authorization: OAuth ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd",
+                    "ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd"),)),
+    Rule("azure-storage-key", r"(?i)(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,100}={0,2})",
+         keywords=("accountkey", "sharedaccesskey"), group=1,
+         examples=(("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey="
+                    "q0k9V2h3cGFzc3dvcmRfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g0==;"
+                    "EndpointSuffix=core.windows.net",
+                    "q0k9V2h3cGFzc3dvcmRfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g0=="),)),
+    Rule("azure-sas-signature", r"[?&]sig=([A-Za-z0-9%+/=]{30,})", keywords=("sig=",), group=1,
+         examples=(("https://acme.blob.core.windows.net/c/f?sv=2021-08-06&sig=Xy7k2L9mQpR4sT6vW8zA1bC3dE5fG7hJ%2BkL0mN2o%3D",
+                    "Xy7k2L9mQpR4sT6vW8zA1bC3dE5fG7hJ%2BkL0mN2o%3D"),)),
+    Rule("digitalocean-token", r"\bdo[por]_v1_[a-f0-9]{64}\b", keywords=("dop_v1_", "doo_v1_", "dor_v1_"),
+         examples=(("doctl auth init -t dop_v1_" + "4f" * 32, "dop_v1_" + "4f" * 32),)),
+    # ---- version control ----
+    Rule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b",
+         keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+         examples=(("git clone https://ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4@github.com/o/r",
+                    "ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4"),),
+         negatives=("ghp_short", "the ghs_ prefix")),
+    Rule("github-fine-grained-token", r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b",
+         keywords=("github_pat_",),
+         examples=(("GH_TOKEN=github_pat_11ABCDEFG0aBcDeFgHiJkL_" + "mNoPqRsTuVwXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678",
+                    "github_pat_11ABCDEFG0aBcDeFgHiJkL_" + "mNoPqRsTuVwXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678"),)),
+    Rule("gitlab-token", r"\b(?:glpat|gldt|glptt|glrt|glft|glsoat)-[0-9A-Za-z_-]{20,}",
+         keywords=("glpat-", "gldt-", "glptt-", "glrt-", "glft-", "glsoat-"),
+         examples=(("PRIVATE-TOKEN: glpat-x7Yk2LmN9pQrS4tUvW1z", "glpat-x7Yk2LmN9pQrS4tUvW1z"),)),
+    # ---- chat ----
+    Rule("slack-token", r"\bxox[abposre]-[0-9A-Za-z-]{10,}|\bxapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{20,}",
+         keywords=("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-", "xoxe-", "xapp-"),
+         examples=(("SLACK_BOT=xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+                    "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),)),
+    Rule("slack-webhook", r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}",
+         keywords=("hooks.slack.com",),
+         examples=(("curl -X POST https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX -d @m.json",
+                    "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX"),)),
+    Rule("discord-webhook", r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{40,}",
+         keywords=("/api/webhooks/",),
+         examples=(("https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17,
+                    "https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17),)),
+    Rule("telegram-bot-token", r"\d{8,10}:AA[0-9A-Za-z_-]{33}\b", keywords=(":aa",),
+         examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
+                    "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
+    # ---- payments ----
+    Rule("stripe-key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{20,247}\b",
+         keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "pk_test_"),
+         examples=(("curl https://api.stripe.com/v1/charges -u sk_live_4eC39HqLyjWDarjtT1zdp7dc:",
+                    "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),),
+         negatives=("sk_live_", "stripe_sk_live_setting")),
+    Rule("stripe-webhook-secret", r"\bwhsec_[A-Za-z0-9]{32,}\b", keywords=("whsec_",),
+         examples=(("STRIPE_WEBHOOK=whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX", "whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX"),)),
+    Rule("shopify-token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", keywords=("shpat_", "shpca_", "shppa_", "shpss_"),
+         examples=(("X-Shopify-Access-Token: shpat_" + "0a1b2c3d" * 4, "shpat_" + "0a1b2c3d" * 4),)),
+    # ---- package registries ----
+    Rule("npm-token", r"\bnpm_[A-Za-z0-9]{36}\b", keywords=("npm_",),
+         examples=(("//registry.npmjs.org/:_authToken=npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5",
+                    "npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"),),
+         negatives=("npm_config_cache=/tmp/npm",)),
+    Rule("npm-auth-token", r"(?i)_auth(?:Token)?\s*=\s*[\"']?([^\s\"']{8,})", keywords=("_auth",), group=1,
+         validator="not-reference", category="context",
+         examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-aaaa-bbbb-cccc-0123456789ab", "7c1e2d3f-aaaa-bbbb-cccc-0123456789ab"),),
+         negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",)),
+    Rule("pypi-token", r"\bpypi-AgE[A-Za-z0-9_-]{50,}", keywords=("pypi-age",),
+         examples=(("twine upload -p pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz",
+                    "pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz"),)),
+    # ---- AI providers ----
+    Rule("openai-key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,}T3BlbkFJ[A-Za-z0-9_-]{16,}"
+                       r"|\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}",
+         keywords=("t3blbkfj", "sk-proj-", "sk-svcacct-", "sk-admin-"),
+         examples=(("export OPENAI_API_KEY=sk-proj-Ab3De5Gh7Jk9Mn1Pq3St5Vw7Yz9Bc1De3Fg5Hj7Kl9T3BlbkFJzX2cV4bN6mQ8wE0rT2yU4",
+                    "sk-proj-Ab3De5Gh7Jk9Mn1Pq3St5Vw7Yz9Bc1De3Fg5Hj7Kl9T3BlbkFJzX2cV4bN6mQ8wE0rT2yU4"),)),
+    Rule("anthropic-key", r"\bsk-ant-[a-z]{3,8}\d{0,2}-[A-Za-z0-9_-]{32,}", keywords=("sk-ant-",),
+         examples=(("ANTHROPIC_API_KEY='sk-ant-api03-" + "Xy9_Kp2-Lm4Qr7St" * 6 + "AA'",
+                    "sk-ant-api03-" + "Xy9_Kp2-Lm4Qr7St" * 6 + "AA"),)),
+    Rule("huggingface-token", r"\b(?:hf|api_org)_[A-Za-z]{34}\b", keywords=("hf_", "api_org_"),
+         examples=(("huggingface-cli login --token hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",
+                    "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"),),
+         negatives=("from huggingface_hub import hf_hub_download",)),
+    # ---- other SaaS ----
+    Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b", keywords=("sg.",),
+         examples=(("SENDGRID=" + _SG, _SG),)),
+    Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b", keywords=("sk", "ac"),
+         examples=(("twilio api:core:keys:fetch --sid SK0123456789abcdef0123456789abcdef",
+                    "SK0123456789abcdef0123456789abcdef"),),
+         negatives=("SKIP0123", "ACCEPTED")),
+    Rule("mailgun-key", r"\bkey-[0-9a-z]{32}\b", keywords=("key-",),
+         examples=(("curl -s --user 'api:key-3ax6xnjp29jd6fds4gc373sgvjxteol0' https://api.mailgun.net",
+                    "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"),)),
+    Rule("mailchimp-key", r"\b[0-9a-f]{32}-us\d{1,2}\b", keywords=("-us",),
+         examples=(("MAILCHIMP=0123456789abcdef0123456789abcdef-us21", "0123456789abcdef0123456789abcdef-us21"),)),
+    Rule("datadog-key", r"(?i)(?:datadog|\bdd)[_-]?(?:api|app(?:lication)?)[_-]?key\s*[\"']?\s*[:=]\s*[\"']?([a-f0-9]{32,40})\b",
+         keywords=("datadog", "dd_", "dd-"), group=1, category="context",
+         examples=(("DD_API_KEY=0123456789abcdef0123456789abcdef docker compose up", "0123456789abcdef0123456789abcdef"),)),
+    Rule("databricks-token", r"\bdapi[a-f0-9]{32}(?:-\d)?\b", keywords=("dapi",),
+         examples=(("databricks configure --token dapi0123456789abcdef0123456789abcdef", "dapi0123456789abcdef0123456789abcdef"),)),
+    Rule("linear-key", r"\blin_(?:api|oauth)_[A-Za-z0-9]{40}\b", keywords=("lin_api_", "lin_oauth_"),
+         examples=(("LINEAR=lin_api_" + "aB3dE5gH7j" * 4, "lin_api_" + "aB3dE5gH7j" * 4),)),
+    Rule("sentry-dsn", r"https://([0-9a-f]{32})(?::[0-9a-f]{32})?@[A-Za-z0-9.-]+\.ingest(?:\.[a-z]+)?\.sentry\.io",
+         keywords=("sentry.io",), group=1,
+         examples=(("SENTRY_DSN=https://0123456789abcdef0123456789abcdef@o12345.ingest.sentry.io/123",
+                    "0123456789abcdef0123456789abcdef"),)),
+    Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
+         examples=(("age key: " + _AGE, _AGE),)),
+    # ---- structured tokens and key material ----
+    Rule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", keywords=("eyj",),
+         examples=(("Cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),),
+         negatives=("eyJ is how base64 JSON starts",)),
+    Rule("private-key",
+         r"-----BEGIN[ A-Z0-9]{0,20}PRIVATE KEY(?: BLOCK)?-----"
+         r"((?s:[A-Za-z0-9+/=\s\\,:.\"'|+-]{16,}?))"
+         r"(?:-----END[ A-Z0-9]{0,20}PRIVATE KEY(?: BLOCK)?-----|\z)",
+         keywords=("private key",), group=1,
+         examples=(("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+                    "-----END OPENSSH PRIVATE KEY-----\n",
+                    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"),
+                   ('{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\\n"}',
+                    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+                   ("+-----BEGIN RSA PRIVATE KEY-----\n+MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM\n+-----END RSA PRIVATE KEY-----",
+                    "MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM")),
+         negatives=('if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    parse(line)',
+                    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----")),
+    # ---- credentials in context ----
+    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,100}:([^\s/@\"'<>]{1,200})@",
+         keywords=("://",), group=1, validator="not-reference", category="context",
+         examples=(("psql postgres://app:S3cr3t-Pa55@db.internal:5432/app", "S3cr3t-Pa55"),
+                   ("git remote add o https://bob:hunter2x@git.example.com/r.git", "hunter2x")),
+         negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
+                    "http://localhost:8080/path@v2", "https://user@example.com/repo")),
+    Rule("auth-header",
+         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token|digest|bot|apikey|sso-key)\s+"
+         r"([A-Za-z0-9._~+/:=-]{6,})",
+         keywords=("authorization",), group=1, validator="not-reference", category="context",
+         examples=(('curl -H "Authorization: Bearer 9f8e7d6c5b4a3210fedcba" https://api', "9f8e7d6c5b4a3210fedcba"),
+                   ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0")),
+         negatives=('headers["Authorization"] = f"Bearer {token}"', "Authorization: Bearer $TOKEN")),
+    Rule("bearer-token", r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{20,}=*)", keywords=("bearer",), group=1,
+         validator="generated", category="context",
+         examples=(("token_type=bearer access=Bearer aB3dE5gH7jK9mN1pQ3sT5vW7", "aB3dE5gH7jK9mN1pQ3sT5vW7"),),
+         negatives=("the bearer authentication_scheme_description",)),
+    Rule("api-key-header",
+         r"(?i)\b(?:x-[a-z0-9-]{0,30}(?:key|token|secret|auth)[a-z0-9-]{0,20}|api-key|apikey|private-token)\s*:\s*([^\s\"',;]{8,})",
+         keywords=("x-", "api-key", "apikey", "private-token"), group=1, validator="not-reference", category="context",
+         examples=(('curl -H "X-Api-Key: 7Fq2Lm9Px4Rt6Vz8" https://svc', "7Fq2Lm9Px4Rt6Vz8"),
+                   ("PRIVATE-TOKEN: k2Jd8sLq0ZmX7Pw3", "k2Jd8sLq0ZmX7Pw3")),
+         negatives=("X-Api-Key: $API_KEY",)),
+    Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]{0,200}?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']{0,100}:([^\s\"']+)",
+         keywords=("curl", "wget", "http", "xh"), group=1, validator="not-reference", category="context",
+         examples=(("curl -u admin:Pa55w0rd! https://host/api", "Pa55w0rd!"),
+                   ("curl --user 'deploy:t0ps3cret' -X POST https://h", "t0ps3cret")),
+         negatives=("curl -u $USER:$PASS https://host", "curl -u admin https://host")),
+    Rule("password-flag", r"(?i)(?:^|\s)--[a-z-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey)(?:=|\s+)([^\s\"'][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
+         keywords=("password", "passwd", "passphrase", "secret", "token", "api-key", "apikey"), group=1,
+         validator="not-reference", category="context",
+         examples=(("mysql --user=root --password=Sup3r-S3cret db", "Sup3r-S3cret"),
+                   ("vault login --token s.Xk2Lm9Pq4Rt6", "s.Xk2Lm9Pq4Rt6"),
+                   ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!")),
+         negatives=("docker login --password-stdin < pw.txt", "app --token-file /run/tok", "--password $PASS")),
+    Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]{0,200}?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
+         keywords=("mysql", "mariadb"), group=1, validator="not-reference", category="context",
+         examples=(("mysql -u root -pS3cretPw -h db", "S3cretPw"), ("mysqldump -uroot -p'x y z!' app", "x y z!")),
+         negatives=("mysql -u root -p app", "mysql -u root -p$MYSQL_PWD")),
+    Rule("short-password-flag",
+         r"(?:\b(?:sshpass|twine|cf)\b|\b(?:docker|podman|nerdctl|helm|buildah|skopeo|oras)\s+(?:registry\s+)?login\b)"
+         r"[^\n|;&]{0,80}?\s-p\s+([^\s\"'-][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
+         keywords=("sshpass", "twine", "cf", "login"),
+         group=1, validator="not-reference", category="context",
+         examples=(("sshpass -p 'n0tS0s3cret' ssh deploy@host", "n0tS0s3cret"),
+                   ("docker login -u bob -p Dkr-P4ss registry.io", "Dkr-P4ss")),
+         negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
+    Rule("secret-assignment",
+         r"(?i)([A-Za-z0-9_.-]{0,40}(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]{0,40})" + _Q
+         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-)\s{0,4}" + _VALUE,
+         keywords=("secret", "passw", "passphrase", "pwd", "token", "key", "credential", "cred"),
+         group=2, validator="literal", category="context",
+         examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
+                   ("DB_PASSWORD=hunter2", "hunter2"),
+                   ('  "client_secret": "k8Jd-2ls_Qm9Zx",', "k8Jd-2ls_Qm9Zx"),
+                   ("password: Tr0ub4dor&3", "Tr0ub4dor&3"),
+                   ("api_key = 'A1b2C3d4E5f6'", "A1b2C3d4E5f6"),
+                   ('private_key := "c2VjcmV0IGtleSBtYXRlcmlhbA=="', "c2VjcmV0IGtleSBtYXRlcmlhbA==")),
+         negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
+                    "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
+                    "token = tokens[0]", "max_tokens = 1024", "secret_key = settings.SECRET_KEY",
+                    "password: str", 'url = f"https://x/?token={token}"', "primary_key=True")),
+    Rule("high-entropy-near-keyword",
+         r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|auth)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.-]{20,200})",
+         keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth"),
+         group=1, validator="generated", category="context",
+         examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),),
+         negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
+                    'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"')),
+    # ---- personal data ----
+    Rule("email", r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b",
+         action="hash", category="pii", keywords=("@",), validator="email",
+         examples=(("git config user.email alice.smith@acme-corp.com", "alice.smith@acme-corp.com"),),
+         negatives=("@property", "pkg@1.2.3", "git@github.com:org/repo.git", "https://deploy@example.com/x")),
+    Rule("credit-card", r"\b(?:[2-6]\d{3}(?:[ -]?\d{4}){2}[ -]?\d{1,7}|3[47]\d{2}[ -]?\d{6}[ -]?\d{5})\b",
+         validator="luhn", category="pii",
+         examples=(("card 4111 1111 1111 1111 exp 12/30", "4111 1111 1111 1111"),
+                   ("charge(5555555555554444)", "5555555555554444")),
+         negatives=("ts=1700000000123456789", "4111111111111112", "id 2024 0115 1200 00")),
+    Rule("phone-number",
+         r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\b\d{3})[ .-]\d{3}[ .-]\d{4}\b|\+\d{1,3}(?:[ .-]\d{2,5}){2,4}\b",
+         validator="phone", category="pii", policy_flag="phone_numbers",
+         examples=(("call +1 415-555-0132 now", "415-555-0132"), ("Tel: (020) 794-6095", "794-6095"),
+                   ("+44 20 7946 0958", "+44 20 7946 0958")),
+         negatives=("2024-01-15 12:30:45", "v1.2.3", "port 5432", "555-0132")),
+    Rule("ip-address", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", action="hash", validator="ipv4", category="pii",
+         policy_flag="ip_addresses",
+         examples=(("ssh deploy@203.0.113.45 -p 22", "203.0.113.45"),),
+         negatives=("listen 127.0.0.1:8000", "0.0.0.0", "mask 255.255.255.0", "version 1.2.3", "999.1.1.1")),
+)
+
+
+def _check_row(row: dict, where: str) -> None:
+    if not isinstance(row, dict):
+        raise RuleError(f"{where} must be a table with name and pattern, not {type(row).__name__}")
+    name = row.get("name")
+    if not isinstance(name, str) or not name:
+        raise RuleError(f"{where} has no name; give every rule a name such as 'acme-token'")
+    unknown = set(row) - {"name", "pattern", "action", "keywords", "entropy", "group", "replacement"}
+    if unknown:
+        raise RuleError(f"redaction rule '{name}' has unknown key(s) {', '.join(sorted(unknown))}; "
+                        f"allowed: name, pattern, action, keywords, entropy, group, replacement")
+    if not isinstance(row.get("pattern"), str) or not row["pattern"]:
+        raise RuleError(f"redaction rule '{name}' has no pattern; add a pattern string")
+    if row.get("action", "replace") not in ACTIONS:
+        raise RuleError(f"redaction rule '{name}' has action {row.get('action')!r}; "
+                        f"use one of {', '.join(ACTIONS)}")
+
+
+def compile_rule(rule: Rule) -> "re2._Regexp":
+    """The compiled pattern of `rule`; `RuleError` names the rule when RE2 rejects it."""
+    try:
+        compiled = re2.compile(rule.pattern)
+    except re2.error as exc:
+        raise RuleError(f"redaction rule '{rule.name}' has a pattern RE2 cannot compile ({exc}); "
+                        f"RE2 has no lookarounds or backreferences") from None
+    if not 0 <= rule.group <= compiled.groups:
+        raise RuleError(f"redaction rule '{rule.name}' uses group {rule.group} but its pattern has "
+                        f"{compiled.groups} group(s)")
+    if rule.validator is not None and rule.validator not in VALIDATORS:
+        raise RuleError(f"redaction rule '{rule.name}' names unknown check '{rule.validator}'")
+    return compiled
+
+
+def compile_admin_rules(rules: list[dict]) -> list[Rule]:
+    """Policy `redaction.rules` items as `Rule`s, each pattern checked with RE2 now."""
+    out = []
+    seen = set()
+    for i, row in enumerate(rules or []):
+        _check_row(row, f"redaction rule #{i + 1}")
+        name = row["name"]
+        if name in seen:
+            raise RuleError(f"redaction rule '{name}' is defined twice; give each rule its own name")
+        seen.add(name)
+        keywords = row.get("keywords") or ()
+        if isinstance(keywords, str) or not all(isinstance(k, str) and k for k in keywords):
+            raise RuleError(f"redaction rule '{name}' has keywords that are not a list of non-empty strings")
+        entropy = row.get("entropy")
+        group = row.get("group", 0)
+        if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+            raise RuleError(f"redaction rule '{name}' has group {group!r}; use a capture group number >= 0")
+        rule = Rule(name=name, pattern=row["pattern"], action=row.get("action", "replace"),
+                    keywords=tuple(k.lower() for k in keywords),
+                    entropy=float(entropy) if entropy is not None else None, group=group,
+                    replacement=row.get("replacement"), category="admin")
+        compile_rule(rule)
+        out.append(rule)
+    return out
