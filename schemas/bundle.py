@@ -212,9 +212,19 @@ def _stanza_ct_len(kem_suite: str) -> int:
     return _HPKE_KEM[kem_suite].enc_length() + FILE_KEY_SIZE + TAG_SIZE
 
 
+def _payload_key(file_key: bytes, header_hash: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=header_hash, info=PAYLOAD_KEY_INFO).derive(file_key)
+
+
 def _payload_aead(file_key: bytes, header_hash: bytes) -> AESGCM:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=header_hash, info=PAYLOAD_KEY_INFO).derive(file_key)
-    return AESGCM(key)
+    return AESGCM(_payload_key(file_key, header_hash))
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    params = zstandard.ZstdCompressionParameters.from_level(level)
+    if params.window_log > ZSTD_MAX_WINDOW_LOG:
+        params = zstandard.ZstdCompressionParameters.from_level(level, window_log=ZSTD_MAX_WINDOW_LOG)
+    return zstandard.ZstdCompressor(compression_params=params)
 
 
 def _nonce(counter: int, last: bool) -> bytes:
@@ -299,10 +309,7 @@ def seal_bundle(
 
     aead = _payload_aead(file_key, header_hash)
     del file_key
-    params = zstandard.ZstdCompressionParameters.from_level(level)
-    if params.window_log > ZSTD_MAX_WINDOW_LOG:
-        params = zstandard.ZstdCompressionParameters.from_level(level, window_log=ZSTD_MAX_WINDOW_LOG)
-    zobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    zobj = _zstd_compressor(level).compressobj()
     packer = msgpack.Packer(use_bin_type=True)
     pending = bytearray()  # compressed bytes not yet encrypted; always keeps the tail for the last chunk
     counter = 0
