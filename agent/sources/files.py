@@ -206,6 +206,13 @@ class FilesSource:
                 if ev.kind != "move":
                     self._discovery_event(ev, parent_role)
                 continue
+            if not ev.is_dir and os.path.basename(ev.dest or ev.path) == ".git":
+                # A worktree or submodule added inside a repo: its .git file makes it a repo.
+                parent = Path(ev.dest or ev.path).parent
+                if parent not in self.repos and ev.kind in ("create", "write", "move"):
+                    self._forget_roles(str(parent))
+                    self._add_repo(parent, announce_files=True)
+                continue
             if ev.is_dir:
                 self._dir_event(ev, now)
             else:
