@@ -136,8 +136,8 @@ class RepoIgnore:
                 abs_globs.append(os.path.expanduser(g).lstrip("/"))
             else:
                 rel_globs.append(g)
-        self._rel_exclude = pathspec.PathSpec.from_lines("gitwildmatch", rel_globs)
-        self._abs_exclude = pathspec.PathSpec.from_lines("gitwildmatch", abs_globs)
+        self._rel_exclude = pathspec.GitIgnoreSpec.from_lines(rel_globs)
+        self._abs_exclude = pathspec.GitIgnoreSpec.from_lines(abs_globs)
         self._specs: dict[str, pathspec.GitIgnoreSpec | None] = {}
         self._root_extra = self._read_info_exclude()
 
