@@ -13,7 +13,7 @@ __tc_segmax=@SEGMENT_BYTES@
 __tc_keep=@SEGMENTS@
 __tc_sid="$$-${EPOCHREALTIME//[.,]/}"
 __tc_scratch="$__tc_dir/$__tc_sid.cmd"
-__tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_armed=0 __tc_open=0 __tc_hist=-1 __tc_lastarg= __tc_t0=
+__tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_dropped=0 __tc_armed=0 __tc_open=0 __tc_hist=-1 __tc_lastarg= __tc_t0=
 __tc_cnt=(0)
 __tc_pyo_on=0 __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
 
@@ -27,20 +27,40 @@ __tc_esc() {  # $1 -> __tc_e, one line: \ \n \t \r escaped
 __tc_put() {  # append record $1 to the current segment, rotating when it is full
     if (( __tc_bytes > 0 && __tc_bytes + ${#1} >= __tc_segmax )); then
         (( __tc_seg += 1, __tc_bytes = 0 ))
-        __tc_cnt[__tc_seg % __tc_keep]=0
         local old=$(( __tc_seg - __tc_keep ))
         # The segment written __tc_keep rotations ago is still there: the daemon has not taken it,
-        # so the spool is full. Drop it (truncate; rm would be a process) and say how much.
+        # so the spool is full. Drop it (truncate; rm would be a process) and record the running
+        # total of dropped records, so a later D1 still tells if this one is dropped too.
         if (( old >= 0 )) && [[ -s "$__tc_dir/$__tc_sid.$old.rec" ]]; then
             { : >| "$__tc_dir/$__tc_sid.$old.rec"; } 2>/dev/null
-            local d="D1	b	$__tc_sid	${__tc_cnt[old % __tc_keep]:-0}"
+            (( __tc_dropped += ${__tc_cnt[old % __tc_keep]:-0} ))
+            local d="D1	b	$__tc_sid	$__tc_dropped"
             { builtin printf '%s\n' "$d" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec"; } 2>/dev/null
             (( __tc_bytes += ${#d} + 1 ))
         fi
-        __tc_cnt[old % __tc_keep]=0
+        (( __tc_cnt[__tc_seg % __tc_keep] = 0 ))
     fi
     { builtin printf '%s\n' "$1" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec"; } 2>/dev/null \
         && (( __tc_bytes += ${#1} + 1, __tc_cnt[__tc_seg % __tc_keep] += 1 ))
+}
+
+__tc_histline() {  # the newest history line -> __tc_line; fails when history did not advance
+    local HISTTIMEFORMAT= line=
+    { builtin history 1 >| "$__tc_scratch"; } 2>/dev/null
+    { IFS= builtin read -r -d '' line < "$__tc_scratch"; } 2>/dev/null
+    line=${line%$'\n'}
+    [[ $line =~ ^\ *([0-9]+)[\*\ ]\ (.*)$ && ${BASH_REMATCH[1]} != "$__tc_hist" ]] || return 1
+    __tc_hist=${BASH_REMATCH[1]}
+    __tc_line=${BASH_REMATCH[2]}
+}
+
+__tc_start() {  # $1 start time, $2 command text
+    (( __tc_n += 1 ))
+    __tc_esc "$2"
+    local c=$__tc_e
+    __tc_esc "$PWD"
+    __tc_put "S1	b	$__tc_sid	$__tc_n	$1	$$	1	bash	$__tc_e	$c"
+    __tc_open=1
 }
 
 __tc_preexec() {  # DEBUG trap; $1 is $_ as bash had it
@@ -51,13 +71,9 @@ __tc_preexec() {  # DEBUG trap; $1 is $_ as bash had it
     __tc_armed=0
     local t=$EPOCHREALTIME
     if [[ ! -d $__tc_dir ]]; then : "$__tc_lastarg"; return; fi
-    local HISTTIMEFORMAT= line= cmd
-    { builtin history 1 >| "$__tc_scratch"; } 2>/dev/null
-    { IFS= builtin read -r -d '' line < "$__tc_scratch"; } 2>/dev/null
-    line=${line%$'\n'}
-    if [[ $line =~ ^\ *([0-9]+)[\*\ ]\ (.*)$ && ${BASH_REMATCH[1]} != "$__tc_hist" ]]; then
-        __tc_hist=${BASH_REMATCH[1]}
-        cmd=${BASH_REMATCH[2]}
+    local cmd
+    if __tc_histline; then
+        cmd=$__tc_line
     elif [[ $__tc_ignore_space == 1 && $HISTCONTROL == *@(ignorespace|ignoreboth)* ]]; then
         # Not added to history: a space-prefixed command (skip it) or a repeated one; bash does
         # not say which, so privacy wins.
@@ -67,12 +83,7 @@ __tc_preexec() {  # DEBUG trap; $1 is $_ as bash had it
         cmd=$BASH_COMMAND
     fi
     if [[ $__tc_ignore_space == 1 && $cmd == [\ ]* ]]; then : "$__tc_lastarg"; return; fi
-    (( __tc_n += 1 ))
-    __tc_esc "$cmd"
-    local c=$__tc_e
-    __tc_esc "$PWD"
-    __tc_put "S1	b	$__tc_sid	$__tc_n	$t	$$	1	bash	$__tc_e	$c"
-    __tc_open=1
+    __tc_start "$t" "$cmd"
     if [[ $__tc_junit == 1 && $cmd == *@(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
         __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
@@ -82,11 +93,16 @@ __tc_preexec() {  # DEBUG trap; $1 is $_ as bash had it
 }
 
 __tc_precmd() {  # first in PROMPT_COMMAND; $1 is $_ of the user's command
-    local s=$?
+    local s=$? t=$EPOCHREALTIME
     __tc_lastarg=$1
+    if [[ $__tc_armed == 1 && -d $__tc_dir ]] && __tc_histline; then
+        # A line bash ran without a DEBUG trap in this shell, such as `(exit 3)` (subshells do
+        # not inherit the trap): its start is only known now.
+        [[ $__tc_ignore_space == 1 && $__tc_line == [\ ]* ]] || __tc_start "$t" "$__tc_line"
+    fi
     if (( __tc_open )); then
         __tc_open=0
-        __tc_put "E1	b	$__tc_sid	$__tc_n	$EPOCHREALTIME	$s	"
+        __tc_put "E1	b	$__tc_sid	$__tc_n	$t	$s	"
         if (( __tc_pyo_on )); then
             __tc_pyo_on=0
             if [[ ${PYTEST_ADDOPTS-} == "${__tc_pyo_old:+$__tc_pyo_old }$__tc_pyo_ours" ]]; then

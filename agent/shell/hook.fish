@@ -17,6 +17,7 @@ if not set -q __tracecap_loaded
     set -g __tc_seg 0
     set -g __tc_bytes 0
     set -g __tc_open 0
+    set -g __tc_dropped 0
     set -g __tc_cnt 0 0 0 0 0 0 0 0
     set -g __tc_inter 0
     status is-interactive; and set -g __tc_inter 1
@@ -30,11 +31,13 @@ if not set -q __tracecap_loaded
             set -l old (math $__tc_seg - $__tc_keep)
             set -l of $__tc_dir/$__tc_sid.$old.rec
             # The segment written __tc_keep rotations ago is still there: the daemon has not
-            # taken it, so the spool is full. Drop it (truncate) and say how much.
+            # taken it, so the spool is full. Drop it (truncate) and record the running total of
+            # dropped records, so a later D1 still tells if this one is dropped too.
             set f $__tc_dir/$__tc_sid.$__tc_seg.rec
             if test $old -ge 0 -a -s $of
                 true >$of 2>/dev/null
-                set -l d "D1	u	$__tc_sid	$__tc_cnt[(math $old % $__tc_keep + 1)]"
+                set -g __tc_dropped (math $__tc_dropped + $__tc_cnt[(math $old % $__tc_keep + 1)])
+                set -l d "D1	u	$__tc_sid	$__tc_dropped"
                 printf '%s\n' $d >>$f 2>/dev/null
                 set -g __tc_bytes (math (string length -- $d) + 1)
             end

@@ -12,7 +12,7 @@ typeset -g __tc_junit=@PYTEST_JUNIT@
 typeset -gi __tc_segmax=@SEGMENT_BYTES@
 typeset -gi __tc_keep=@SEGMENTS@
 typeset -g __tc_sid="$$-${EPOCHREALTIME//./}"
-typeset -gi __tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_open=0
+typeset -gi __tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_open=0 __tc_dropped=0
 typeset -g __tc_inter=0
 [[ -o interactive ]] && __tc_inter=1
 typeset -ga __tc_cnt
@@ -32,14 +32,16 @@ __tc_put() {  # append record $1 to the current segment, rotating when it is ful
         (( __tc_seg += 1, __tc_bytes = 0 ))
         local -i old=$(( __tc_seg - __tc_keep ))
         # The segment written __tc_keep rotations ago is still there: the daemon has not taken it,
-        # so the spool is full. Drop it (truncate; rm would be a process) and say how much.
+        # so the spool is full. Drop it (truncate; rm would be a process) and record the running
+        # total of dropped records, so a later D1 still tells if this one is dropped too.
         if (( old >= 0 )) && [[ -s "$__tc_dir/$__tc_sid.$old.rec" ]]; then
             { : >| "$__tc_dir/$__tc_sid.$old.rec" } 2>/dev/null
-            local d="D1	b	$__tc_sid	${__tc_cnt[old % __tc_keep + 1]}"
+            (( __tc_dropped += __tc_cnt[old % __tc_keep + 1] ))
+            local d="D1	b	$__tc_sid	$__tc_dropped"
             { builtin print -r -- "$d" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec" } 2>/dev/null
             (( __tc_bytes += ${#d} + 1 ))
         fi
-        __tc_cnt[__tc_seg % __tc_keep + 1]=0
+        (( __tc_cnt[__tc_seg % __tc_keep + 1] = 0 ))
     fi
     { builtin print -r -- "$1" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec" } 2>/dev/null \
         && (( __tc_bytes += ${#1} + 1, __tc_cnt[__tc_seg % __tc_keep + 1] += 1 ))
