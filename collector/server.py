@@ -1,0 +1,158 @@
+"""The collector's HTTP API: a Starlette app over a `BundleStore`, served by uvicorn.
+
+Takes HTTP requests; gives JSON. Routes:
+- `PUT /v1/bundles/{id}` (bearer token): the body is one bundle. 201 stored, 200 already stored
+  (same bytes), 400 malformed or the URL id is not the header's, 401 missing or wrong token,
+  403 the device is pinned to another key, 409 the id is stored with other bytes, 411/413 no
+  length or too large, 422 the device signature does not verify. Every answer is JSON; every
+  refusal is `{"error": "<one sentence>"}`.
+- `GET /v1/devices/{device}` (bearer token): the device's chain report (`collector.verify`), 404
+  for a device with no bundles.
+- `GET /v1/health`: 200 `{"status": "ok"}`, no token needed (load balancer probes).
+
+Promises: the body is streamed to a temporary file and never held in memory; a body beyond the
+size cap is refused as soon as the cap is passed (or at once, from `Content-Length`); a response
+of 2xx means the bundle is durably stored and indexed. Verification and the store's fsyncs run in
+worker threads so one slow disk write never stalls the event loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import socket
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from collector.storage import BundleStore, Refused, valid_bundle_id
+from collector.verify import analyse_device
+
+log = logging.getLogger("tracecap.collector")
+
+DEFAULT_LISTEN = "127.0.0.1:8787"
+DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+
+
+def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+def create_app(store: BundleStore, token: str | None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Starlette:
+    """The ASGI app. `token` None or "" accepts every request (the caller warns about it)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    def authorized(request: Request) -> bool:
+        if expected is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    def unauthorized(request: Request) -> JSONResponse:
+        what = "wrong" if request.headers.get("authorization") else "missing"
+        return _error(401, f"the collector token is {what}; send 'Authorization: Bearer <upload.token>'",
+                      headers={"WWW-Authenticate": 'Bearer realm="tracecap"'})
+
+    async def put_bundle(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return unauthorized(request)
+        bundle_id = request.path_params["bundle_id"]
+        if not valid_bundle_id(bundle_id):
+            return _error(400, f"{bundle_id!r} is not a bundle id (16 hex digits, '-', 12 hex digits)")
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "the Content-Length header is not a number")
+            if int(length) > max_bundle_bytes:
+                return _error(413, f"the bundle is {int(length)} bytes, over the collector's limit of "
+                                   f"{max_bundle_bytes} bytes")
+        temp = store.temp_path()
+        try:
+            received = 0
+            with open(temp, "wb") as f:
+                async for block in request.stream():
+                    received += len(block)
+                    if received > max_bundle_bytes:
+                        return _error(413, f"the bundle is over the collector's limit of {max_bundle_bytes} bytes")
+                    f.write(block)
+            if received == 0:
+                return _error(400, "the request has no body; PUT the bundle file's bytes")
+            try:
+                stored = await run_in_threadpool(store.ingest, temp, bundle_id)
+            except Refused as exc:
+                log.info("refused bundle %s: %s %s", bundle_id, exc.status, exc)
+                return _error(exc.status, str(exc))
+        except ClientDisconnect:
+            log.info("client went away while sending bundle %s", bundle_id)
+            return _error(400, "the client disconnected before the whole bundle arrived")
+        finally:
+            temp.unlink(missing_ok=True)
+        h = stored.header
+        body = {"bundle_id": h.bundle_id, "device_id": h.device_id, "digest": stored.digest,
+                "first_seq": h.first_seq, "last_seq": h.last_seq, "count": h.count,
+                "stored": "created" if stored.created else "already stored"}
+        return JSONResponse(body, status_code=201 if stored.created else 200)
+
+    async def get_device(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return unauthorized(request)
+        device_id = request.path_params["device_id"]
+        rows = await run_in_threadpool(store.bundles, device_id)
+        if not rows:
+            return _error(404, f"the collector holds no bundles from device {device_id!r}")
+        return JSONResponse(analyse_device(device_id, rows).to_json())
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        store.close()
+
+    return Starlette(routes=[
+        Route("/v1/bundles/{bundle_id}", put_bundle, methods=["PUT"]),
+        Route("/v1/devices/{device_id:path}", get_device, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),
+    ], lifespan=lifespan)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8787', '[::1]:8787', ':8787' (all interfaces) -> (host, port); ValueError if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT; use for example 127.0.0.1:8787")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free port (read it back with `getsockname`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(data_dir: Path, sock: socket.socket, token: str | None, max_bundle_bytes: int) -> None:
+    """Run the collector on `sock` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    import uvicorn
+
+    store = BundleStore(data_dir)
+    app = create_app(store, token, max_bundle_bytes)
+    config = uvicorn.Config(app, log_level=os.environ.get("TRACECAP_COLLECTOR_LOG_LEVEL", "warning"),
+                            access_log=False, lifespan="on", timeout_keep_alive=30,
+                            server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
