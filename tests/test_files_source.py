@@ -1,0 +1,195 @@
+"""The files source end to end: real repos, real vim and sed, real inotify."""
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.sources.files import FilesSource
+from agent.sources.files_diff import apply_unified_diff
+from tests.test_files_helpers import Recorder, Running, git, init_repo, make_context
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def start(tmp_path, rec, **capture):
+    ctx = make_context(tmp_path, {"capture": {"roots": [str(tmp_path / "src")],
+                                              "debounce_ms": 100, **capture}}, rec, "files")
+    return FilesSource(ctx)
+
+
+def vim(path: Path, *cmds: str) -> None:
+    args = ["vim", "-u", "NONE", "-i", "NONE", "-n", "-e", "-s"]
+    for c in cmds:
+        args += ["-c", c]
+    subprocess.run(args + ["-c", "wq", str(path)], timeout=20, check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def settle(rec: Recorder, seconds: float = 0.6) -> None:
+    """Wait until no new event arrived for `seconds` (bounded by 10 s)."""
+    deadline = time.monotonic() + 10
+    n = -1
+    while time.monotonic() < deadline and n != len(rec.events):
+        n = len(rec.events)
+        time.sleep(seconds)
+
+
+def replay(start_tree: dict[str, str], head: dict[str, str], events: list[dict]) -> dict[str, str]:
+    """Rebuild the tree from `file.save` events, as a receiver of the trace would."""
+    tree = dict(start_tree)
+    for d in events:
+        path, op = d["path"], d["op"]
+        if op == "delete":
+            tree.pop(path)
+            continue
+        old_path = d.get("from", path)
+        base = {"previous": tree.get(old_path, ""), "head": head.get(old_path, ""),
+                "empty": ""}[d["base"]]
+        if op == "move":
+            tree.pop(old_path)
+        tree[path] = apply_unified_diff(base, d["diff"])
+    return tree
+
+
+def read_tree(repo: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, files in os.walk(repo):
+        dirnames[:] = [n for n in dirnames if n != ".git"]
+        for f in files:
+            p = Path(dirpath) / f
+            out[p.relative_to(repo).as_posix()] = p.read_bytes().decode("utf-8")
+    return out
+
+
+def test_replaying_captured_diffs_rebuilds_the_final_tree(tmp_path):
+    head = {"app.py": "def f():\n    return 1\n", "README.md": "# demo\n", "old.txt": "bye\n",
+            ".gitignore": "*.log\n"}
+    repo = init_repo(tmp_path / "src" / "demo", head)
+    rec = Recorder()
+    src = start(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        vim(repo / "app.py", "%s/return 1/return 2/")           # vim's write-then-rename
+        (repo / "new.py").write_text("import app\n")             # create
+        (repo / "debug.log").write_text("ignored\n")             # gitignored
+        time.sleep(0.3)
+        vim(repo / "new.py", "normal Goprint(app.f())")
+        subprocess.run(["sed", "-i", "s/demo/Demo project/", str(repo / "README.md")],
+                       check=True, timeout=10)                   # sed -i temp + rename
+        (repo / "old.txt").unlink()                              # delete
+        (repo / "pkg").mkdir()
+        time.sleep(0.3)
+        (repo / "new.py").rename(repo / "pkg" / "main.py")      # move
+        time.sleep(0.3)
+        with open(repo / "pkg" / "main.py", "a") as f:         # direct write, no final newline
+            f.write("# end")
+        (repo / "unicode.txt").write_text("naïve café ✓\r\nline two")
+        settle(rec)
+    events = rec.data("file.save")
+    assert all(d["repo"] == str(repo) for d in events)
+    assert "debug.log" not in {d["path"] for d in events}
+    assert {d["op"] for d in events} == {"create", "modify", "delete", "move"}
+    saves_of_app = [d for d in events if d["path"] == "app.py"]
+    assert len(saves_of_app) == 1 and saves_of_app[0]["op"] == "modify"
+    assert saves_of_app[0]["base"] == "head"
+    final = read_tree(repo)
+    final.pop("debug.log")
+    start_tree = dict(head)
+    assert replay(start_tree, head, events) == final
+
+
+def test_writes_in_ignored_trees_make_no_events_and_no_watches(tmp_path):
+    repo = init_repo(tmp_path / "src" / "r", {"a.py": "1\n", ".gitignore": "gen/\n"})
+    rec = Recorder()
+    src = start(tmp_path, rec, exclude=["**/*.secret"])
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        for d in ["node_modules/pkg", "gen/x", ".venv/lib", "build", "__pycache__"]:
+            (repo / d).mkdir(parents=True)
+            for i in range(20):
+                (repo / d / f"f{i}.js").write_text("x")
+        (repo / "k.secret").write_text("s")
+        (repo / "a.py").write_text("2\n")
+        rec.wait_for(lambda ev: any(d["path"] == "a.py" for _, d, _ in ev))
+        settle(rec, 0.4)
+        watched = set(src.roles)
+    assert [d["path"] for d in rec.data("file.save")] == ["a.py"]
+    assert not any("node_modules" in w or "/gen" in w or ".venv" in w or "/build" in w
+                   for w in watched)
+
+
+def test_metadata_only_for_binary_oversize_and_forbidden_files(tmp_path):
+    repo = init_repo(tmp_path / "src" / "r", {"a.py": "1\n"})
+    rec = Recorder()
+    src = start(tmp_path, rec, max_file_bytes=100)
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        (repo / "img.bin").write_bytes(b"\x89PNG\0\0data")
+        (repo / "big.txt").write_text("x" * 101)
+        (repo / ".env").write_text("TOKEN=SECRET-abc\n")
+        (repo / "s.py").write_text("key = 'SECRET-abc123'\n")
+        rec.wait_for(lambda ev: len(ev) == 4)
+        settle(rec, 0.3)
+    by_path = {d["path"]: d for d in rec.data("file.save")}
+    assert set(by_path) == {"img.bin", "big.txt", ".env", "s.py"}
+    for p in ("img.bin", "big.txt", ".env"):
+        assert "diff" not in by_path[p] and by_path[p]["op"] == "create"
+    assert by_path["big.txt"]["size"] == 101
+    assert "SECRET-abc123" not in by_path["s.py"]["diff"] and "[REDACTED]" in by_path["s.py"]["diff"]
+    assert all("SECRET" not in v for v in src.cache._items.values() for v in [v[0]])
+
+
+def test_paused_changes_are_dropped_and_the_next_diff_is_against_head(tmp_path):
+    repo = init_repo(tmp_path / "src" / "r", {"a.py": "v1\n"})
+    rec = Recorder()
+    src = start(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        (repo / "a.py").write_text("v2\n")
+        rec.wait_for(lambda ev: len(ev) == 1)
+        rec.capturing = False
+        (repo / "a.py").write_text("v3 private\n")
+        time.sleep(0.5)
+        rec.capturing = True
+        (repo / "a.py").write_text("v4\n")
+        rec.wait_for(lambda ev: len(ev) == 2)
+    first, second = rec.data("file.save")
+    assert first["base"] == "previous" or first["base"] == "head"
+    assert second["base"] == "head" and "private" not in second["diff"]
+    assert apply_unified_diff("v1\n", second["diff"]) == "v4\n"
+
+
+def test_repos_created_later_and_nested_ones_are_watched(tmp_path):
+    (tmp_path / "src").mkdir()
+    rec = Recorder()
+    src = start(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: src._watcher is not None and len(src.roles) >= 1)
+        later = init_repo(tmp_path / "src" / "team" / "later")
+        r.wait_ready(lambda: later in src.repos)
+        (later / "x.py").write_text("x\n")
+        inner = init_repo(later / "vendored")
+        r.wait_ready(lambda: inner in src.repos)
+        (inner / "y.py").write_text("y\n")
+        rec.wait_for(lambda ev: len(ev) == 2)
+        settle(rec, 0.3)
+    got = {(d["repo"], d["path"]) for d in rec.data("file.save")}
+    assert got == {(str(later), "x.py"), (str(inner), "y.py")}
+
+
+def test_directory_rename_moves_each_file(tmp_path):
+    repo = init_repo(tmp_path / "src" / "r", {"pkg/a.py": "a\n", "pkg/sub/b.py": "b\n"})
+    rec = Recorder()
+    src = start(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        (repo / "pkg").rename(repo / "lib")
+        rec.wait_for(lambda ev: len(ev) == 2)
+        (repo / "lib" / "sub" / "b.py").write_text("b2\n")  # the moved watch still works
+        rec.wait_for(lambda ev: len(ev) == 3)
+    moves = sorted((d["from"], d["path"]) for d in rec.data("file.save") if d["op"] == "move")
+    assert moves == [("pkg/a.py", "lib/a.py"), ("pkg/sub/b.py", "lib/sub/b.py")]
+    assert rec.data("file.save")[-1]["path"] == "lib/sub/b.py"
