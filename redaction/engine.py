@@ -227,6 +227,13 @@ class Redactor:
             found = [(s + base, e + base, i) for s, e, i in found]
         return found
 
+    def _replacement_for(self, rule_name: str, secret: str) -> str:
+        """The replacement the named rule gives `secret` (argv pieces use this)."""
+        for c in self._rules:
+            if c.rule.name == rule_name:
+                return self._replacement(c.rule, secret)
+        return FAILED_MARKER
+
     def _replacement(self, rule: Rule, secret: str) -> str:
         if rule.action == "hash":
             digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()

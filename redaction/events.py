@@ -2,7 +2,9 @@
 
 Takes a `Redactor`, an event kind and its `data`; gives a new `data` dict, or None when a
 `drop-event` rule matched anywhere in it. Promises:
-- Every string value (at any depth of lists and dicts) passes `redact_text`. Dict keys that are
+- Every string value (at any depth of lists and dicts) passes `redact_text`. A list of strings
+  under `argv` is redacted as one command line (items joined by spaces), so `-u user:pass` or
+  `--password SECRET` split across items is still found; each finding is cut back to its items. Dict keys that are
   plain identifiers (schema field names) are kept as they are; any other key is redacted too.
 - Fail closed: if redacting a field raises, that field becomes `[REDACTION-FAILED]` and the
   failure is counted in `stats`; raw text never passes. A value of an unexpected type (bytes,
@@ -105,12 +107,43 @@ def _walk(redactor, value):
         for k, v in value.items():
             if not (isinstance(k, str) and k.isidentifier() and len(k) <= 40):
                 k = _walk(redactor, k) if isinstance(k, str) else FAILED_MARKER
-            out[k] = _walk(redactor, v)
+            if k == "argv" and isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+                out[k] = _redact_argv(redactor, v)
+            else:
+                out[k] = _walk(redactor, v)
         return out
     if isinstance(value, (list, tuple)):
         return [_walk(redactor, v) for v in value]
     redactor.stats.add_failure()
     return FAILED_MARKER
+
+
+def _redact_argv(redactor, argv: list[str]) -> list[str]:
+    joined = " ".join(argv)
+    try:
+        result = redactor.redact_text(joined)
+    except Exception:
+        redactor.stats.add_failure()
+        return [FAILED_MARKER] * len(argv)
+    if not result.findings:
+        return list(argv)
+    if result.drop_event:
+        raise _Drop()
+    out = []
+    start = 0
+    for item in argv:
+        end = start + len(item)
+        pieces, pos = [], start
+        for f in result.findings:
+            s, e = max(f.start, start), min(f.end, end)
+            if s < e:
+                pieces.append(joined[pos:s])
+                pieces.append(redactor._replacement_for(f.rule, joined[s:e]))
+                pos = e
+        pieces.append(joined[pos:end])
+        out.append("".join(pieces))
+        start = end + 1
+    return out
 
 
 def _redact_str(redactor, text: str) -> str:

@@ -123,7 +123,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          keywords=("/api/webhooks/",),
          examples=(("https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17,
                     "https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17),)),
-    Rule("telegram-bot-token", r"\d{8,10}:AA[0-9A-Za-z_-]{33}\b", keywords=(":aa",),
+    Rule("telegram-bot-token", r"\d{8,10}:AA[0-9A-Za-z_-]{33}", keywords=(":aa",),
          examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
                     "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
     # ---- payments ----
@@ -141,7 +141,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          examples=(("//registry.npmjs.org/:_authToken=npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5",
                     "npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"),),
          negatives=("npm_config_cache=/tmp/npm",)),
-    Rule("npm-auth-token", r"(?i)_auth(?:Token)?\s*=\s*[\"']?([^\s\"']{8,})", keywords=("_auth",), group=1,
+    Rule("npm-auth-token", r"(?im)(?::|^)_auth(?:Token)?\s*=\s*[\"']?([^\s\"'()]{8,})(?:\s|$)", keywords=("_auth",), group=1,
          validator="not-reference", category="context",
          examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-aaaa-bbbb-cccc-0123456789ab", "7c1e2d3f-aaaa-bbbb-cccc-0123456789ab"),),
          negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",)),
@@ -162,7 +162,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
                     "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"),),
          negatives=("from huggingface_hub import hf_hub_download",)),
     # ---- other SaaS ----
-    Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b", keywords=("sg.",),
+    Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", keywords=("sg.",),
          examples=(("SENDGRID=" + _SG, _SG),)),
     Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b", keywords=("sk", "ac"),
          examples=(("twilio api:core:keys:fetch --sid SK0123456789abcdef0123456789abcdef",
@@ -260,13 +260,14 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          group=2, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
+                   ("db:\n  password: Falcon203\n", "Falcon203"),
                    ('  "client_secret": "k8Jd-2ls_Qm9Zx",', "k8Jd-2ls_Qm9Zx"),
                    ("password: Tr0ub4dor&3", "Tr0ub4dor&3"),
                    ("api_key = 'A1b2C3d4E5f6'", "A1b2C3d4E5f6"),
                    ('private_key := "c2VjcmV0IGtleSBtYXRlcmlhbA=="', "c2VjcmV0IGtleSBtYXRlcmlhbA==")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
-                    "token = tokens[0]", "max_tokens = 1024", "secret_key = settings.SECRET_KEY",
+                    "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
                     "password: str", 'url = f"https://x/?token={token}"', "primary_key=True")),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|auth)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.-]{20,200})",
@@ -293,8 +294,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          negatives=("2024-01-15 12:30:45", "v1.2.3", "port 5432", "555-0132")),
     Rule("ip-address", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", action="hash", validator="ipv4", category="pii",
          policy_flag="ip_addresses",
-         examples=(("ssh deploy@203.0.113.45 -p 22", "203.0.113.45"),),
-         negatives=("listen 127.0.0.1:8000", "0.0.0.0", "mask 255.255.255.0", "version 1.2.3", "999.1.1.1")),
+         examples=(("ssh deploy@81.2.69.160 -p 22", "81.2.69.160"),),
+         negatives=("listen 127.0.0.1:8000", "IPv4Network('192.0.2.0/25')", "0.0.0.0", "mask 255.255.255.0", "version 1.2.3", "999.1.1.1")),
 )
 
 

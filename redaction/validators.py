@@ -15,6 +15,13 @@ _NON_SECRET_WORDS = frozenset(
     "optional required object any dict list tuple float number self cls this secret password "
     "token passwd pwd key value env default empty redacted".split()
 )
+# Key names whose value describes a secret rather than being one: `token_type`, `secret_name`, ...
+_DESCRIPTIVE_SUFFIXES = (
+    "type", "kind", "count", "len", "length", "size", "limit", "name", "names", "id", "ids", "url", "uri",
+    "endpoint", "file", "path", "dir", "env", "var", "field", "label", "prefix", "suffix", "format",
+    "header", "ttl", "expiry", "expires", "expiration", "timeout", "policy", "ref", "arn", "index",
+    "pattern", "regex", "class", "cls", "mode", "version", "scope", "scopes", "location", "provider",
+)
 _REFERENCE_PREFIXES = ("$", "%(", "%{", "{{", "{%", "<", "#{", "@{", "&", "*")
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -55,6 +62,8 @@ def public_ipv4(secret: str, match: str = "", before: str = "") -> bool:
         return False
     if octets[0] in (0, 127, 255) or octets[0] >= 224:
         return False
+    if octets[:3] in ([192, 0, 2], [198, 51, 100], [203, 0, 113]):  # RFC 5737 documentation ranges
+        return False
     return True
 
 
@@ -88,7 +97,7 @@ def literal_secret(secret: str, match: str = "", before: str = "") -> bool:
     (`API_TOKEN=abc`) where the key is upper case and `=` has no spaces around it.
     """
     v = secret.strip()
-    if len(v) < 4 or is_reference(v):
+    if len(v) < 4 or is_reference(v) or _descriptive_key(match):
         return False
     low = v.lower()
     if low in _NON_SECRET_WORDS or len(set(v)) <= 2:
@@ -105,8 +114,29 @@ def literal_secret(secret: str, match: str = "", before: str = "") -> bool:
     if _is_identifier_path(v):
         if "." in v:
             return _looks_generated(v)
-        return _env_style(match) or _looks_generated(v)
+        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and _has_alnum_mix(v))
     return True
+
+
+def _descriptive_key(match: str) -> bool:
+    key = ""
+    for ch in match.lstrip("\"'`"):
+        if ch.isalnum() or ch in "_.-":
+            key += ch
+        else:
+            break
+    last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
+    return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
+
+
+def _starts_line(before: str) -> bool:
+    """The key begins its line (YAML, INI, .env), not the middle of an expression."""
+    line = before.rsplit("\n", 1)[-1]
+    return line.strip() in ("", "-", "export", "+", "-    ")
+
+
+def _has_alnum_mix(v: str) -> bool:
+    return len(v) >= 6 and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)
 
 
 def _quoted_in(match: str, secret: str) -> bool:

@@ -1,0 +1,300 @@
+"""The redaction evaluation corpus, generated: synthetic secrets in realistic places, and clean text.
+
+Takes a seed; gives `positive_samples()` (each a `Sample`: text, the secret strings that must not
+survive, the detector meant to find them, and the place) and `near_misses()` / `stdlib_lines()`
+(text that must come through unchanged). Promise: deterministic for a seed; every token has the
+real format of its kind (lengths, alphabets, checksums where the format has one) but is random, so
+no real credential is in the repository. `python -m tests.redaction_corpus.generate OUT_DIR` writes
+the corpus as JSON lines for inspection or other scanners.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import random
+import string
+import sys
+import sysconfig
+from pathlib import Path
+
+UPPER, LOWER, DIGITS = string.ascii_uppercase, string.ascii_lowercase, string.digits
+ALNUM = UPPER + LOWER + DIGITS
+HEX = "0123456789abcdef"
+B64 = ALNUM + "+/"
+B64URL = ALNUM + "-_"
+PASSWORD_CHARS = ALNUM + "!#%^*-_+.~"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    text: str
+    secrets: tuple[str, ...]
+    detector: str
+    category: str  # known | context | pii
+    place: str
+
+
+def _r(rng: random.Random, alphabet: str, n: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _mixed(rng: random.Random, alphabet: str, n: int) -> str:
+    """Random, but with at least one upper, lower and digit, like real generated tokens."""
+    while True:
+        s = _r(rng, alphabet, n)
+        if any(c.isupper() for c in s) and any(c.islower() for c in s) and any(c.isdigit() for c in s):
+            return s
+
+
+def _luhn_complete(prefix_digits: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(prefix_digits)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return prefix_digits + str((10 - total % 10) % 10)
+
+
+def _b64url(obj: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+
+# ---- known-format token makers: rng -> token -------------------------------------------------
+def _jwt(rng):
+    head = _b64url({"alg": "HS256", "typ": "JWT"})
+    body = _b64url({"sub": _r(rng, DIGITS, 8), "name": _r(rng, LOWER, 6), "iat": rng.randint(10**9, 2 * 10**9)})
+    return f"{head}.{body}.{_r(rng, B64URL, 43)}"
+
+
+TOKEN_MAKERS = {
+    "aws-access-key-id": lambda r: rng_choice(r, ("AKIA", "ASIA")) + _r(r, UPPER + "234567", 16),
+    "gcp-api-key": lambda r: "AIza" + _r(r, B64URL, 35),
+    "google-oauth-secret": lambda r: "GOCSPX-" + _r(r, B64URL, 28),
+    "google-oauth-token": lambda r: "ya29." + _r(r, B64URL, 70),
+    "digitalocean-token": lambda r: "dop_v1_" + _r(r, HEX, 64),
+    "github-token": lambda r: rng_choice(r, ("ghp_", "gho_", "ghs_", "ghu_")) + _mixed(r, ALNUM, 36),
+    "github-fine-grained-token": lambda r: "github_pat_" + _r(r, ALNUM, 22) + "_" + _r(r, ALNUM, 59),
+    "gitlab-token": lambda r: "glpat-" + _r(r, B64URL, 20),
+    "slack-token": lambda r: f"xoxb-{_r(r, DIGITS, 12)}-{_r(r, DIGITS, 13)}-{_r(r, ALNUM, 24)}",
+    "slack-webhook": lambda r: f"https://hooks.slack.com/services/T{_r(r, UPPER + DIGITS, 8)}/B{_r(r, UPPER + DIGITS, 10)}/{_r(r, ALNUM, 24)}",
+    "discord-webhook": lambda r: f"https://discord.com/api/webhooks/{_r(r, DIGITS, 18)}/{_r(r, B64URL, 68)}",
+    "telegram-bot-token": lambda r: f"{r.randint(10**8, 10**9)}:AA{_r(r, B64URL, 33)}",
+    "stripe-key": lambda r: rng_choice(r, ("sk_live_", "rk_live_", "sk_test_")) + _mixed(r, ALNUM, 24),
+    "stripe-webhook-secret": lambda r: "whsec_" + _mixed(r, ALNUM, 32),
+    "shopify-token": lambda r: "shpat_" + _r(r, HEX, 32),
+    "npm-token": lambda r: "npm_" + _mixed(r, ALNUM, 36),
+    "pypi-token": lambda r: "pypi-AgEIcHlwaS5vcmc" + _r(r, B64URL, 80),
+    "openai-key": lambda r: "sk-proj-" + _r(r, B64URL, 74) + "T3BlbkFJ" + _r(r, B64URL, 74),
+    "anthropic-key": lambda r: "sk-ant-api03-" + _r(r, B64URL, 93) + "AA",
+    "huggingface-token": lambda r: "hf_" + _r(r, UPPER + LOWER, 34),
+    "sendgrid-key": lambda r: "SG." + _r(r, B64URL, 22) + "." + _r(r, B64URL, 43),
+    "twilio-key": lambda r: "SK" + _r(r, HEX, 32),
+    "mailgun-key": lambda r: "key-" + _r(r, LOWER + DIGITS, 32),
+    "mailchimp-key": lambda r: _r(r, HEX, 32) + f"-us{r.randint(1, 21)}",
+    "databricks-token": lambda r: "dapi" + _r(r, HEX, 32),
+    "linear-key": lambda r: "lin_api_" + _r(r, ALNUM, 40),
+    "age-secret-key": lambda r: "AGE-SECRET-KEY-1" + _r(r, UPPER + DIGITS, 58),
+    "jwt": _jwt,
+}
+
+
+def rng_choice(rng, items):
+    return items[rng.randrange(len(items))]
+
+
+# Neutral places: the key names say nothing secret, so only the token's own format can find it.
+KNOWN_PLACES = {
+    "shell": ["mytool configure --value {t}", "echo '{t}' | pbcopy", "grep -rn \"{t}\" src/ && echo done",
+              "printf '%s\\n' {t} > /tmp/out.txt"],
+    "diff": ["@@ -3,7 +3,7 @@ def main():\n-    value = None\n+    value = \"{t}\"\n     return value"],
+    "env": ["SERVICE_VALUE={t}\nLOG_LEVEL=debug"],
+    "yaml": ["service:\n  name: api\n  value: {t}\n  replicas: 3"],
+    "json": ['{{"service": "api", "value": "{t}", "replicas": 3}}'],
+    "log": ["2024-05-01T12:00:03.118Z INFO  client.request sent header value={t} status=401"],
+    "test": ["E       AssertionError: assert '{t}' == 'expected'\nE         - expected"],
+}
+
+
+def _pem(rng, kind):
+    lines = [_r(rng, B64, 64) for _ in range(rng.randint(4, 12))] + [_r(rng, B64, rng.randint(8, 60)) + "=="]
+    return f"-----BEGIN {kind}PRIVATE KEY-----", lines, f"-----END {kind}PRIVATE KEY-----"
+
+
+def _private_keys(rng, n):
+    out = []
+    for i in range(n):
+        begin, body, end = _pem(rng, rng_choice(rng, ("", "RSA ", "EC ", "OPENSSH ", "ENCRYPTED ", "DSA ")))
+        place = ("file", "json", "diff", "shell")[i % 4]
+        if place == "file":
+            text = "\n".join([begin, *body, end]) + "\n"
+        elif place == "json":
+            text = json.dumps({"type": "service_account", "project_id": "acme-prod",
+                               "private_key": "\n".join([begin, *body, end]) + "\n",
+                               "client_email": "svc@acme-prod.iam.gserviceaccount.com"}, indent=2)
+        elif place == "diff":
+            text = "@@ -0,0 +1,%d @@\n" % (len(body) + 2) + "\n".join("+" + x for x in [begin, *body, end])
+        else:
+            text = "cat > key.pem <<'EOF'\n" + "\n".join([begin, *body, end]) + "\nEOF"
+        out.append(Sample(text, tuple(body), "private-key", "known", place))
+    return out
+
+
+def _password(rng):
+    if rng.random() < 0.5:
+        return _mixed(rng, PASSWORD_CHARS, rng.randint(10, 24))
+    word = rng_choice(rng, ("Summer", "winter", "Falcon", "orange", "Rocket", "purple", "Tiger"))
+    return f"{word}{rng.randint(10, 9999)}{rng_choice(rng, ('!', '#', '', '_x', '.'))}"
+
+
+def _context_samples(rng, n):
+    """Detectors that rely on what surrounds the value: assignments, URLs, headers, flags."""
+    out = []
+    keys_env = ("API_TOKEN", "DB_PASSWORD", "STRIPE_SECRET", "SERVICE_API_KEY", "AUTH_TOKEN", "APP_SECRET_KEY",
+                "REDIS_PASSWORD", "SMTP_PASS_WORD", "JWT_SECRET", "CLIENT_SECRET", "ACCESS_KEY", "SIGNING_KEY")
+    keys_code = ("password", "api_key", "apiKey", "client_secret", "secret", "auth_token", "access_token",
+                 "db_password", "secretKey", "private_key", "token", "passwd")
+    for _ in range(n):
+        pw = _password(rng)
+        tok = _mixed(rng, ALNUM, rng.randint(20, 40))
+        ke, kc = rng_choice(rng, keys_env), rng_choice(rng, keys_code)
+        user = rng_choice(rng, ("app", "deploy", "admin", "svc_ci", "bob"))
+        host = rng_choice(rng, ("db.internal", "10.0.4.12", "cache.acme.io", "git.example.com"))
+        basic = base64.b64encode(f"{user}:{pw}".encode()).decode()
+        out += [
+            Sample(f"export {ke}={tok}", (tok,), "secret-assignment", "context", "shell"),
+            Sample(f"{ke}=\"{pw}\"\nDEBUG=false", (pw,), "secret-assignment", "context", "env"),
+            Sample(f"database:\n  host: {host}\n  {kc}: {pw}\n  pool: 5", (pw,), "secret-assignment", "context", "yaml"),
+            Sample(f'{{"{kc}": "{pw}", "timeout": 30}}', (pw,), "secret-assignment", "context", "json"),
+            Sample(f"[service]\n{kc} = \"{tok}\"\nretries = 3", (tok,), "secret-assignment", "context", "toml"),
+            Sample(f"[client]\n{kc}={pw}\nport=5432", (pw,), "secret-assignment", "context", "ini"),
+            Sample(f"@@ -1,3 +1,3 @@\n-{kc} = \"\"\n+{kc} = \"{tok}\"\n client = Client()", (tok,),
+                   "secret-assignment", "context", "diff"),
+            Sample(f"    const {kc} = '{pw}';", (pw,), "secret-assignment", "context", "source"),
+            Sample(f"psql postgres://{user}:{pw}@{host}:5432/app", (pw,), "url-credentials", "context", "shell"),
+            Sample(f"2024-05-01 12:00:01 INFO connecting to redis://{user}:{pw}@{host}:6379/0", (pw,),
+                   "url-credentials", "context", "log"),
+            Sample(f"git clone https://{user}:{tok}@{host}/team/repo.git", (tok,), "url-credentials", "context", "shell"),
+            Sample(f'curl -sS -H "Authorization: Bearer {tok}" https://api.acme.io/v1/me', (tok,),
+                   "auth-header", "context", "shell"),
+            Sample(f"> GET /v1/me HTTP/1.1\n> Authorization: Basic {basic}\n> Accept: */*", (basic,),
+                   "auth-header", "context", "log"),
+            Sample(f"curl -H 'X-Api-Key: {tok}' https://svc.acme.io/items", (tok,), "api-key-header", "context", "shell"),
+            Sample(f"curl -u {user}:{pw} https://{host}/api", (pw,), "curl-user", "context", "shell"),
+            Sample(f"mysql -h {host} -u {user} --password={pw} app", (pw,), "password-flag", "context", "shell"),
+            Sample(f"mysql -h {host} -u{user} -p{pw} app < dump.sql", (pw,), "mysql-password", "context", "shell"),
+            Sample(f"sshpass -p '{pw}' ssh {user}@{host}", (pw,), "short-password-flag", "context", "shell"),
+            Sample(f"docker login -u {user} -p {pw} registry.acme.io", (pw,), "short-password-flag", "context", "shell"),
+            Sample(f"aws_secret_access_key = {_r(rng, B64, 40)}", (), "aws-secret-access-key", "context", "ini"),
+        ]
+        last = out[-1]
+        out[-1] = dataclasses.replace(last, secrets=(last.text.rsplit(" ", 1)[1],))
+    return out
+
+
+def _pii_samples(rng, n):
+    out = []
+    for _ in range(n):
+        first = rng_choice(rng, ("alice", "bob", "chen", "dana", "emil", "fatima", "goran"))
+        email = f"{first}.{_r(rng, LOWER, 5)}@{rng_choice(rng, ('acme-corp.com', 'mail.example.org', 'uni.edu'))}"
+        prefix = rng_choice(rng, ("4", "51", "55", "37", "6011"))
+        length = 15 if prefix == "37" else 16
+        card = _luhn_complete(prefix + _r(rng, DIGITS, length - len(prefix) - 1))
+        grouped = " ".join(card[i:i + 4] for i in range(0, len(card), 4)) if rng.random() < 0.5 else card
+        phone = rng_choice(rng, (f"+1 {rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+                                 f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+                                 f"+44 20 {rng.randint(7000, 7999)} {rng.randint(1000, 9999)}"))
+        ip = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        out += [
+            Sample(f"git commit --author=\"{first.title()} <{email}>\" -m 'fix'", (email,), "email", "pii", "shell"),
+            Sample(f"2024-05-01 INFO signup ok user={email}", (email,), "email", "pii", "log"),
+            Sample(f"E   AssertionError: charge failed for card {grouped}", (grouped,), "credit-card", "pii", "test"),
+            Sample(f'{{"customer": "c_1", "phone": "{phone}"}}', (phone,), "phone-number", "pii", "json"),
+            Sample(f"ssh deploy@{ip} -p 2222", (ip,), "ip-address", "pii", "shell"),
+        ]
+    return out
+
+
+def positive_samples(seed: int = 5, per_format: int = 12) -> list[Sample]:
+    rng = random.Random(seed)
+    out: list[Sample] = []
+    for name, make in TOKEN_MAKERS.items():
+        for place, templates in KNOWN_PLACES.items():
+            for i in range(per_format):
+                t = make(rng)
+                out.append(Sample(templates[i % len(templates)].format(t=t), (t,), name, "known", place))
+    out += _private_keys(rng, per_format * 4)
+    out += _context_samples(rng, per_format * 3)
+    out += _pii_samples(rng, per_format * 3)
+    return out
+
+
+def near_misses(seed: int = 5, n: int = 40) -> list[str]:
+    """Text that looks a little like a secret and must come through unchanged."""
+    rng = random.Random(seed + 1)
+    out = [
+        'api_key = os.environ["API_KEY"]', "token = os.getenv('GITHUB_TOKEN')", "const key = process.env.STRIPE_KEY;",
+        "export GITHUB_TOKEN=$GH_TOKEN", "curl -H \"Authorization: Bearer $TOKEN\" https://api", "password: ${DB_PASSWORD}",
+        "    password: ${{ secrets.DB_PASSWORD }}", "docker login --password-stdin < pw.txt", "mkdir -p build/out",
+        "ssh -p 2222 deploy@bastion", "docker run -p 8080:80 -p 5432:5432 postgres:16", "self.password = password",
+        "def login(self, user, password):", "token = tokens.pop()", "max_tokens = 4096", "if not api_key:",
+        "secret_key = settings.SECRET_KEY", "password: str | None = None", "pip install requests==2.31.0",
+        "git@github.com:acme/api.git", "npm_config_cache=/tmp/.npm npm ci", "from huggingface_hub import hf_hub_download",
+        "python -m pip install -U pip setuptools wheel", "listening on http://127.0.0.1:8000", "bind 0.0.0.0:443",
+        "@dataclasses.dataclass(frozen=True)", "assert len(token) == 40", "mysql -u root -p app", "curl -u $USER:$PASS https://h",
+        "    def test_password_reset_sends_email(self):", "KEY_FILE=~/.ssh/id_ed25519", "primary_key=True",
+        "TOKEN_URL = 'https://oauth2.googleapis.com/token'", "password_hash = bcrypt.hashpw(pw, salt)",
+        "    tokenizer = AutoTokenizer.from_pretrained(model_id)", "keys = sorted(secrets_by_name)",
+    ]
+    for _ in range(n):
+        sha = _r(rng, HEX, 40)
+        uuid = "-".join(_r(rng, HEX, k) for k in (8, 4, 4, 4, 12))
+        ver = f"{rng.randint(0, 9)}.{rng.randint(0, 40)}.{rng.randint(0, 20)}"
+        integrity = base64.b64encode(rng.randbytes(64)).decode()
+        out += [
+            f"git checkout {sha}", f"git log --oneline {sha[:7]}..HEAD", f"Merge: {sha[:7]} {_r(rng, HEX, 7)}",
+            f"request_id={uuid} status=200 duration_ms={rng.randint(1, 900)}",
+            f'    "integrity": "sha512-{integrity}",',
+            f'    {{file = "pkg-{ver}-py3-none-any.whl", hash = "sha256:{_r(rng, HEX, 64)}"}},',
+            f'  resolved "https://registry.yarnpkg.com/lodash/-/lodash-{ver}.tgz#{sha}"',
+            f'"version": "{ver}"', f"numpy=={ver}", f"{_r(rng, HEX, 64)}  dist/tracecap-{ver}.tar.gz",
+            f"ts={rng.randint(1_600_000_000_000_000_000, 1_800_000_000_000_000_000)} seq={rng.randint(1, 10**6)}",
+            f"2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 1{rng.randint(0, 9)}:3{rng.randint(0, 9)}:0{rng.randint(0, 9)},123 INFO ok",
+            f"image: ghcr.io/acme/api@sha256:{_r(rng, HEX, 64)}",
+        ]
+    return out
+
+
+def stdlib_lines(max_files: int = 120) -> list[str]:
+    """Non-empty lines of real standard-library modules, read from the running Python."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py"))[:max_files]
+    for pkg in ("json", "email", "http", "urllib", "logging", "asyncio"):
+        files += sorted((root / pkg).glob("*.py"))
+    lines = []
+    for f in files:
+        try:
+            lines += [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError):
+            continue
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tests.redaction_corpus.generate OUT_DIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "positives.jsonl", "w") as f:
+        for s in positive_samples():
+            f.write(json.dumps(dataclasses.asdict(s)) + "\n")
+    (out / "near_misses.txt").write_text("\n".join(near_misses()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
