@@ -20,7 +20,7 @@ from collections import Counter
 
 import re2
 
-from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule
+from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule, quiet_options
 from redaction.validators import VALIDATORS, shannon_entropy
 
 OVERLAP = 16384  # characters shared by neighbouring scan windows; longer than any PEM key block
@@ -137,7 +137,7 @@ class Redactor:
                    never_capture=list(DEFAULT_NEVER_CAPTURE if never is None else never))
 
     def _build_prefilter(self):
-        opts = re2.Options()
+        opts = quiet_options()
         opts.case_sensitive = False
         opts.max_mem = 64 << 20
         rset = re2.Set.SearchSet(opts)

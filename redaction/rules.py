@@ -316,12 +316,22 @@ def _check_row(row: dict, where: str) -> None:
                         f"use one of {', '.join(ACTIONS)}")
 
 
+def quiet_options() -> "re2.Options":
+    """RE2 options that report errors by exception only, not by logging to stderr."""
+    opts = re2.Options()
+    opts.log_errors = False
+    return opts
+
+
 def compile_rule(rule: Rule) -> "re2._Regexp":
     """The compiled pattern of `rule`; `RuleError` names the rule when RE2 rejects it."""
     try:
-        compiled = re2.compile(rule.pattern)
+        compiled = re2.compile(rule.pattern, quiet_options())
     except re2.error as exc:
-        raise RuleError(f"redaction rule '{rule.name}' has a pattern RE2 cannot compile ({exc}); "
+        reason = exc.args[0] if exc.args else "unknown error"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise RuleError(f"redaction rule '{rule.name}' has a pattern RE2 cannot compile ({reason}); "
                         f"RE2 has no lookarounds or backreferences") from None
     if not 0 <= rule.group <= compiled.groups:
         raise RuleError(f"redaction rule '{rule.name}' uses group {rule.group} but its pattern has "
