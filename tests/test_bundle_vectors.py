@@ -109,3 +109,11 @@ def test_resealing_reproduces_header_and_payload(v):
         return b[pos:-64]
     assert payload(fresh) == payload(raw)
     assert fresh != raw  # the stanzas do differ: HPKE encapsulation stays randomized
+
+
+def test_format_document_quotes_the_vector(v):
+    vector, _, _ = v
+    doc = (VECTORS.parent / "BUNDLE.md").read_text(encoding="utf-8")
+    for value in (vector["header_hash"], vector["payload_key"], vector["device_public_key"],
+                  vector["header"]["bundle_id"], *vector["org_keys"].values()):
+        assert value in doc
