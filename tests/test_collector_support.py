@@ -116,3 +116,10 @@ class Collector:
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def ingest(store, raw: bytes, bundle_id: str):
+    """Store a bundle through the same path an upload takes, without HTTP."""
+    temp = store.temp_path()
+    temp.write_bytes(raw)
+    return store.ingest(temp, bundle_id)

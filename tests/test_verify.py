@@ -1,0 +1,108 @@
+"""Chain and gap analysis (a table of pure cases) and `tracecap collector verify` on real stores."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from collector.storage import BundleRow, BundleStore
+from collector.verify import Gap, analyse_device
+from schemas.keys import generate_org_keypair
+from tests.test_collector_support import Device, ingest, make_event, run_cli
+
+ORG_PRIV, ORG_PUB = generate_org_keypair()
+
+
+def row(bid: str, first: int, last: int, prev: str, count: int | None = None) -> BundleRow:
+    """A bundle whose digest is 'd' + its id, so chains read naturally in the table."""
+    return BundleRow(bid, "dev", first, last, last - first + 1 if count is None else count, prev,
+                     f"d{bid}", 100, 0, 0)
+
+
+CASES = [
+    # (name, rows, gaps, break ids, last contiguous)
+    ("empty chain is fine", [], [], [], None),
+    ("one first bundle", [row("a", 1, 5, "")], [], [], 5),
+    ("contiguous chain", [row("a", 1, 5, ""), row("b", 6, 9, "da"), row("c", 10, 10, "db")], [], [], 10),
+    ("arrival order does not matter", [row("c", 10, 10, "db"), row("a", 1, 5, ""), row("b", 6, 9, "da")],
+     [], [], 10),
+    ("a lost bundle: gap and break", [row("a", 1, 5, ""), row("c", 10, 12, "db")],
+     [Gap(6, 9, "missing")], ["c"], 5),
+    ("lost first bundle", [row("b", 6, 9, "da"), row("c", 10, 12, "db")],
+     [Gap(1, 5, "missing")], ["b"], None),
+    ("device skipped seqs, chain intact", [row("a", 1, 5, ""), row("b", 9, 12, "da")],
+     [Gap(6, 8, "skipped")], [], 12),
+    ("device's first bundle starts late", [row("a", 4, 5, "")], [Gap(1, 3, "skipped")], [], 5),
+    ("break without a seq gap", [row("a", 1, 5, ""), row("b", 6, 9, "dX")], [], ["b"], 5),
+    ("resealed range: either copy may be chained to",
+     [row("a", 1, 5, ""), row("a2", 1, 5, ""), row("b", 6, 9, "da2")], [], [], 9),
+    ("later bundles after a break do not count as contiguous",
+     [row("a", 1, 5, ""), row("c", 10, 12, "db"), row("d", 13, 14, "dc")], [Gap(6, 9, "missing")], ["c"], 5),
+    ("forgotten holes inside a bundle are not gaps", [row("a", 1, 10, "", count=6), row("b", 11, 12, "da")],
+     [], [], 12),
+]
+
+
+@pytest.mark.parametrize("name,rows,gaps,breaks,contiguous", CASES, ids=[c[0] for c in CASES])
+def test_analyse_device(name, rows, gaps, breaks, contiguous):
+    r = analyse_device("dev", rows)
+    assert list(r.gaps) == gaps
+    assert [b.bundle_id for b in r.breaks] == breaks
+    assert r.last_contiguous_seq == contiguous
+    assert r.ok == (not breaks and all(g.kind != "missing" for g in gaps))
+
+
+def test_forgotten_counts():
+    r = analyse_device("dev", [row("a", 1, 10, "", count=6)])
+    assert [(f.bundle_id, f.count) for f in r.forgotten] == [("a", 4)]
+
+
+def _store_with(tmp_path, lose_one: bool) -> tuple:
+    data = tmp_path / "data"
+    with BundleStore(data) as store:
+        dev = Device("ws-1", [ORG_PUB])
+        other = Device("ws-2", [ORG_PUB])
+        for i in range(4):
+            raw, sealed = dev.seal(3)
+            if not (lose_one and i == 2):
+                ingest(store, raw, sealed.header.bundle_id)
+            raw, sealed = other.seal(2)
+            ingest(store, raw, sealed.header.bundle_id)
+    return data, dev
+
+
+def test_verify_exit_0_on_a_clean_store(tmp_path):
+    data, _ = _store_with(tmp_path, lose_one=False)
+    p = run_cli("collector", "verify", "--data", str(data))
+    assert p.returncode == 0, p.stderr
+    assert "ws-1: ok - 4 bundles, 12 events" in p.stdout
+    p = run_cli("collector", "verify", "--data", str(data), "--json")
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is True and [d["last_contiguous_seq"] for d in doc["devices"]] == [12, 8]
+
+
+def test_verify_exit_1_on_a_gap_and_names_it(tmp_path):
+    data, _ = _store_with(tmp_path, lose_one=True)
+    p = run_cli("collector", "verify", "--data", str(data))
+    assert p.returncode == 1
+    assert "ws-1: NOT OK" in p.stdout and "missing seq (gaps): 7-9" in p.stdout
+    assert "chain break at bundle" in p.stdout
+    assert "ws-2: ok" in p.stdout
+    doc = json.loads(run_cli("collector", "verify", "--data", str(data), "--json").stdout)
+    ws1 = doc["devices"][0]
+    assert ws1["gaps"] == [{"first": 7, "last": 9, "size": 3, "kind": "missing"}]
+    assert ws1["last_contiguous_seq"] == 6
+
+
+def test_verify_exit_1_on_a_damaged_object(tmp_path):
+    data, _ = _store_with(tmp_path, lose_one=False)
+    victim = sorted((data / "objects").rglob("*"))[-1]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    p = run_cli("collector", "verify", "--data", str(data))
+    assert p.returncode == 1 and "damaged or missing objects" in p.stdout
+
+
+def test_verify_needs_a_collector_directory(tmp_path):
+    p = run_cli("collector", "verify", "--data", str(tmp_path / "nowhere"))
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "not a collector data directory" in p.stderr
