@@ -132,13 +132,16 @@ class GitSource:
             self._follow_tree(dirs.common_dir / "logs", since, at_end=initial)
 
     def _follow_tree(self, d: Path, since: float, at_end: bool) -> None:
-        """Watch a logs directory and everything below it; follow each log in it."""
+        """Watch a logs directory and everything below it; follow each log in it. Logs found
+        after start are read at once: they may have been written before the watch existed."""
         if not d.is_dir():
             return
         for dirpath, dirnames, filenames in os.walk(d):
             self._watch(Path(dirpath), ("logs",))
             for name in filenames:
-                self._follow(Path(dirpath) / name, since, at_end)
+                log = self._follow(Path(dirpath) / name, since, at_end)
+                if log is not None and not at_end:
+                    self._read(log)
 
     def _follow(self, path: Path, since: float, at_end: bool) -> _Log | None:
         key = str(path)
