@@ -114,7 +114,7 @@ def test_four_icons_are_distinct_and_drawn_as_described():
     assert colours[PAUSED][0] == (249, 168, 37)
     assert colours[OFF][0] == (158, 158, 158) and colours[OFF][1] < 0.4  # a ring, not a disc
     assert imgs[OFF].getpixel((32, 32))[3] == 0  # hollow
-    assert imgs[ERROR].getpixel((32, 36))[:3] == (255, 255, 255)  # the "!"
+    assert min(imgs[ERROR].getpixel((32, 36))[:3]) > 240  # the white "!"
     assert imgs[ERROR].getpixel((4, 8))[3] == 0  # a triangle: its top corners are empty
     assert imgs[RECORDING].getpixel((32, 32))[:3] == (211, 47, 47)
     raw = {s: i.tobytes() for s, i in imgs.items()}
