@@ -96,10 +96,12 @@ def test_verify_exit_1_on_a_gap_and_names_it(tmp_path):
 
 def test_verify_exit_1_on_a_damaged_object(tmp_path):
     data, _ = _store_with(tmp_path, lose_one=False)
-    victim = sorted((data / "objects").rglob("*"))[-1]
-    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    victim = sorted(p for p in (data / "objects").rglob("*") if p.is_file())[-1]
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
     p = run_cli("collector", "verify", "--data", str(data))
-    assert p.returncode == 1 and "damaged or missing objects" in p.stdout
+    assert p.returncode == 1 and "damaged or missing objects" in p.stdout, (victim, p.stdout)
 
 
 def test_verify_needs_a_collector_directory(tmp_path):
