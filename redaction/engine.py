@@ -57,9 +57,10 @@ class RedactionStats:
         self._dropped_events = 0
 
     def add_findings(self, findings: list[Finding]) -> None:
-        if findings:
-            with self._lock:
-                self._findings.update(f.rule for f in findings)
+        with self._lock:
+            counts = self._findings
+            for f in findings:
+                counts[f.rule] += 1
 
     def add_failure(self) -> None:
         with self._lock:
@@ -89,9 +90,11 @@ def _user_rules(home: str | None, username: str | None) -> list[Rule]:
         rules.append(Rule("home-path", "(" + re2.escape(home) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])", group=1,
                           keywords=(home.lower(),), replacement="~", category="pii"))
     if username and len(username) >= 2:
-        rules.append(Rule("user-name", r"(?i)(?:/home/|/Users/|[A-Za-z]:\\Users\\|[/\\])("
-                          + re2.escape(username) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])",
-                          keywords=(username.lower(),), group=1, replacement="[user]", category="pii"))
+        # The name as a path segment anywhere (/mnt/backup/alice, C:\\Users\\alice); inside the home
+        # directory itself the home-path rule wins the overlap and gives `~`.
+        rules.append(Rule("user-name", r"[/\\](" + re2.escape(username) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])",
+                          keywords=("/" + username.lower(), "\\" + username.lower()), group=1,
+                          replacement="[user]", category="pii"))
     return rules
 
 
@@ -109,8 +112,11 @@ class Redactor:
         self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None)
                        for r in rules]
         self._set, self._set_owner, self._always = self._build_prefilter()
-        from redaction.paths import PathRules  # local: keeps the module graph one-way and flat
+        from redaction.events import redact_event_data  # local: events imports this module
+        from redaction.paths import PathRules
+
         self._paths = PathRules(never_capture)
+        self._redact_event_data = redact_event_data
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -195,12 +201,11 @@ class Redactor:
         ascii_text = text.isascii()
         data = text.encode("ascii" if ascii_text else "utf-8", "surrogatepass")
         hits = self._set.Match(data)
-        todo = set(self._always)
-        if hits:
-            owner = self._set_owner
-            todo.update(owner[h] for h in hits)
-        if not todo:
+        if not hits and not self._always:
             return []
+        owner = self._set_owner
+        todo = {owner[h] for h in hits} if hits else set()
+        todo.update(self._always)
         found = []
         for idx in sorted(todo):
             c = self._rules[idx]
@@ -248,9 +253,7 @@ class Redactor:
     # -- events and paths ---------------------------------------------------------------------------
     def redact_event(self, kind: str, data: dict) -> dict | None:
         """A new `data` with every string redacted; None when a drop-event rule matched."""
-        from redaction.events import redact_event_data
-
-        return redact_event_data(self, kind, data)
+        return self._redact_event_data(self, kind, data)
 
     def content_allowed(self, path: str) -> bool:
         """False when `path` matches a never-capture glob: its content must not be captured."""

@@ -47,7 +47,7 @@ _Q = "[\"'`]?"  # an optional quote around a key
 # Values: a quoted string (quotes trimmed later) or a run up to whitespace/quote/separator.
 _VALUE = r"(\"[^\"\n]{1,300}\"|'[^'\n]{1,300}'|`[^`\n]{1,300}`|[^\s\"'`,;=<>(){}\[\]][^\s\"'`,;<>]{0,300})"
 _SECRET_WORDS = (
-    r"secret|passw(?:or)?d|passphrase|\bpwd|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|\bpwd|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key"
     r"|private[_.-]?key|signing[_.-]?key|encryption[_.-]?key|master[_.-]?key|account[_.-]?key"
     r"|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|(?-i:[A-Z0-9]_KEY)\b"
 )
@@ -164,7 +164,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # ---- other SaaS ----
     Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", keywords=("sg.",),
          examples=(("SENDGRID=" + _SG, _SG),)),
-    Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b", keywords=("sk", "ac"),
+    Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b",
          examples=(("twilio api:core:keys:fetch --sid SK0123456789abcdef0123456789abcdef",
                     "SK0123456789abcdef0123456789abcdef"),),
          negatives=("SKIP0123", "ACCEPTED")),
@@ -256,10 +256,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("secret-assignment",
          r"(?i)([A-Za-z0-9_.-]{0,40}(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]{0,40})" + _Q
          + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-)\s{0,4}" + _VALUE,
-         keywords=("secret", "passw", "passphrase", "pwd", "token", "key", "credential", "cred"),
+         keywords=("secret", "pass", "pwd", "token", "key", "credential", "cred"),
          group=2, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
+                   ("SMTP_PASS_WORD='*K-T4yycS3vUUeEh'", "*K-T4yycS3vUUeEh"),
                    ("db:\n  password: Falcon203\n", "Falcon203"),
                    ('  "client_secret": "k8Jd-2ls_Qm9Zx",', "k8Jd-2ls_Qm9Zx"),
                    ("password: Tr0ub4dor&3", "Tr0ub4dor&3"),
@@ -268,7 +269,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", 'url = f"https://x/?token={token}"', "primary_key=True")),
+                    "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True")),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|auth)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.-]{20,200})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth"),

@@ -22,7 +22,7 @@ _DESCRIPTIVE_SUFFIXES = (
     "header", "ttl", "expiry", "expires", "expiration", "timeout", "policy", "ref", "arn", "index",
     "pattern", "regex", "class", "cls", "mode", "version", "scope", "scopes", "location", "provider",
 )
-_REFERENCE_PREFIXES = ("$", "%(", "%{", "{{", "{%", "<", "#{", "@{", "&", "*")
+_REFERENCE_PREFIXES = ("$", "%(", "%{", "{{", "{%", "<", "#{", "@{")
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -109,6 +109,8 @@ def literal_secret(secret: str, match: str = "", before: str = "") -> bool:
         return not low.startswith(("your", "my-", "my_", "xxx", "***", "...", "change"))
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
         return False
+    if v[:1] in ("*", "&") and all(c.isalpha() or c in "_-" for c in v[1:]):
+        return False  # a YAML alias or anchor (`*defaults`), not a password that starts with `*`
     if any(c in v for c in "()[]"):
         return False
     if _is_identifier_path(v):

@@ -207,7 +207,7 @@ def _pii_samples(rng, n):
         phone = rng_choice(rng, (f"+1 {rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
                                  f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
                                  f"+44 20 {rng.randint(7000, 7999)} {rng.randint(1000, 9999)}"))
-        ip = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        ip = f"{rng_choice(rng, (11, 23, 34, 52, 81, 91, 104, 151, 185, 212))}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         out += [
             Sample(f"git commit --author=\"{first.title()} <{email}>\" -m 'fix'", (email,), "email", "pii", "shell"),
             Sample(f"2024-05-01 INFO signup ok user={email}", (email,), "email", "pii", "log"),
