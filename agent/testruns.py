@@ -33,7 +33,8 @@ RUNNERS: tuple[TestRunner, ...] = (
     TestRunner("tox", r"tox(\s|$)", ("tox", "tox -e py311"), ("toxic", "pip install tox")),
     TestRunner("nox", r"nox(\s|$)", ("nox", "nox -s tests"), ("noxfile.py", "vim noxfile.py")),
     TestRunner("unittest", r"python[0-9.]*\s+(-\S+\s+)*-m\s+unittest(\s|$)",
-               ("python -m unittest", "python3 -m unittest discover -s tests"),
+               ("python -m unittest", "python3 -m unittest discover -s tests",
+                "/usr/bin/python3 -m unittest", ".venv/bin/python -m unittest"),
                ("python unittest.py", "python -m unittest_helper")),
     TestRunner("npm", r"(npm|yarn|pnpm|bun)\s+(run\s+)?test(\s|$|:)",
                ("npm test", "npm run test", "yarn test", "pnpm test -- --watch=false", "npm run test:unit",
@@ -47,17 +48,17 @@ RUNNERS: tuple[TestRunner, ...] = (
     TestRunner("cargo", r"cargo\s+(\+\S+\s+)?(test|nextest)(\s|$)",
                ("cargo test", "cargo nextest run", "cargo +nightly test -p x"),
                ("cargo build", "cargo testify")),
-    TestRunner("maven", r"(mvn|\./mvnw|mvnw)\s+(\S+\s+)*(test|verify)(\s|$)",
+    TestRunner("maven", r"(mvn|mvnw)\s+(\S+\s+)*(test|verify)(\s|$)",
                ("mvn test", "mvn -q clean verify", "./mvnw test"), ("mvn package", "mvn install")),
-    TestRunner("gradle", r"(gradle|\./gradlew|gradlew)\s+(\S+\s+)*(test|check)(\s|$)",
+    TestRunner("gradle", r"(gradle|gradlew)\s+(\S+\s+)*(test|check)(\s|$)",
                ("gradle test", "./gradlew clean test", "./gradlew check"), ("./gradlew build",)),
     TestRunner("make", r"make\s+(\S+\s+)*(test|tests|check)(\s|$)",
                ("make test", "make -j4 check", "make tests"), ("make", "make build", "make testdata")),
     TestRunner("ctest", r"ctest(\s|$)", ("ctest", "ctest --output-on-failure"), ("ctestify",)),
     TestRunner("rspec", r"rspec(\s|$)", ("rspec", "bundle exec rspec spec/x_spec.rb"), ("rspec-rails-gen",)),
-    TestRunner("rails", r"(rails|bin/rails|rake)\s+test(\s|$)", ("rails test", "bin/rails test", "rake test"),
+    TestRunner("rails", r"(rails|rake)\s+test(\s|$)", ("rails test", "bin/rails test", "rake test"),
                ("rails server", "rails generate test")),
-    TestRunner("phpunit", r"(vendor/bin/)?phpunit(\s|$)", ("phpunit", "vendor/bin/phpunit tests"),
+    TestRunner("phpunit", r"phpunit(\s|$)", ("phpunit", "vendor/bin/phpunit tests"),
                ("composer require phpunit/phpunit",)),
     TestRunner("dotnet", r"dotnet\s+test(\s|$)", ("dotnet test", "dotnet test MyApp.sln"), ("dotnet build",)),
     TestRunner("bazel", r"(bazel|bazelisk)\s+(\S+\s+)*test(\s|$)", ("bazel test //...", "bazelisk test //x:y"),
@@ -70,6 +71,7 @@ _WRAPPERS = re.compile(
     r"hatch\s+run|pdm\s+run|rye\s+run|bundle\s+exec|dotenv|xvfb-run)(\s+-{1,2}[\w-]+(=\S+)?)*\s+"
     r"|[A-Za-z_][A-Za-z0-9_]*=(\"[^\"]*\"|'[^']*'|\S*)\s+)"
 )
+_LEADING_DIRS = re.compile(r"^[^\s/]*/(?:\S*/)?")
 _SEPARATORS = re.compile(r"\s*(?:&&|\|\||;|\||\n|&(?!>))\s*")
 
 
@@ -84,7 +86,8 @@ def _commands(line: str) -> Iterable[str]:
                 break
             part = part[m.end():]
         if part:
-            yield part
+            # /usr/bin/pytest, ./gradlew, vendor/bin/phpunit: the program's name decides.
+            yield _LEADING_DIRS.sub("", part, count=1)
 
 
 def _compiled() -> list[tuple[str, re.Pattern[str]]]:
