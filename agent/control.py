@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import socket
-import socketserver
 import struct
 import sys
 import threading
@@ -52,12 +51,15 @@ Handler = Callable[[dict[str, Any]], Any]
 
 
 class ControlServer:
-    """Serves `handler(request) -> result` on the socket; `TracecapError`s become error responses."""
+    """Serves `handler(request) -> result` on the socket; `TracecapError`s become error responses.
+
+    One thread blocks in accept(); each connection is served on its own short-lived thread.
+    `stop()` shuts the listening socket down, which wakes accept() at once (no polling)."""
 
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = Path(path)
         self.handler = handler
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -69,23 +71,36 @@ class ControlServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        outer = self
-
-        class _Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                outer._serve_one(self.request, self.rfile, self.wfile)
-
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            server = socketserver.ThreadingUnixStreamServer(str(self.path), _Handler)
+            sock.bind(str(self.path))
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 3600},
-                                        name="control-socket", daemon=True)
+        sock.listen(64)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control-socket", daemon=True)
         self._thread.start()
+
+    def _accept_loop(self) -> None:
+        sock = self._sock
+        while sock is not None:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return  # the socket was shut down by stop()
+            threading.Thread(target=self._serve_conn, args=(conn,), name="control-request",
+                             daemon=True).start()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                with conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
+                    self._serve_one(conn, rfile, wfile)
+            except OSError:
+                pass
 
     def _serve_one(self, sock: socket.socket, rfile: Any, wfile: Any) -> None:
         uid = peer_uid(sock)
@@ -113,10 +128,15 @@ class ControlServer:
                           "code": 1})
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self._thread is not None:
+            self._thread.join(5)
         try:
             self.path.unlink()
         except FileNotFoundError:

@@ -66,7 +66,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def copy_durably(src: Path, dest_dir: Path, name: str) -> None:
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = dest_dir / f".{name}.tmp"
     with open(src, "rb") as fi, open(tmp, "wb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 20)

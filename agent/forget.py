@@ -46,9 +46,10 @@ def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int) -> int:
     return len(doomed)
 
 
-def _drop(cutoff_ns: int):
+def _drop(cutoff_ns: int, delivered_upto: int):
+    """Events of the span that have not left the machine; delivered ones are out of reach."""
     def drop(ev: Event) -> bool:
-        return ev.ts >= cutoff_ns and ev.kind not in KEEP_KINDS
+        return ev.ts >= cutoff_ns and ev.seq > delivered_upto and ev.kind not in KEEP_KINDS
     return drop
 
 
@@ -59,7 +60,7 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
     with daemon._state_lock, delivery.lock:
         daemon.journal.flush()
         resealed = _rewind_outbox(delivery.outbox, delivery.state, cutoff)
-        removed = daemon.journal.rewrite(_drop(cutoff))
+        removed = daemon.journal.rewrite(_drop(cutoff, delivery.state.uploaded_upto))
         ticket = daemon.journal.append("agent.forget", "agent", None,
                                        {"count": len(removed), "from": cutoff, "to": now}, durable=True)
         ticket.wait(10)
@@ -84,7 +85,7 @@ def forget_offline(paths: Any, seconds: float) -> dict[str, Any]:
         try:
             state = DeliveryState(paths.outbox.parent / "delivery.json")
             resealed = _rewind_outbox(paths.outbox, state, cutoff)
-            removed = journal.rewrite(_drop(cutoff))
+            removed = journal.rewrite(_drop(cutoff, state.uploaded_upto))
             journal.append("agent.forget", "agent", None,
                            {"count": len(removed), "from": cutoff, "to": now}, durable=True).wait(10)
         finally:
