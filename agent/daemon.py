@@ -382,22 +382,10 @@ class Daemon:
             "outbox": self.delivery.outbox_status() if self.delivery else {},
             "upload": self.delivery.upload_status() if self.delivery else {},
             "policy": self.policy.summary() | {"error": self.policy_error},
-            "redaction": getattr(self.redactor, "stats", None) and _jsonable(self.redactor.stats),
+            "redaction": self.redactor.stats.snapshot(),
             "logs": str(self.paths.log_file),
             "state": str(self.paths.spool.parent) if os.environ.get("TRACECAP_HOME") else None,
         }
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "__dict__"):
-        return _jsonable(vars(obj))
-    return str(obj)
 
 
 def _username() -> str | None:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system programs the test-suite drives for real: shells, an X server and input tool,
+# tmux, vim and git. Does nothing when they are all present.
+set -euo pipefail
+need=()
+for pair in Xvfb:xvfb xdotool:xdotool zsh:zsh fish:fish tmux:tmux vim:vim git:git \
+            stalonetray:stalonetray import:imagemagick dpkg-deb:dpkg-dev fakeroot:fakeroot; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-test-deps: please install: ${need[*]} (no apt-get here)" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing test dependencies: ${need[*]}"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
