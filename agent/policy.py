@@ -5,6 +5,9 @@ filled in. Promise: a policy that loads is valid against `schemas/policy.schema.
 redaction rule compiles; anything else raises `PolicyError` with one sentence naming the file, the key
 path and the reason. Unknown keys are errors, so a typo can never silently weaken privacy.
 
+Signed policies (`agent/policy_signing.py`): when the policy requires a signature, or an org signing
+public key lies beside it, the file must match its detached `<file>.sig`.
+
 Tamper resistance (like sshd's StrictModes): the file must be owned by root or the current user and
 writable by nobody else, or it is refused (`PolicyError`), because a policy another local user can
 edit could quietly widen capture.
@@ -237,6 +240,11 @@ def load_policy_file(path: Path, *, strict_modes: bool = True) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path} is not valid TOML: {exc}; fix the syntax there") from None
     validate_document(doc, str(path))
+    from agent import policy_signing
+
+    pub = policy_signing.required_key(path, doc)
+    if pub is not None:
+        policy_signing.verify(path, raw, pub)
     data = _merge(DEFAULTS, doc)
     personal = not data["upload"]["url"] and not data["upload"]["recipients"]
     return Policy(data=data, origin=str(path), digest=hashlib.sha256(raw).hexdigest(), personal=personal)

@@ -140,3 +140,33 @@ def test_cli_policy_show_prints_effective_policy(tmp_path):
     r = run("policy", "show", env_extra={"TRACECAP_POLICY": str(p), "TRACECAP_HOME": str(tmp_path)})
     assert r.returncode == 0
     assert 'roots = ["~/src"]' in r.stdout and "fsync_ms = 200" in r.stdout
+
+
+def test_signed_policy(tmp_path):
+    keys = tmp_path / "keys"
+    r = run("policy", "keygen", "--out", str(keys))
+    assert r.returncode == 0 and (keys / "policy-signing.key").stat().st_mode & 0o077 == 0
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    p = write(etc, '[consent]\nmode = "opt-out"\n[policy]\nrequire_signature = true\nsigning_key = "'
+              + str(keys / "policy-signing.pub") + '"\n')
+    with pytest.raises(PolicyError, match="is missing"):
+        load_policy_file(p)
+    assert run("policy", "sign", str(p), "--key", str(keys / "policy-signing.key")).returncode == 0
+    assert load_policy_file(p).get("consent.mode") == "opt-out"
+    p.write_text(p.read_text().replace("opt-out", "opt-in"))  # tampered after signing
+    with pytest.raises(PolicyError, match="does not match its signature"):
+        load_policy_file(p)
+
+
+def test_signing_key_beside_policy_makes_signature_mandatory(tmp_path):
+    keys = tmp_path / "keys"
+    run("policy", "keygen", "--out", str(keys))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "policy-signing.pub").write_text((keys / "policy-signing.pub").read_text())
+    p = write(etc, '[consent]\nmode = "opt-in"\n')  # says nothing about signatures
+    with pytest.raises(PolicyError, match="must be signed"):
+        load_policy_file(p)
+    run("policy", "sign", str(p), "--key", str(keys / "policy-signing.key"))
+    assert load_policy_file(p).get("consent.mode") == "opt-in"

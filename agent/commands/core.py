@@ -79,6 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = psub.add_parser("check", help="validate a policy file (exit 0 valid, 2 invalid)")
     c.add_argument("file")
     c.set_defaults(func=cmd_policy_check)
+    g = psub.add_parser("sign", help="write FILE.sig, a detached signature by the org policy signing key")
+    g.add_argument("file")
+    g.add_argument("--key", required=True, help="policy-signing.key")
+    g.set_defaults(func=cmd_policy_sign)
+    k = psub.add_parser("keygen", help="create an org policy signing key pair in DIR")
+    k.add_argument("--out", required=True, metavar="DIR")
+    k.set_defaults(func=cmd_policy_keygen)
     s = psub.add_parser("show", help="print the effective policy")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_policy_show)
@@ -264,6 +271,30 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
     pol = load_policy_file(args.file, strict_modes=False)
     print(f"{args.file}: valid (digest {pol.digest[:12]})")
+    return 0
+
+
+def cmd_policy_sign(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from agent import policy_signing
+    from agent.policy import PolicyError, validate_document
+
+    # Validate the content (not the signature, which is what is being made) before vouching for it.
+    try:
+        validate_document(tomllib.loads(open(args.file, encoding="utf-8").read()), args.file)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PolicyError(f"policy file {args.file} cannot be signed: {exc}") from None
+    sig = policy_signing.sign(args.file, args.key)
+    print(f"wrote {sig}")
+    return 0
+
+
+def cmd_policy_keygen(args: argparse.Namespace) -> int:
+    from agent import policy_signing
+
+    priv, pub = policy_signing.generate(args.out)
+    print(f"wrote {priv} (keep it offline, mode 0600) and {pub} (install beside the policy as {pub.name})")
     return 0
 
 
