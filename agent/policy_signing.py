@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.errors import UsageError
+from agent.policy import PolicyError
 
 PRIV_TAG = "tracecap-policy-signing-key Ed25519"
 PUB_TAG = "tracecap-policy-signing-pub Ed25519"
@@ -29,7 +29,7 @@ CONTEXT = b"tracecap policy v1\x00"
 PUB_NAME = "policy-signing.pub"
 
 
-class PolicySignatureError(UsageError):
+class PolicySignatureError(PolicyError):
     pass
 
 
