@@ -23,8 +23,10 @@ Promises:
   later bundles from that id signed by another key are refused (403) and never written.
 - Idempotent: the same bundle id with the same bytes is acknowledged again (200) and stored once;
   the same bundle id with other bytes is a conflict (409).
-- Thread-safe: one connection guarded by a lock; the slow part (hashing, fsync of the object)
-  runs outside it, so concurrent uploads only serialise on the index commit.
+- Thread-safe, with group commit: verification and the object's fsyncs run in the caller's
+  thread; index rows of concurrent uploads are committed together in one transaction (one WAL
+  fsync), by whichever waiting thread gets the commit lock first. Readers use their own
+  connection (WAL), so status queries never wait for a commit.
 """
 from __future__ import annotations
 
@@ -110,6 +112,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclasses.dataclass(eq=False)
+class _PendingIndex:
+    """An object in place, waiting for its index row; `result` is set by the committing thread."""
+
+    header: BundleHeader
+    digest: str
+    size: int
+    result: "Stored | Refused | None" = None
+
+
 class BundleStore:
     """A collector data directory. Open one per process; share it between threads."""
 
@@ -122,7 +134,10 @@ class BundleStore:
         # Leftovers are uploads that were never acknowledged; the client sends them again.
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
-        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()  # guards `_rdb`
+        self._commit_lock = threading.Lock()  # one committer at a time; guards `_db`
+        self._pending_lock = threading.Lock()  # guards `_pending`
+        self._pending: list[_PendingIndex] = []
         self._db = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -134,9 +149,13 @@ class BundleStore:
                                f"(schema {version}); upgrade tracecap")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # WAL lets this connection read while the writer commits.
+        self._rdb = sqlite3.connect(self.root / INDEX_NAME, check_same_thread=False, isolation_level=None)
+        self._rdb.execute("PRAGMA busy_timeout=10000")
 
     def close(self) -> None:
-        with self._lock:
+        with self._commit_lock, self._read_lock:
+            self._rdb.close()
             self._db.close()
 
     def __enter__(self) -> "BundleStore":
@@ -177,25 +196,27 @@ class BundleStore:
                                f"{header.bundle_id}; PUT it to /v1/bundles/{header.bundle_id}")
         if header.last_seq > _MAX_SQLITE_INT or header.created_ns > _MAX_SQLITE_INT:
             raise Refused(400, "the bundle's seq range or creation time is beyond what the collector indexes (2^63-1)")
-        with self._lock:
-            known = self._check(header, digest)
+        with self._read_lock:
+            known = self._check(self._rdb, header, digest)
         if known:
             return Stored(created=False, header=header, digest=digest)
         self._place(temp, digest)
-        with self._lock:
-            if self._check(header, digest):
-                return Stored(created=False, header=header, digest=digest)
-            self._index(header, digest, temp_size=self.object_path(digest).stat().st_size)
-        return Stored(created=True, header=header, digest=digest)
+        item = _PendingIndex(header, digest, self.object_path(digest).stat().st_size)
+        result = self._commit(item)
+        if isinstance(result, Refused):
+            if result.status in (403, 409):  # lost a race: these bytes are indexed under no bundle
+                self.object_path(digest).unlink(missing_ok=True)
+            raise result
+        return result
 
-    def _check(self, header: BundleHeader, digest: str) -> bool:
-        """Under the lock: True if already stored; raise `Refused` on a key or id conflict."""
-        row = self._db.execute("SELECT device_pub FROM devices WHERE device_id=?", (header.device_id,)).fetchone()
+    def _check(self, db: sqlite3.Connection, header: BundleHeader, digest: str) -> bool:
+        """True if already stored; raise `Refused` on a key or id conflict."""
+        row = db.execute("SELECT device_pub FROM devices WHERE device_id=?", (header.device_id,)).fetchone()
         if row is not None and bytes(row[0]) != header.device_pub:
             raise Refused(403, f"device {header.device_id} is pinned to another signing key (key "
                                f"{bytes(row[0]).hex()[:16]}..., this bundle {header.device_pub.hex()[:16]}...); "
                                f"if the device was reinstalled, an admin must unpin it")
-        row = self._db.execute("SELECT digest FROM bundles WHERE bundle_id=?", (header.bundle_id,)).fetchone()
+        row = db.execute("SELECT digest FROM bundles WHERE bundle_id=?", (header.bundle_id,)).fetchone()
         if row is None:
             return False
         if row[0] != digest:
@@ -219,44 +240,75 @@ class BundleStore:
         if fresh_dir:
             _fsync_dir(self.objects)
 
-    def _index(self, header: BundleHeader, digest: str, temp_size: int) -> None:
-        now = time.time_ns()
+    def _commit(self, item: "_PendingIndex") -> "Stored | Refused":
+        """Index `item` durably. Group commit: whoever holds the commit lock indexes every
+        pending item in one transaction (one WAL fsync), so concurrent uploads share it."""
+        with self._pending_lock:
+            self._pending.append(item)
+        with self._commit_lock:
+            if item.result is None:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit_batch(batch)
+        assert item.result is not None
+        return item.result
+
+    def _commit_batch(self, batch: list["_PendingIndex"]) -> None:
         db = self._db
+        now = time.time_ns()
+        results: list[Stored | Refused] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT OR IGNORE INTO devices(device_id, device_pub, pinned_ns) VALUES (?,?,?)",
-                       (header.device_id, header.device_pub, now))
-            db.execute(
-                "INSERT OR REPLACE INTO bundles(bundle_id, device_id, first_seq, last_seq, count, prev_digest,"
-                " digest, size, created_ns, received_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (header.bundle_id, header.device_id, header.first_seq, header.last_seq, header.count,
-                 header.prev_digest, digest, temp_size, header.created_ns, now))
+            for it in batch:
+                h = it.header
+                try:
+                    if self._check(db, h, it.digest):
+                        results.append(Stored(created=False, header=h, digest=it.digest))
+                        continue
+                except Refused as exc:
+                    results.append(exc)
+                    continue
+                db.execute("INSERT OR IGNORE INTO devices(device_id, device_pub, pinned_ns) VALUES (?,?,?)",
+                           (h.device_id, h.device_pub, now))
+                db.execute(
+                    "INSERT OR REPLACE INTO bundles(bundle_id, device_id, first_seq, last_seq, count,"
+                    " prev_digest, digest, size, created_ns, received_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (h.bundle_id, h.device_id, h.first_seq, h.last_seq, h.count, h.prev_digest, it.digest,
+                     it.size, h.created_ns, now))
+                results.append(Stored(created=True, header=h, digest=it.digest))
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             db.execute("ROLLBACK")
-            raise
+            failure = Refused(500, f"the collector could not index the bundle ({exc}); send it again")
+            for it in batch:
+                it.result = failure
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for it, res in zip(batch, results):
+            it.result = res
 
     # ---- reading ---------------------------------------------------------------------------
 
     def device_ids(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT device_id FROM devices ORDER BY device_id").fetchall()
+        with self._read_lock:
+            rows = self._rdb.execute("SELECT device_id FROM devices ORDER BY device_id").fetchall()
         return [r[0] for r in rows]
 
     def device_pub(self, device_id: str) -> bytes | None:
-        with self._lock:
-            row = self._db.execute("SELECT device_pub FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        with self._read_lock:
+            row = self._rdb.execute("SELECT device_pub FROM devices WHERE device_id=?", (device_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def bundles(self, device_id: str) -> list[BundleRow]:
         """The device's bundles in seq order (first_seq, then last_seq, then bundle id)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._rdb.execute(
                 "SELECT bundle_id, device_id, first_seq, last_seq, count, prev_digest, digest, size,"
                 " created_ns, received_ns FROM bundles WHERE device_id=?"
                 " ORDER BY first_seq, last_seq, bundle_id", (device_id,)).fetchall()
         return [BundleRow(*r) for r in rows]
 
     def bundle_count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM bundles").fetchone()[0]
+        with self._read_lock:
+            return self._rdb.execute("SELECT count(*) FROM bundles").fetchone()[0]
