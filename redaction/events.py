@@ -20,7 +20,7 @@ Takes a `Redactor`, an event kind and its `data`; gives a new `data` dict, or No
   | tool.invocation | `argv` cut to its first item |
   | git.commit | `message`, `subject`, `body` dropped |
   | app.focus | `title` dropped |
-  | user.note | `text` dropped |
+  | user.note | kept (redacted): a note is what the user chose to record, not captured work |
   | any other kind | free-text fields (`diff`, `message`, `title`, `text`, `body`, `subject`, `stdout`, `stderr`, `output`) dropped |
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ METADATA_FIELDS: dict[str, dict[str, str]] = {
     "tool.invocation": {"argv": _ARGV0},
     "git.commit": {"message": _DROP, "subject": _DROP, "body": _DROP},
     "app.focus": {"title": _DROP},
-    "user.note": {"text": _DROP},
+    "user.note": {},
 }
 
 

@@ -150,7 +150,7 @@ def test_stats_count_findings_per_rule():
      {"exe": "/usr/bin/ssh", "argv": ["ssh"], "pid": 3}),
     ("git.commit", {"repo": "/r", "sha": "abc", "message": "fix secret leak"}, {"repo": "/r", "sha": "abc"}),
     ("app.focus", {"app": "firefox", "title": "Inbox (3)"}, {"app": "firefox"}),
-    ("user.note", {"text": "starting the parser task"}, {}),
+    ("user.note", {"text": "starting the parser task"}, {"text": "starting the parser task"}),
     ("shell.end", {"id": "1", "exit": 0, "duration_ms": 10}, {"id": "1", "exit": 0, "duration_ms": 10}),
     ("custom.kind", {"path": "x", "stdout": "hello", "count": 2}, {"path": "x", "count": 2}),
 ])
