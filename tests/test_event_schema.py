@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from schemas.events import CONTRACT_KINDS, Event, decode_event, encode_event
-from schemas.validate import (EventValidator, UnsupportedSchema, _strict_validator_class,
-                              compile_schema, field_path, load_event_schema)
+from schemas.validate import (EventValidator, UnsupportedSchema, compile_schema, field_path,
+                              load_event_schema, reference_validator)
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def validator() -> EventValidator:
 @pytest.fixture(scope="module")
 def reference():
     """jsonschema alone, with the same strict integers: what the fast path must agree with."""
-    return _strict_validator_class()(load_event_schema())
+    return reference_validator()
 
 
 def _event(kind: str, data: dict, *, seq: int = 1, source: str = "test", session: str | None = None) -> dict:
@@ -248,7 +248,7 @@ def test_fast_path_agrees_on_mutations(base, steps):
     assert (validator.errors(event) == []) == validator.is_valid(event), event
 
 
-_VALIDATORS = (EventValidator(), _strict_validator_class()(load_event_schema()))
+_VALIDATORS = (EventValidator(), reference_validator())
 
 
 def test_a_schema_outside_the_compiled_subset_falls_back_to_jsonschema():
