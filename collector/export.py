@@ -30,6 +30,9 @@ Promises:
   JSON, fixed Parquet options), whatever order the bundles arrived in.
 - Bounded memory: one bundle stream per overlapping bundle, and at most `ROW_GROUP` buffered rows
   per open Parquet file.
+- Gaps in the summary are the `seq` ranges absent from 1 to each device's last exported `seq`:
+  lost, skipped and forgotten alike (the trace's `agent.gap`/`agent.forget` events say which;
+  `tracecap collector verify` tells lost from skipped by the hash chain).
 - A key that opens none of the store's bundles raises `ExportError` before anything is written;
   a bundle that cannot be read is skipped and listed in the summary (`unreadable`).
 """

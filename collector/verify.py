@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any, Sequence
 
 from collector.storage import BundleRow, BundleStore

@@ -8,7 +8,7 @@ import pytest
 from collector.storage import BundleRow, BundleStore
 from collector.verify import Gap, analyse_device
 from schemas.keys import generate_org_keypair
-from tests.test_collector_support import Device, ingest, make_event, run_cli
+from tests.test_collector_support import Device, ingest, run_cli
 
 ORG_PRIV, ORG_PUB = generate_org_keypair()
 
