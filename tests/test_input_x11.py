@@ -18,10 +18,12 @@ import pytest
 from agent.paths import StatePaths
 from agent.sources.base import SourceContext
 from agent.sources.input import InputSource
+from schemas.validate import EventValidator
 
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
                                 reason="Xvfb and xdotool are needed")
 
+VALIDATOR = EventValidator()
 SECRET = "zqxjvkwtrmbh"  # typed by xdotool; lowercase so each character is exactly one key press
 
 
@@ -67,6 +69,7 @@ class Harness:
     def __init__(self, tmp: Path, policy: dict, capturing: bool = True) -> None:
         self.paths = StatePaths.from_env({"TRACECAP_HOME": str(tmp / "state")}).ensure()
         self.events: list[tuple[str, dict]] = []
+        self.invalid: list[str] = []  # schema errors, asserted in close()
         self.states: list[str] = []
         self.on = threading.Event()
         if capturing:
@@ -84,7 +87,10 @@ class Harness:
                                        daemon=True)
 
     def emit(self, kind, data, *, ts=None, session=None, source=None):
+        event = {"v": 1, "seq": 1, "ts": ts or time.time_ns(), "kind": kind, "source": "input",
+                 "session": session, "data": data}
         with self.lock:
+            self.invalid.extend(VALIDATOR.errors(event))
             self.events.append((kind, dict(data)))
             with self.out.open("a") as f:
                 f.write(json.dumps({"kind": kind, "data": data}) + "\n")
@@ -116,6 +122,7 @@ class Harness:
         self.thread.join(timeout=10)
         self.handler.close()
         assert not self.thread.is_alive(), "run() must return once stop is set"
+        assert self.invalid == [], self.invalid
 
     def totals(self) -> dict[str, int]:
         acts = [d for k, d in self.events if k == "input.activity"]

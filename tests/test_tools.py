@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 from agent.paths import StatePaths
 from agent.sources.base import SourceContext
 from agent.sources.tools import ProcessWatcher, ToolsSettings, ToolsSource
+from agent.sources.tools_sessions import SpoolSessions
+from schemas.validate import EventValidator
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -23,12 +26,29 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 class TmuxShell:
     """An interactive shell in a detached tmux session on a private server socket."""
 
-    def __init__(self, tmp: Path, shell: str = "bash --norc --noprofile") -> None:
+    def __init__(self, tmp: Path, shell: str = "bash --norc --noprofile",
+                 env: dict[str, str] | None = None) -> None:
         self.sock = f"tc-tools-{os.getpid()}-{time.monotonic_ns()}"
         self.cwd = tmp
+        extra = [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]
         subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d",
-                        "-x", "120", "-y", "30", "-c", str(tmp), shell], check=True, timeout=10)
+                        "-x", "120", "-y", "30", "-c", str(tmp), *extra, shell], check=True,
+                       timeout=10)
         self.pid = self._pane_pid()
+        self._wait_for_shell(shell.split()[0])
+
+    def _wait_for_shell(self, name: str) -> None:
+        import psutil
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(self.pid).name() == name:
+                    return
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the tmux pane never became {name}")
 
     def _pane_pid(self) -> int:
         out = subprocess.run(["tmux", "-L", self.sock, "list-panes", "-F", "#{pane_pid}"],
@@ -50,11 +70,22 @@ def shell(tmp_path):
     sh.close()
 
 
+VALIDATOR = EventValidator()
+
+
+def assert_valid(kind: str, data: dict) -> None:
+    event = {"v": 1, "seq": 1, "ts": time.time_ns(), "kind": kind, "source": "tools",
+             "session": data.get("session"), "data": data}
+    assert VALIDATOR.errors(event) == []
+
+
 def poll_until(watcher: ProcessWatcher, pred, timeout: float = 10.0) -> list[dict]:
     got: list[dict] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got.extend(watcher.poll())
+        for data in watcher.poll():
+            assert_valid("tool.invocation", data)
+            got.append(data)
         if pred(got):
             return got
         time.sleep(0.05)
@@ -162,6 +193,29 @@ def test_descendants_of_the_agent_itself_are_never_recorded(shell):
     shell.send("sleep 0.3")
     got = poll_until(w, lambda g: False, timeout=1.2)
     assert not got
+
+
+def test_invocations_carry_the_shell_hook_session(tmp_path):
+    home = tmp_path / "state"
+    paths = StatePaths.from_env({"TRACECAP_HOME": str(home)}).ensure()
+    tracecap = Path(sys.executable).with_name("tracecap")
+    sh = TmuxShell(tmp_path, env={"TRACECAP_HOME": str(home)})
+    try:
+        sh.send(f'eval "$({tracecap} shell-init bash)"')
+        time.sleep(0.8)  # the hook loads; a session's spool file appears at its first command
+        w = ProcessWatcher(ToolsSettings(interval_s=0.05),
+                           sessions=SpoolSessions(paths.shell_spool))
+        w.baseline()
+        sh.send("sleep 0.4")
+        got = poll_until(w, lambda g: by_exe(g, "sleep"))
+    finally:
+        sh.close()
+    sleep = by_exe(got, "sleep")
+    assert sleep, got
+    sid = sleep[0]["session"]
+    assert sid and sid.startswith(f"{sh.pid}-"), sleep
+    records = "".join(p.read_text() for p in paths.shell_spool.glob(f"{sid}.*.rec"))
+    assert f"\t{sid}\t" in records and "sleep 0.4" in records
 
 
 def _ctx(tmp_path, policy: dict, events: list, capturing) -> SourceContext:

@@ -81,11 +81,11 @@ class X11FocusWatcher:
         last = self._report(last)
         fd = d.fileno()
         while True:
-            ready, _, _ = select.select([fd, self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
             changed = False
             try:
+                # Replies to our own queries (in `_report`) can carry the next PropertyNotify along
+                # and python-xlib queues it; so drain the queue before sleeping in select(), or an
+                # event already read off the socket would wait for the one after it.
                 while d.pending_events():
                     ev = d.next_event()
                     if ev.type == X.PropertyNotify and ev.atom == self._atoms["_NET_ACTIVE_WINDOW"]:
@@ -96,6 +96,10 @@ class X11FocusWatcher:
                 return
             if changed:
                 last = self._report(last)
+                continue
+            ready, _, _ = select.select([fd, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
 
     def _report(self, last: Any) -> Any:
         win_id = self._active_window_id()

@@ -75,6 +75,7 @@ class ToolsSettings:
 
 @dataclasses.dataclass
 class _Root:
+    pid: int
     kind: str  # "shell" | "editor"
     name: str
     argv: list[str]
@@ -113,6 +114,9 @@ class ProcessWatcher:
         self._ctime: dict[int, float] = {}
         self._roots: dict[int, _Root] = {}
         self._tracked: dict[int, _Tracked] = {}
+        self._names: dict[int, str] = {}
+        # pid -> (ticks left, track): forks seen before their exec, looked at again next tick
+        self._pending: dict[int, tuple[int, bool]] = {}
         self._clock_skew = _create_time_skew(psutil)
 
     @property
@@ -130,12 +134,10 @@ class ProcessWatcher:
         self._ctime.clear()
         self._roots.clear()
         self._tracked.clear()
+        self._names.clear()
+        self._pending.clear()
         infos = [i for i in (self._read_basic(pid) for pid in self._psutil.pids()) if i]
-        for pid, ppid, ctime, _uid, _name in infos:
-            self._parents[pid] = ppid
-            self._ctime[pid] = ctime
-        for info in sorted(infos, key=lambda i: i[2]):
-            self._consider(*info, track=False)
+        self._learn(infos, track=False)
 
     def poll(self, now_ns: int | None = None) -> list[dict[str, Any]]:
         now_ns = time.time_ns() if now_ns is None else now_ns
@@ -145,13 +147,35 @@ class ProcessWatcher:
             self._gone(pid, now_ns, finished)
         for t in list(self._tracked.values()):
             self._refresh(t, now_ns, finished)
+        for pid, (left, track) in list(self._pending.items()):
+            info = self._read_basic(pid)
+            if info is None:
+                del self._pending[pid]
+            elif info[4] != self._names.get(pid) or left <= 1:
+                del self._pending[pid]
+                self._names[pid] = info[4]
+                self._consider(*info, track=track)
+            else:
+                self._pending[pid] = (left - 1, track)
         new = [i for i in (self._read_basic(pid) for pid in current if pid not in self._ctime) if i]
-        for pid, ppid, ctime, _uid, _name in new:
+        self._learn(new, track=True)
+        return finished
+
+    def _learn(self, infos: list[tuple[int, int, float, int | None, str]], *, track: bool) -> None:
+        for pid, ppid, ctime, _uid, name in infos:
             self._parents[pid] = ppid
             self._ctime[pid] = ctime
-        for info in sorted(new, key=lambda i: i[2]):
-            self._consider(*info, track=True)
-        return finished
+            self._names[pid] = name
+        for info in sorted(infos, key=lambda i: i[2]):
+            pid, ppid, name = info[0], info[1], info[4]
+            if (name == self._names.get(ppid) and pid not in self._roots
+                    and nearest_root(pid, self._parents, self._roots) is None):
+                # Same name as its parent and under no root: most likely a fork that has not
+                # exec'd yet (a terminal starting its shell). Look again next tick, or a shell
+                # caught a moment too early would never become a root.
+                self._pending[pid] = (2, track)
+                continue
+            self._consider(*info, track=track)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -221,6 +245,14 @@ class ProcessWatcher:
             return
         if parent_root.kind == "editor" and editor_name(name, argv) == parent_root.name:
             return  # an editor's own helper (Electron renderer, vim job): part of the editor
+        if parent_root.kind == "shell" and parent_root.session is None:
+            # The hook writes its spool file at the shell's first command, which may come after
+            # we first saw the shell: look again now that it is running something.
+            session, interactive = self._sessions(parent_root.pid)
+            if session is not None:
+                parent_root.session = session
+                if interactive is not None:
+                    parent_root.interactive = interactive
         chain = actor_mod.ancestry(pid)
         who = actor_mod.classify(chain, interactive=parent_root.interactive,
                                  agents=self.settings.agents)
@@ -228,7 +260,7 @@ class ProcessWatcher:
                                       argv=list(argv), cwd=cwd, root=parent_root, actor=who)
         ed = editor_name(name, argv)
         if ed is not None:  # vim started from a shell: its `:!make` children belong to the session
-            self._roots[pid] = _Root("editor", ed, list(argv), parent_root.session, True)
+            self._roots[pid] = _Root(pid, "editor", ed, list(argv), parent_root.session, True)
 
     def _register_root(self, pid: int, name: str, argv: list[str], has_tty: bool,
                        parent_root: _Root | None) -> bool:
@@ -240,14 +272,14 @@ class ProcessWatcher:
             if session is not None or is_interactive_shell(name, argv, has_tty):
                 if session is None and parent_root is not None:
                     session = parent_root.session  # a subshell of a session stays in it
-                self._roots[pid] = _Root("shell", low, list(argv), session,
+                self._roots[pid] = _Root(pid, "shell", low, list(argv), session,
                                          bool(interactive) if interactive is not None else True)
                 return True
             return False
         if parent_root is None:
             ed = editor_name(name, argv)
             if ed is not None:
-                self._roots[pid] = _Root("editor", ed, list(argv), None, True)
+                self._roots[pid] = _Root(pid, "editor", ed, list(argv), None, True)
                 return True
         return False
 
@@ -283,7 +315,8 @@ class ProcessWatcher:
                 else:
                     ed = editor_name(name, t.argv)
                     if ed is not None and t.pid not in self._roots:
-                        self._roots[t.pid] = _Root("editor", ed, list(t.argv), t.root.session, True)
+                        self._roots[t.pid] = _Root(t.pid, "editor", ed, list(t.argv),
+                                                   t.root.session, True)
 
     def _gone(self, pid: int, now_ns: int, finished: list[dict[str, Any]]) -> None:
         t = self._tracked.get(pid)
@@ -292,6 +325,8 @@ class ProcessWatcher:
         self._ctime.pop(pid, None)
         self._parents.pop(pid, None)
         self._roots.pop(pid, None)
+        self._names.pop(pid, None)
+        self._pending.pop(pid, None)
 
     def _finish(self, t: _Tracked, now_ns: int, finished: list[dict[str, Any]]) -> None:
         self._tracked.pop(t.pid, None)
@@ -368,17 +403,7 @@ def _forward_stop(stop: threading.Event, changed: threading.Event) -> None:
 
 
 def _shell_session_lookup(ctx: SourceContext) -> SessionLookup:
-    """The shell source's pid→session index if it offers one, else no sessions (any interactive
-    shell is then a root and events carry no session id)."""
-    try:
-        from agent.sources import shell as shell_mod  # type: ignore[attr-defined]
-    except ImportError:
-        return _no_sessions
-    factory = getattr(shell_mod, "session_lookup", None)
-    if factory is None:
-        return _no_sessions
-    try:
-        return factory(ctx.paths.shell_spool)
-    except Exception as exc:  # a broken spool must not stop tool capture
-        ctx.log.warning("tools: shell sessions unavailable: %s", exc)
-        return _no_sessions
+    """Shell sessions from the shell hook's spool (see agent/sources/tools_sessions.py)."""
+    from agent.sources.tools_sessions import SpoolSessions
+
+    return SpoolSessions(ctx.paths.shell_spool)
