@@ -77,7 +77,7 @@ def test_jsonl_export_dedupes_orders_and_splits_by_day(world, tmp_path):
     assert "ü.py" in day2[-1]  # UTF-8 as is, not \u escapes
     invalid = [json.loads(line) for line in (out / "_invalid.jsonl").read_text().splitlines()]
     assert [(i["device"], i["seq"]) for i in invalid] == [("ws-a", 10)]
-    assert invalid[0]["error"].startswith("ts:")
+    assert invalid[0]["error"].startswith("ts ")
     per_device = {d["device_id"]: d for d in summary["per_device"]}
     assert per_device["host/with space"]["gaps"] == [{"first": 4, "last": 5}]
     assert per_device["ws-a"]["gaps"] == [] and per_device["ws-a"]["conflicts"] == 0
