@@ -3,9 +3,9 @@
 Takes HTTP requests; gives JSON. Routes:
 - `PUT /v1/bundles/{id}` (bearer token): the body is one bundle. 201 stored, 200 already stored
   (same bytes), 400 malformed or the URL id is not the header's, 401 missing or wrong token,
-  403 the device is pinned to another key, 409 the id is stored with other bytes, 411/413 no
-  length or too large, 422 the device signature does not verify. Every answer is JSON; every
-  refusal is `{"error": "<one sentence>"}`.
+  403 the device is pinned to another key, 409 the id is stored with other bytes, 413 too
+  large, 422 the device signature does not verify, 500 the index could not be written (send
+  again). Every answer is JSON; every refusal is `{"error": "<one sentence>"}`.
 - `GET /v1/devices/{device}` (bearer token): the device's chain report (`collector.verify`), 404
   for a device with no bundles.
 - `GET /v1/health`: 200 `{"status": "ok"}`, no token needed (load balancer probes).
