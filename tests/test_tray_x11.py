@@ -1,0 +1,289 @@
+"""`tracecap tray` end to end on a real X server: Xvfb, trayer as the XEMBED system tray, a real
+daemon in a temporary TRACECAP_HOME and the tray as its own process.
+
+The menu's actions are driven through `TrayController` (the code the menu items run) and, once,
+by clicking the real icon and its popup menu with xdotool; the daemon's state is read back with
+`tracecap status --json`, and the tray process's own view with its X window name (its tooltip)
+and a screenshot of the tray. Set TRACECAP_TRAY_SCREENSHOTS=DIR to keep the four screenshots
+(docs/tray/ holds the checked-in ones)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.tray import ERROR, OFF, PAUSED, RECORDING, TrayController
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("Xvfb", "trayer", "xdotool", "import", "convert")),
+    reason="needs Xvfb, trayer, xdotool and imagemagick")]
+
+TRACECAP = shutil.which("tracecap", path=os.path.dirname(sys.executable)) or "tracecap"
+PANEL_HEIGHT = 26  # trayer's border is 1 px, so the icon window is 24x24: square, not stretched
+SCALE = 4  # screenshots are enlarged with nearest-neighbour so every pixel stays what X drew
+
+
+def wait_for(pred, timeout: float, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def xdisplay(tmp_path_factory):
+    """Xvfb on a display number it picks itself (-displayfd), with trayer docked at the top right."""
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24",
+                             "+extension", "RECORD", "-nolisten", "tcp"], pass_fds=(w,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    procs = [xvfb]
+    try:
+        number = b""
+        deadline = time.monotonic() + 15
+        while not number.endswith(b"\n") and time.monotonic() < deadline:
+            chunk = os.read(r, 16)
+            if not chunk:
+                break
+            number += chunk
+        os.close(r)
+        display = ":" + number.decode().strip()
+        assert display != ":", "Xvfb did not report a display number"
+        env = dict(os.environ, DISPLAY=display)
+        trayer = subprocess.Popen(["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
+                                   "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
+                                   "--transparent", "false", "--tint", "0x2b2b2b"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(trayer)
+        wait_for(lambda: _xdo(env, "search", "--classname", "panel"), 15, "trayer's panel")
+        yield env
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _xdo(env, *args) -> str:
+    r = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=15)
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+class Daemon:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        policy = home / "policy.toml"
+        policy.write_text("")  # built-in defaults, never the machine's /etc policy
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TRACECAP_")}
+        self.env.pop("DISPLAY", None)  # the daemon's input source must not watch the test display
+        self.env.update(TRACECAP_HOME=str(home), TRACECAP_POLICY=str(policy))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Daemon":
+        log = open(self.home / "daemon.stderr", "ab")
+        self.proc = subprocess.Popen([TRACECAP, "daemon"], env=self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL)
+        wait_for(lambda: self.cli("status", "--json").returncode == 0, 20, "the daemon to answer")
+        return self
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([TRACECAP, *args], env=self.env, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    def status(self) -> dict:
+        r = self.cli("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path / "home").start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def tray(xdisplay, daemon):
+    env = dict(daemon.env, DISPLAY=xdisplay["DISPLAY"])
+    err = open(daemon.home / "tray.stderr", "wb")
+    proc = subprocess.Popen([TRACECAP, "tray", "--interval", "0.5"], env=env, stdout=err, stderr=err,
+                            stdin=subprocess.DEVNULL)
+    try:
+        wid = wait_for(lambda: _xdo(env, "search", "--classname", "tracecap"), 20, "the tray icon window")
+        yield Tray(proc, env, wid.split()[0], daemon.home / "tray.stderr")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+class Tray:
+    def __init__(self, proc, env, wid, stderr_path) -> None:
+        self.proc, self.env, self.wid, self.stderr_path = proc, env, wid, stderr_path
+
+    def title(self) -> str:
+        return _xdo(self.env, "getwindowname", self.wid)
+
+    def wait_title(self, prefix: str, timeout: float = 10) -> str:
+        return wait_for(lambda: (t := self.title()).startswith(prefix) and t, timeout,
+                        lambda: f"the tray to show {prefix!r} (it shows {self.title()!r})")
+
+    def geometry(self) -> tuple[int, int, int, int]:
+        out = subprocess.run(["xwininfo", "-id", self.wid], env=self.env, capture_output=True,
+                             text=True, timeout=15).stdout
+        field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+        return (int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"]),
+                int(field["Width"]), int(field["Height"]))
+
+    def screenshot(self, out: Path) -> tuple[int, int, int]:
+        """The tray area, cropped, enlarged; returns the colour at the icon's centre."""
+        x, y, w, h = self.geometry()
+        raw = out.with_suffix(".raw.png")
+        subprocess.run(["import", "-window", "root", str(raw)], env=self.env, check=True, timeout=30)
+        pad = 6
+        left, width = max(0, x - pad * 3), w + pad * 4
+        subprocess.run(["convert", str(raw), "-crop", f"{width}x{PANEL_HEIGHT}+{left}+0", "+repage",
+                        "-filter", "point", "-resize", f"{SCALE * 100}%", str(out)], check=True, timeout=30)
+        from PIL import Image
+
+        with Image.open(raw) as img:
+            return img.convert("RGB").getpixel((x + w // 2, y + h // 2))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def _keep(shot: Path) -> None:
+    keep = os.environ.get("TRACECAP_TRAY_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_tray_follows_menu_actions_and_the_daemon(tray, daemon, tmp_path):
+    ctl = TrayController(daemon.home / "run" / "control.sock")
+    centre = {}
+
+    # off: a fresh personal-mode daemon waits for the user's opt-in
+    assert ctl.refresh() == OFF
+    tray.wait_title("tracecap: off: not opted in")
+    centre[OFF] = tray.screenshot(tmp_path / "off.png")
+
+    # the "Recording" item opts in
+    assert ctl.on_toggle_recording() == RECORDING
+    st = daemon.status()
+    assert st["capturing"] and st["consent"] == "opted-in"
+    tray.wait_title("tracecap: recording")
+    centre[RECORDING] = tray.screenshot(tmp_path / "recording.png")
+
+    # "Pause 15 minutes": the daemon's pause ends 15 minutes from now
+    before = time.time()
+    assert ctl.on_pause(15 * 60) == PAUSED
+    st = daemon.status()
+    assert not st["capturing"] and st["paused_until"] and st["paused_until"] != "until resumed"
+    until = time.mktime(time.strptime(st["paused_until"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert 14 * 60 <= until - before <= 16 * 60
+    tray.wait_title("tracecap: paused until ")
+    centre[PAUSED] = tray.screenshot(tmp_path / "paused.png")
+
+    # "Resume"
+    assert ctl.on_resume() == RECORDING
+    assert daemon.status()["capturing"]
+    tray.wait_title("tracecap: recording")
+
+    # "Forget last 15 minutes": a note journaled just now is gone afterwards
+    assert daemon.cli("note", "about to be forgotten").returncode == 0
+    assert any(e["kind"] == "user.note" for e in _events(daemon))
+    removed = ctl.on_forget()
+    assert removed is not None and removed >= 1
+    kinds = [e["kind"] for e in _events(daemon)]
+    assert "user.note" not in kinds and "agent.forget" in kinds
+
+    # the "Recording" item again: opts out
+    assert ctl.on_toggle_recording() == OFF
+    st = daemon.status()
+    assert not st["capturing"] and st["consent"] == "opted-out"
+    tray.wait_title("tracecap: off: not opted in")
+
+    # the daemon goes away: error; it comes back: the tray reconnects by itself
+    assert ctl.on_toggle_recording() == RECORDING
+    tray.wait_title("tracecap: recording")
+    daemon.stop()
+    tray.wait_title("tracecap: error: the daemon is not running")
+    centre[ERROR] = tray.screenshot(tmp_path / "error.png")
+    assert ctl.refresh() == ERROR
+    daemon.start()
+    tray.wait_title("tracecap: recording", timeout=15)
+    assert ctl.refresh() == RECORDING
+    assert tray.alive(), tray.stderr_path.read_text()
+
+    # what the screen shows at the icon's centre: red dot, amber bar, hollow ring, white "!"
+    r, g, b = centre[RECORDING]
+    assert r > 180 and g < 80 and b < 80, centre
+    r, g, b = centre[ERROR]
+    assert min(r, g, b) > 200, centre
+    assert centre[OFF] == (43, 43, 43), centre  # the tile shows through the ring
+    shots = {s: (tmp_path / f"{s}.png").read_bytes() for s in (RECORDING, PAUSED, OFF, ERROR)}
+    assert len(set(shots.values())) == 4
+    for s in shots:
+        _keep(tmp_path / f"{s}.png")
+
+
+def test_clicking_the_icon_opens_the_menu_and_its_items_work(tray, daemon):
+    """The real menu: left click on the icon, then click "Pause 15 minutes" in the popup."""
+    assert daemon.cli("opt-in").returncode == 0
+    tray.wait_title("tracecap: recording")
+    x, y, w, h = tray.geometry()
+    subprocess.run(["xdotool", "mousemove", str(x + w // 2), str(y + h // 2), "click", "1"],
+                   env=tray.env, check=True, timeout=15)
+    menu = wait_for(lambda: _xdo(tray.env, "search", "--onlyvisible", "--class", "Menu")
+                    or _xdo(tray.env, "search", "--onlyvisible", "--classname", "menu"), 10, "the popup menu")
+    mwid = menu.split()[-1]
+    geo = subprocess.run(["xwininfo", "-id", mwid], env=tray.env, capture_output=True, text=True,
+                         timeout=15).stdout
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in geo.splitlines())}
+    mx, my = int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"])
+    mh = int(field["Height"])
+    # nine equal rows: Recording, Pause 15 minutes, ...; click the middle of the second
+    row = mh / 9
+    subprocess.run(["xdotool", "mousemove", str(mx + 40), str(int(my + row * 1.5)), "click", "1"],
+                   env=tray.env, check=True, timeout=15)
+    st = wait_for(lambda: (s := daemon.status())["paused_until"] and s, 10, "the pause to reach the daemon")
+    assert not st["capturing"] and st["paused_until"] != "until resumed"
+    tray.wait_title("tracecap: paused until ")
+    assert tray.alive()
+
+
+def _events(daemon: Daemon) -> list[dict]:
+    r = daemon.cli("log", "--json")
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
