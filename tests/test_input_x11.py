@@ -245,16 +245,21 @@ def _activate(win: str) -> None:
     _until(active, 5, f"window {win} to become active")
 
 
-@pytest.fixture
-def wm(display):
+@pytest.fixture(scope="module")
+def openbox(xserver):
     if shutil.which("openbox") is None or shutil.which("xprop") is None:
         pytest.skip("openbox (an EWMH window manager) and xprop are needed")
     p = subprocess.Popen(["openbox", "--sm-disable"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    _until(lambda: "window id" in _root_prop("_NET_SUPPORTING_WM_CHECK"), 10, "openbox")
+                         stderr=subprocess.DEVNULL, env={**os.environ, "DISPLAY": xserver})
     yield p
     p.terminate()
     p.wait(timeout=10)
+
+
+@pytest.fixture
+def wm(openbox, display):
+    _until(lambda: "window id" in _root_prop("_NET_SUPPORTING_WM_CHECK"), 10, "openbox")
+    return openbox
 
 
 @pytest.mark.parametrize("titles", [True, False])
