@@ -327,7 +327,7 @@ class Daemon:
 
             return forget_span(self, float(req["seconds"]))
         if op == "flush":
-            return self.delivery.flush(float(req.get("timeout", 60)))
+            return self.delivery.flush(float(req.get("timeout_s", 60)))
         if op == "reload":
             self._check_policy(force=True)
             return self.status()
