@@ -175,19 +175,25 @@ def fill_template(text: str, **values: str) -> str:
 
 # ----------------------------------------------------------------------------------- quoting
 _SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./$-]+$")
+_SYSTEMD_UNSAFE_EXE = re.compile(r"[\x00-\x1f\x7f\"'\\]")
 
 
-def systemd_escape(text: str) -> str:
-    """Protect `%` (specifiers) and `$` (variable expansion) in a unit's command line."""
-    return text.replace("%", "%%").replace("$", "$$")
-
-
-def systemd_quote(arg: str) -> str:
-    """One ExecStart word: quoted when it holds spaces or quotes, specifiers and `$` escaped."""
+def systemd_quote(arg: str, *, executable: bool = False) -> str:
+    """One ExecStart word, quoted when it holds spaces. `%` (specifiers) is doubled everywhere;
+    `$` (variable expansion) only in arguments, since systemd does not expand the executable."""
+    escaped = arg.replace("%", "%%") if executable else arg.replace("%", "%%").replace("$", "$$")
     if arg and _SYSTEMD_PLAIN.match(arg):
-        return systemd_escape(arg)
-    quoted = arg.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + systemd_escape(quoted) + '"'
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd_exec_start(argv: Sequence[str]) -> str:
+    """The ExecStart value for `argv`. systemd refuses executables whose path holds quotes,
+    backslashes or control characters, so those are a `UsageError` here, not a unit that never runs."""
+    if _SYSTEMD_UNSAFE_EXE.search(argv[0]):
+        raise UsageError(f"systemd cannot run {argv[0]!r} (quotes, backslashes or control characters "
+                         f"in the path); reinstall tracecap under a plain path")
+    return " ".join([systemd_quote(argv[0], executable=True)] + [systemd_quote(a) for a in argv[1:]])
 
 
 def systemd_environment(env: Mapping[str, str]) -> str:
@@ -210,7 +216,7 @@ def windows_command_line(argv: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------------- renderers
 def render_systemd_unit(daemon_argv: Sequence[str], env: Mapping[str, str]) -> str:
     return fill_template(load_template(UNIT_NAME),
-                         exec_start=" ".join(systemd_quote(a) for a in daemon_argv),
+                         exec_start=systemd_exec_start(daemon_argv),
                          environment=systemd_environment(env))
 
 
