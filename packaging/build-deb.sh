@@ -58,12 +58,17 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q --no-compil
 mkdir -p "$venv/share/tracecap/templates"
 cp "$repo"/packaging/templates/* "$venv/share/tracecap/templates/"
 find "$venv" -name __pycache__ -type d -prune -exec rm -rf {} +
+# pip records where tracecap came from (the temporary source copy): not a place that exists later.
+for record in "$venv"/lib/python*/site-packages/tracecap-*.dist-info; do
+  rm -f "$record/direct_url.json"
+  sed -i '/direct_url\.json/d' "$record/RECORD"
+done
 # Shebangs, activate scripts, pyvenv.cfg and pip's records name the staging path: point them at /opt.
 grep -rlIF "$venv" "$venv" | while IFS= read -r f; do
   sed -i "s|$venv|$prefix|g" "$f"
 done
-if leftover=$(grep -rlF "$venv" "$venv"); then
-  die "the staging path is still named in: $leftover"
+if leftover=$(grep -rlF "$work" "$venv"); then
+  die "a path of the build tree is still named in: $leftover"
 fi
 
 # 3. Everything around the venv.
