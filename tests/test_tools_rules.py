@@ -9,7 +9,10 @@ from agent.sources.tools_rules import (
     is_interactive_shell,
     is_own_process,
     is_shell_fork,
+    last_pid_from_loadavg,
     nearest_root,
+    parse_proc_stat,
+    pid_span,
 )
 
 
@@ -95,3 +98,36 @@ def test_is_shell_fork(name, argv, pname, pargv, expected):
 ])
 def test_nearest_root(pid, parents, roots, expected):
     assert nearest_root(pid, parents, roots) == expected
+
+
+_STAT = (b"4242 (%s) %s 100 4242 100 34816 4242 4194304 120 0 0 0 "
+         b"%d %d 0 0 20 0 1 0 %d 2400000 250 18446744073709551615")
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (_STAT % (b"sleep", b"S", 3, 4, 987654), ("sleep", "S", 7, 987654)),
+    (_STAT % (b"my (odd) name", b"R", 10, 0, 5), ("my (odd) name", "R", 10, 5)),
+    (_STAT % (b"make", b"Z", 0, 0, 1), ("make", "Z", 0, 1)),
+    (b"4242 (sleep) S 1 2", None),  # truncated
+    (b"garbage", None),
+])
+def test_parse_proc_stat(raw, expected):
+    assert parse_proc_stat(raw) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.52 0.58 0.59 2/1214 48211\n", 48211),
+    ("0.52 0.58 0.59 2/1214", None),
+    ("", None),
+])
+def test_last_pid_from_loadavg(text, expected):
+    assert last_pid_from_loadavg(text) == expected
+
+
+@pytest.mark.parametrize("prev, last, pid_max, expected", [
+    (100, 100, 32768, []),
+    (100, 103, 32768, [101, 102, 103]),
+    (32766, 301, 32768, [32767, 300, 301]),  # wrapped
+])
+def test_pid_span(prev, last, pid_max, expected):
+    assert pid_span(prev, last, pid_max) == expected

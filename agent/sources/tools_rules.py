@@ -112,3 +112,38 @@ def nearest_root(pid: int, parents: Mapping[int, int], roots: Mapping[int, objec
             return p
         p, steps = parents.get(p, 0), steps + 1
     return None
+
+
+def parse_proc_stat(raw: bytes) -> tuple[str, str, int, int] | None:
+    """Linux `/proc/<pid>/stat` → (comm, state, utime + stime in clock ticks, starttime in ticks).
+    `comm` may itself hold spaces and parentheses, so it ends at the last ')'."""
+    left, right = raw.find(b"("), raw.rfind(b")")
+    if left < 0 or right < left:
+        return None
+    fields = raw[right + 2:].split()
+    if len(fields) < 20:
+        return None
+    try:
+        return (raw[left + 1:right].decode("utf-8", "replace"), fields[0].decode("ascii", "replace"),
+                int(fields[11]) + int(fields[12]), int(fields[19]))
+    except ValueError:
+        return None
+
+
+def last_pid_from_loadavg(text: str) -> int | None:
+    """Linux `/proc/loadavg` ends with the most recently allocated pid (processes and threads)."""
+    parts = text.split()
+    try:
+        return int(parts[4]) if len(parts) >= 5 else None
+    except ValueError:
+        return None
+
+
+def pid_span(prev: int, last: int, pid_max: int) -> list[int]:
+    """The pids allocated after `prev` up to `last`, wrapping at `pid_max` (Linux allocates pids in
+    increasing order and wraps to 300 after pid_max - 1)."""
+    if last == prev:
+        return []
+    if last > prev:
+        return list(range(prev + 1, last + 1))
+    return list(range(prev + 1, pid_max)) + list(range(300, last + 1))
