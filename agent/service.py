@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 from xml.sax.saxutils import escape as _xml_escape
 
-from agent.errors import RuntimeFailure, UsageError
+from agent.errors import RuntimeFailure, TracecapError, UsageError
 
 UNIT_NAME = "tracecap.service"
 LAUNCHD_LABEL = "dev.tracecap.agent"
@@ -151,8 +151,11 @@ def running_tracecap_argv(argv0: str | None = None, executable: str | None = Non
 # ----------------------------------------------------------------------------------- templates
 def template_dirs() -> list[Path]:
     """Where the templates are: the source tree's `packaging/templates`, then the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "packaging" / "templates"
-    return [source, Path(sys.prefix) / "share" / "tracecap" / "templates"]
+    checkout = Path(__file__).resolve().parent.parent
+    installed = Path(sys.prefix) / "share" / "tracecap" / "templates"
+    if (checkout / "pyproject.toml").is_file():  # a source checkout (editable install)
+        return [checkout / "packaging" / "templates", installed]
+    return [installed]
 
 
 def load_template(name: str) -> str:
@@ -518,3 +521,29 @@ def render_status(st: ServiceStatus) -> str:
                       f"  installed: {yn[st.installed]}",
                       f"  enabled:   {yn[st.enabled]}",
                       f"  active:    {yn[st.active]}" + (f"  [{st.detail}]" if st.detail else "")])
+
+
+# ----------------------------------------------------------------------------------- first run
+def next_step(st: ServiceStatus | None, platform: str) -> str:
+    """The one next step when the daemon does not answer, given the service's state (None: no
+    service manager here)."""
+    if st is None:
+        return "next step: start it with `tracecap daemon` (no user service manager here)"
+    if not st.installed:
+        return ("next step: start it with `tracecap service install` (runs at login) or "
+                "`tracecap daemon` (this terminal)")
+    if not st.active:
+        return (f"next step: the tracecap service is installed but not running ({st.detail}); "
+                f"{fix_hint(platform)}, then `tracecap service install` starts it again")
+    return ("next step: the tracecap service is starting; run `tracecap status` again in a few "
+            "seconds, or see `tracecap service status`")
+
+
+def next_step_for_this_host(timeout: float = 5.0) -> str:
+    """`next_step` for this user, asking the service manager with a short timeout; never raises."""
+    try:
+        host = Host.current()
+        st = query_status(host, lambda argv: run_command(argv, timeout))
+    except TracecapError:
+        return next_step(None, "")
+    return next_step(st, host.platform)

@@ -404,3 +404,28 @@ def test_missing_systemctl_is_one_sentence(tmp_path):
     assert res.returncode == 1
     line = _one_sentence(res.stderr)
     assert "systemctl was not found" in line and "`tracecap daemon`" in line
+
+
+def _st(installed, enabled, active):
+    return service.ServiceStatus("systemd", "/u", installed, enabled, active, "failed (failed)")
+
+
+@pytest.mark.parametrize("st, expected", [
+    (None, "`tracecap daemon`"),
+    (_st(False, False, False), "`tracecap service install` (runs at login)"),
+    (_st(True, True, False), "installed but not running (failed (failed)); see `systemctl --user status"),
+    (_st(True, False, False), "installed but not running"),
+    (_st(True, True, True), "is starting"),
+])
+def test_first_run_next_step(st, expected):
+    text = service.next_step(st, "linux")
+    assert text.startswith("next step: ") and expected in text
+    assert "`tracecap " in text  # every message names the command that fixes it
+
+
+def test_first_run_next_step_here_never_raises(tmp_path):
+    env = _cli_env(tmp_path, PATH=str(tmp_path))  # no systemctl at all
+    res = subprocess.run([sys.executable, "-c", "from agent.service import next_step_for_this_host as n; "
+                          "print(n())"], capture_output=True, text=True, env=env, timeout=30, cwd=str(REPO))
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.strip() == service.next_step(None, "")
