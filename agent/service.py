@@ -401,7 +401,7 @@ def probe_manager(host: Host, run: Runner = run_command) -> None:
                 f"launchd has no GUI session for this user ({_first_line(res.stderr)}); run "
                 f"`tracecap service install` from a desktop login, or `tracecap daemon` instead")
     elif host.platform == "windows":
-        res = run(("schtasks", "/Query", "/FO", "CSV", "/NH", "/TN", "\\"))
+        res = run(("schtasks", "/Query", "/FO", "CSV", "/NH"))
         if res.returncode != 0:
             raise ServiceManagerUnavailable(
                 f"Task Scheduler is not reachable ({_first_line(res.stderr)}); run `tracecap daemon` "
