@@ -311,3 +311,34 @@ def test_wayland_reports_unavailable(monkeypatch, tmp_path):
     h.thread.start()
     h.wait_state("unavailable: Wayland session")
     h.close()
+
+
+def test_real_daemon_counts_keys_and_keeps_no_trace_of_the_text(xserver, daemon_factory, tmp_path):
+    """The whole pipeline: `tracecap daemon` on the X server, xdotool types, `tracecap log` shows
+    the counts, and nothing under TRACECAP_HOME holds the typed text."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[capture]\nsources = ["input"]\n[input]\nwindow = "1s"\n')
+    policy.chmod(0o644)
+    d = daemon_factory(tmp_path / "home", policy=policy, extra_env={"DISPLAY": xserver})
+    d.home.mkdir(parents=True, exist_ok=True)
+    d.cli("opt-in")
+    d.start()
+    try:
+        _until(lambda: d.status()["sources"].get("input", "").startswith("running"), 15,
+               "the input source to run")
+        subprocess.run(["xdotool", "type", "--delay", "30", SECRET], check=True, timeout=20,
+                       env={**os.environ, "DISPLAY": xserver})
+
+        def counted() -> bool:
+            acts = d.events("--kind", "input.activity")
+            return sum(e["data"]["keys"] for e in acts) >= len(SECRET)
+        _until(counted, 15, "the key presses to be journaled")
+    finally:
+        assert d.stop() == 0
+    acts = [e for e in d.events("--kind", "input.activity")]
+    assert sum(e["data"]["keys"] for e in acts) == len(SECRET)
+    assert all(e["source"] == "input" for e in acts)
+    for path in d.home.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert SECRET.encode() not in blob and SECRET[:6].encode() not in blob, path

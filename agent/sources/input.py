@@ -156,7 +156,7 @@ class InputSource:
         except Exception as exc:  # pynput picks its backend at import and raises if it has none
             raise InputUnavailable(f"no input backend ({_one_line(exc)})") from None
         try:
-            kb = keyboard.Listener(on_press=counter.on_press)
+            kb = _key_counting_listener(keyboard)(on_press=counter.on_press)
             ms = mouse.Listener(on_move=counter.on_move, on_click=counter.on_click,
                                 on_scroll=counter.on_scroll)
             for listener in (kb, ms):
@@ -201,6 +201,26 @@ class InputSource:
         if self._focus is not None:
             self._focus.stop()
             self._focus = None
+
+
+def _key_counting_listener(keyboard: Any) -> type:
+    """pynput's keyboard listener; on X11 a subclass that asks the server for key presses only
+    and never decodes them. pynput's own handler turns every press and release into a key object
+    (keycode to keysym lookups) that we would drop at once: that costs CPU at every keystroke and
+    puts the key identity in memory for no reason. Here the callback receives None."""
+    base = keyboard.Listener
+    if not base.__module__.endswith("._xorg"):
+        return base
+    from Xlib import X
+
+    class XorgKeyPressCounter(base):  # type: ignore[misc, valid-type]
+        _EVENTS = (X.KeyPress, X.KeyPress)  # the RECORD device-event range: presses only
+
+        def _handle_message(self, display: Any, event: Any, injected: bool) -> None:
+            if event.type == X.KeyPress:
+                self.on_press(None, injected)
+
+    return XorgKeyPressCounter
 
 
 def _end_x_record(listener: Any) -> None:
