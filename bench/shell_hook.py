@@ -1,0 +1,123 @@
+"""Hook overhead per command: bash, zsh and fish, each with and without the tracecap hook.
+
+Runs N commands (`:` / `true`) typed into an interactive shell on a pseudo-terminal, once bare
+and once with the hook from `tracecap shell-init`, writing to a real spool directory. Prints the
+wall time per command for each and the difference (the hook's cost; target <= 0.05 ms), as ratios
+and a markdown table. Usage: python bench/shell_hook.py [N] [ROUNDS]
+"""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agent.commands.shell import render_hook  # noqa: E402
+
+DONE = "BENCH_DONE_MARK"
+
+
+def _argv(shell: str, tmp: Path, hooked: bool) -> list[str]:
+    hook = tmp / f"hook.{shell}"
+    src = f"source {hook}\n" if hooked else ""
+    if shell == "bash":
+        (tmp / "rc").write_text(f"PS1='$ '\n{src}")
+        return ["bash", "--noprofile", "--rcfile", str(tmp / "rc"), "-i"]
+    if shell == "zsh":
+        (tmp / ".zshrc").write_text(f"PS1='$ '\n{src}")
+        return ["zsh", "-i"]
+    (tmp / "config.fish").write_text(f"function fish_prompt; echo -n '$ '; end\nfunction fish_greeting; end\n{src}")
+    return ["fish", "--no-config", "-C", f"source {tmp / 'config.fish'}"]
+
+
+def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> float:
+    """Seconds to run n commands in one interactive shell session."""
+    spool = tmp / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir()
+    (tmp / f"hook.{shell}").write_text(render_hook(shell, spool=str(spool), ignore_space=True,
+                                                   pytest_junit=True, spool_max_bytes=1 << 30))
+    env = {"HOME": str(tmp), "ZDOTDIR": str(tmp), "TERM": "xterm", "PATH": os.environ["PATH"],
+           "LANG": "C.UTF-8"}
+    argv = _argv(shell, tmp, hooked)
+    # forkpty: the shell gets the pty as its controlling terminal, as under a terminal emulator;
+    # fish runs its interactive reader (and so its preexec/postexec events) only with one.
+    pid, master = pty.fork()
+    if pid == 0:
+        os.chdir(tmp)
+        os.execvpe(argv[0], argv, env)
+    cmd = ":\n" if shell != "fish" else "true\n"
+    out = bytearray()
+
+    def read_until(marker: bytes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in out:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{shell}: no {marker!r} in {bytes(out[-300:])!r}")
+            r, _, _ = select.select([master], [], [], left)
+            if r:
+                try:
+                    out.extend(os.read(master, 65536))
+                except OSError:
+                    break
+
+    # The markers are printed in lower case so the terminal's echo of the typed line cannot match.
+    os.write(master, b"echo READY_MARK | tr A-Z a-z\n")
+    read_until(b"ready_mark", 20)
+    out.clear()
+
+    def feed() -> None:
+        # A pty's input queue is small: write in pieces while the main thread drains output.
+        for _ in range(n):
+            os.write(master, cmd.encode())
+        os.write(master, f"echo {DONE} | tr A-Z a-z\n".encode())
+
+    start = time.perf_counter()
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    read_until(DONE.lower().encode(), 20 + n * 0.02)
+    elapsed = time.perf_counter() - start
+    writer.join(timeout=10)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    os.close(master)
+    if hooked:
+        records = sum(len(p.read_bytes().splitlines()) for p in spool.glob("*.rec"))
+        if records < 2 * n:
+            raise RuntimeError(f"{shell}: the hook wrote {records} records for {n} commands")
+    return elapsed
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    rows = []
+    for shell in ("bash", "zsh", "fish"):
+        if shutil.which(shell) is None:
+            print(f"{shell}: not installed, skipped")
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            bare = min(run_once(shell, n, False, tmp) for _ in range(rounds))
+            hooked = min(run_once(shell, n, True, tmp) for _ in range(rounds))
+        per_bare, per_hook = bare / n * 1e3, hooked / n * 1e3
+        added = per_hook - per_bare
+        rows.append((shell, per_bare, per_hook, added, hooked / bare))
+        print(f"{shell}: bare {per_bare:.4f} ms/cmd, hooked {per_hook:.4f} ms/cmd, "
+              f"added {added:.4f} ms/cmd, ratio {hooked / bare:.2f}x")
+    print(f"\n{n} commands per run, best of {rounds} runs\n")
+    print("| shell | bare ms/cmd | hooked ms/cmd | added ms/cmd | ratio | target <= 0.05 ms |")
+    print("|---|---|---|---|---|---|")
+    for shell, b, h, a, r in rows:
+        print(f"| {shell} | {b:.4f} | {h:.4f} | {a:.4f} | {r:.2f}x | {'met' if a <= 0.05 else 'not met'} |")
+
+
+if __name__ == "__main__":
+    main()
