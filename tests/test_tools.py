@@ -120,6 +120,24 @@ def test_records_programs_run_in_an_interactive_shell(shell, tmp_path):
     assert not [x for x in got if x["pid"] == shell.pid]
 
 
+@pytest.mark.skipif(shutil.which("vim") is None, reason="vim is not installed")
+def test_programs_run_from_an_editor_are_recorded(tmp_path):
+    # vim is the pane's own process: no shell session above it, so vim itself is the root.
+    ed = TmuxShell(tmp_path, shell="vim -u NONE -N -n")
+    try:
+        w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+        w.baseline()
+        assert ed.pid in w.root_pids
+        ed.send(":!sleep 0.5")
+        got = poll_until(w, lambda g: by_exe(g, "sleep"))
+    finally:
+        ed.close()
+    sleep = by_exe(got, "sleep")
+    assert sleep and sleep[0]["via"] == "vim" and sleep[0]["actor"] == "human", got
+    assert sleep[0]["session"] is None
+    assert not [e for e in got if os.path.basename(e["exe"]).startswith("vim")]
+
+
 def test_deny_list_and_allow_list(shell):
     w = ProcessWatcher(ToolsSettings(interval_s=0.05, deny=("sleep",)))
     w.baseline()
