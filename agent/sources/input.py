@@ -216,9 +216,17 @@ def _key_counting_listener(keyboard: Any) -> type:
     class XorgKeyPressCounter(base):  # type: ignore[misc, valid-type]
         _EVENTS = (X.KeyPress, X.KeyPress)  # the RECORD device-event range: presses only
 
-        def _handle_message(self, display: Any, event: Any, injected: bool) -> None:
-            if event.type == X.KeyPress:
-                self.on_press(None, injected)
+        def _handler(self, events: Any) -> None:
+            # RECORD hands over raw 32-byte X events; the low 7 bits of byte 0 are the type.
+            # Counting them directly skips parsing each event into an object.
+            if not self.running:
+                raise self.StopException()
+            data = events.data
+            if not data:
+                return
+            for i in range(0, len(data) - 31, 32):
+                if data[i] & 0x7F == X.KeyPress:
+                    self.on_press(None, False)
 
     return XorgKeyPressCounter
 
