@@ -115,6 +115,9 @@ class InputSource:
                 counter.last_activity = time.monotonic()
                 win_start, win_start_ns = time.monotonic(), time.time_ns()
                 ctx.set_state("running")
+            if not all(li.is_alive() for li in self._listeners):
+                # The X server went away (or the hook failed): the supervisor restarts the source.
+                raise RuntimeError("an input listener ended unexpectedly")
             now = time.monotonic()
             if now - win_start >= window_s:
                 self._flush(counter, win_start_ns)

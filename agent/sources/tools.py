@@ -5,19 +5,25 @@ Takes the process table (psutil), the policy's `tools.interval_ms`, `tools.allow
 finished process: exe, argv, cwd, pid, ppid, session, start (ns), duration_ms, cpu_ms, exit, actor,
 via (the shell or editor it descends from).
 
-How: every interval the poller lists pids and diffs them against the previous list. Only pids that
-appeared are read (ppid, create time, uid, name), so a quiet machine costs one directory listing per
-tick; processes being tracked are re-read each tick for CPU time and to notice an exec. A process is
-tracked when it belongs to the user, starts while capture is on, and descends from a capture root:
-an interactive bash/zsh/fish (or any shell the shell hook reports a session for) or an editor (VS
-Code and its forks, JetBrains IDEs, vim/neovim, emacs). The event is emitted when the process ends,
-so duration is known.
+How: every interval (`tools.interval_ms`, default 250 ms) the poller learns which pids appeared and
+which ended, and reads only the new ones (ppid, create time, uid, name). On Linux it does not even
+list /proc on a quiet tick: `/proc/loadavg` names the last pid allocated, so only pids allocated
+since are probed, with a full listing every 5 s as a safety net; elsewhere it diffs
+`psutil.pids()`. Tracked processes are checked for exit every tick and re-read (one /proc stat
+read) every tick while young, every second after 2 s, for CPU time and to notice an exec. A
+process is tracked when it belongs to the user, starts while capture is on, and descends from a
+capture root: an interactive bash/zsh/fish, any shell the shell hook has a spool session for
+(`tools_sessions.py`; the event's `session` is then that shell session's id), or an editor (VS
+Code and its forks, JetBrains IDEs, vim/neovim, emacs). `actor` comes from `agent.actor` with the
+policy's `tools.agents`. The event is emitted when the process ends, so its duration is known.
 
 Promises and limits:
 - The shells themselves, an editor's own helper processes, bare shell forks that never exec, and
   tracecap's own processes are never recorded.
 - A process that starts and ends within one interval (250 ms by default) may be missed entirely,
-  and durations are accurate to one interval; processes running when the source stops are dropped.
+  and durations are accurate to one interval; `cpu_ms` is the last sample, so it may lag by one
+  interval (up to a second for programs older than 2 s); processes running when the source stops
+  or capture turns off are dropped, and programs that started before capture did are not recorded.
 - `exit` is null: Linux and macOS report an exit status only to the parent, which is not tracecap.
 - Nothing is written but through `ctx.emit`, which redacts argv and cwd before the journal.
 """
