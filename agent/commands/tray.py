@@ -81,6 +81,54 @@ def _select_clicks(icon: Any) -> None:
     icon._display.flush()
 
 
+def _is_xorg(icon: Any) -> bool:
+    return type(icon).__module__.endswith("._xorg")
+
+
+def _xorg_update_channel(icon: Any, apply: Any) -> Any:
+    """Run icon updates on pystray's own X event loop.
+
+    pystray's xorg backend carries a cross-thread update to its loop over the loop's own Xlib
+    connection and then blocks on a queue for the reply; python-xlib connections are not safe to
+    share between threads, and a lost reply leaves the status thread blocked for good (the icon
+    then stops changing). Instead the status thread keeps the latest snapshot and pokes the icon
+    window with a ClientMessage of our own atom over a second, private connection; the loop's
+    handler applies the snapshot in the loop's thread, where pystray's setters run directly.
+    Must be called before `icon.run()`, from the thread that will run the loop."""
+    import Xlib.X
+    import Xlib.display
+    import Xlib.protocol.event
+
+    atom = icon._display.intern_atom("_TRACECAP_TRAY_REFRESH")
+    latest: list[Any] = []
+    lock = threading.Lock()
+    original = icon._message_handlers.get(Xlib.X.ClientMessage)
+
+    def on_client_message(event: Any) -> None:
+        if event.client_type != atom:
+            if original is not None:
+                original(event)
+            return
+        with lock:
+            snap = latest.pop() if latest else None
+        if snap is not None:
+            apply(snap)
+
+    icon._message_handlers[Xlib.X.ClientMessage] = on_client_message
+    sender = Xlib.display.Display()
+    window = sender.create_resource_object("window", icon._window.id)
+
+    def on_change(snap: Any) -> None:
+        with lock:
+            latest[:] = [snap]
+        event = Xlib.protocol.event.ClientMessage(window=window, client_type=atom,
+                                                  data=(32, [0, 0, 0, 0, 0]))
+        window.send_event(event, event_mask=Xlib.X.NoEventMask)
+        sender.flush()
+
+    return on_change
+
+
 def cmd_tray(args: argparse.Namespace) -> int:
     from agent.paths import StatePaths
     from agent.tray import TrayController, build_menu, icon_image
@@ -114,11 +162,22 @@ def cmd_tray(args: argparse.Namespace) -> int:
     if not has_menu:
         _select_clicks(icon)
 
-    def on_change(snap: Any) -> None:
+    def apply(snap: Any) -> None:
         icon.icon = icon_image(snap.state, background=tile)
         icon.title = snap.tooltip
         if has_menu:
             icon.update_menu()
+
+    def apply_xorg(snap: Any) -> None:
+        # pystray's xorg `icon.icon = ...` re-sends SYSTEM_TRAY_REQUEST_DOCK on every change, and a
+        # tray host re-embedding an already docked icon may squeeze it to a sliver; redraw in place.
+        icon._icon = icon_image(snap.state, background=tile)
+        icon._icon_valid = True
+        icon._icon_data = None
+        icon._draw()
+        icon.title = snap.tooltip
+
+    on_change = _xorg_update_channel(icon, apply_xorg) if _is_xorg(icon) else apply
 
     def setup(icon: Any) -> None:
         icon.visible = True
