@@ -32,5 +32,8 @@ bench: install-test
 	$(BIN)/python -m bench.bundle
 	$(BIN)/python bench/redaction.py --quick
 
+deb:
+	bash packaging/build-deb.sh
+
 clean:
 	rm -rf $(VENV) dist build *.egg-info .pytest_cache .hypothesis

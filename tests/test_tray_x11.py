@@ -191,7 +191,7 @@ class Tray:
                         "-filter", "point", "-resize", f"{SCALE * 100}%", str(out)], check=True, timeout=30)
         with Image.open(raw) as img:
             rgb = img.convert("RGB")
-            self.last_icon_pixels = list(rgb.crop((x, y, x + w, y + h)).getdata())
+            self.last_icon_pixels = [rgb.getpixel((i, j)) for j in range(y, y + h) for i in range(x, x + w)]
             return rgb.getpixel((x + w // 2, y + h // 2))
 
     def alive(self) -> bool:

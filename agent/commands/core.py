@@ -352,8 +352,9 @@ def first_run(args: argparse.Namespace) -> int:
         print("tracecap is installed but the daemon is not running.")
         print(f"  policy:  {policy.origin}")
         print(f"  consent: {dec.state}" + (f" ({dec.reason})" if dec.reason else ""))
-        print("next step: start it with `tracecap service install` (runs at login) "
-              "or `tracecap daemon` (this terminal)")
+        from agent.service import next_step_for_this_host
+
+        print(next_step_for_this_host())
         return 0
     print(render_status(st))
     print()
