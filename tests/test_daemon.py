@@ -28,6 +28,16 @@ def policy(tmp_path, body=QUIET, name="policy.toml"):
     return p
 
 
+def wait_events(d, *args, until=lambda evs: bool(evs), timeout=5.0):
+    """Events become visible once durable (within reorder_ms + fsync_ms); poll, bounded."""
+    deadline = time.monotonic() + timeout
+    evs = d.events(*args)
+    while not until(evs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        evs = d.events(*args)
+    return evs
+
+
 @pytest.fixture
 def quiet(tmp_path, daemon_factory):
     return daemon_factory(policy=policy(tmp_path))
@@ -136,7 +146,7 @@ def test_pause_and_resume_markers_and_expiry(quiet):
     while not quiet.status()["capturing"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert quiet.status()["capturing"]
-    kinds = [e["kind"] for e in quiet.events()]
+    kinds = [e["kind"] for e in wait_events(quiet, until=lambda evs: len(evs) >= 3)]
     assert kinds == ["agent.resume", "agent.pause", "agent.resume"]
 
 
@@ -176,7 +186,7 @@ def test_policy_change_applied_live_and_recorded(tmp_path, daemon_factory):
     while d.status()["content"] != "metadata" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert d.status()["content"] == "metadata"
-    ev = d.events("--kind", "agent.policy")
+    ev = wait_events(d, "--kind", "agent.policy")
     assert ev and ev[-1]["data"]["digest"] == d.status()["policy"]["digest"]
     # A policy that stops being safe (writable by others) turns capture off and says why.
     os.chmod(p, 0o666)
