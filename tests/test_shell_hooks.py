@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands.shell import render_hook
-from agent.sources.shell import End, Start, parse_record
+from agent.sources.shell import End, Start, parse_segment
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 PROMPT = "READY>"
@@ -78,12 +78,12 @@ class Tmux:
 
 
 def records(spool: Path) -> list:
+    """Every complete record in the spool, in write order; each must parse."""
     out = []
     for path in sorted(spool.glob("*.rec"), key=lambda p: (p.name.split(".")[0], int(p.name.split(".")[1]))):
-        for line in path.read_bytes().splitlines():
-            rec = parse_record(line)
-            assert rec is not None, line
-            out.append(rec)
+        recs, _used, malformed, _header = parse_segment(path.read_bytes(), None)
+        assert malformed == 0, path.read_bytes()
+        out.extend(recs)
     return out
 
 

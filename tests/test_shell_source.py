@@ -219,23 +219,43 @@ def test_records_are_discarded_while_capture_is_off(tmp_path, harness, shell_ses
     assert [e[1]["cmd"] for e in h.kinds("shell.start")] == ["echo public"]
 
 
-def test_malformed_and_torn_lines_are_counted_not_fatal(tmp_path, harness):
+def test_malformed_and_torn_records_are_counted_not_fatal(tmp_path, harness):
     h = harness()
     spool = h.paths.shell_spool
-    f = spool / f"{os.getpid()}-1.0.rec"
-    f.write_bytes(b"garbage line\nS1\tb\t" + f"{os.getpid()}-1\t1\t1.0\t{os.getpid()}\t1\tbash\t/\tls".encode()
-                  + b"\nE1\tb\tbroken\n")
+    sid = f"{os.getpid()}-1"
+    f = spool / f"{sid}.0.rec"
+    f.write_bytes(b"S2\t9\t1.0\t/\trbefore-any-header\0"  # cannot be attributed
+                  + f"H2\t{sid}\t{os.getpid()}\t1\tbash\0".encode()
+                  + b"garbage\0S2\t1\t1.0\t/\trls\0E2\tbroken\0")
     h.start()
     h.wait(lambda: len(h.kinds("shell.start")) == 1)
-    with open(f, "ab") as fh:  # a torn tail: left alone until its newline arrives
-        fh.write(f"E1\tb\t{os.getpid()}-1\t1\t2.5\t0".encode())
+    with open(f, "ab") as fh:  # a torn tail: left alone until its NUL arrives
+        fh.write(b"E2\t1\t2.5\t0\t")
     time.sleep(0.5)
     assert h.kinds("shell.end") == []
     with open(f, "ab") as fh:
-        fh.write(b"\t\n")
+        fh.write(b"\0")
     h.wait(lambda: len(h.kinds("shell.end")) == 1)
     assert h.kinds("shell.end")[0][1]["duration_ms"] == 1500
-    assert h.source.malformed == 2
+    assert h.source.malformed == 3
+    # everything consumed is blanked, the header too when it does not lead the segment
+    h.wait(lambda: set(f.read_bytes()) == {0})
+
+
+def test_version1_segments_are_still_read_and_blanked(tmp_path, harness):
+    h = harness()
+    pid = os.getpid()
+    f = h.paths.shell_spool / f"{pid}-1.0.rec"
+    f.write_bytes(f"S1\tb\t{pid}-1\t1\t1.0\t{pid}\t1\tbash\t/\techo v1-secret\n"
+                  f"E1\tb\t{pid}-1\t1\t2.0\t0\t\n".encode())
+    h.start()
+    h.wait(lambda: len(h.kinds("shell.end")) == 1)
+    assert [e[1]["cmd"] for e in h.kinds("shell.start")] == ["echo v1-secret"]
+    h.wait(lambda: set(f.read_bytes()) == {0})
+    with open(f, "ab") as fh:
+        fh.write(f"S1\tb\t{pid}-1\t2\t3.0\t{pid}\t1\tbash\t/\techo again\n".encode())
+    h.wait(lambda: len(h.kinds("shell.start")) == 2)
+    assert h.source.malformed == 0
 
 
 def test_hook_drops_become_a_gap_event(tmp_path, harness, shell_session):

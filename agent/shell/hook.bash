@@ -1,9 +1,10 @@
 # tracecap shell hook for bash >= 5.0, printed by `tracecap shell-init bash`.
 # Use: eval "$(tracecap shell-init bash)" at the end of ~/.bashrc.
 # Per command it runs builtins only (no process, no subshell, no network) and appends one start and
-# one end record to a spool file the tracecap daemon follows; the record format is specified at the
-# top of agent/sources/shell.py. It never prints, keeps $? and $_, and does nothing when the spool
-# directory is missing.
+# one end record, each with a single redirection, to a spool file the tracecap daemon follows; the
+# record format (version 2) is specified at the top of agent/sources/shell.py. It never prints, keeps
+# $? and $_, and does nothing when the spool directory is missing. The DEBUG trap does one variable
+# test per simple command; the work happens once per command line.
 if [[ -n "${BASH_VERSION:-}" && -z "${__tracecap_loaded:-}" && $- == *i* && -n "${EPOCHREALTIME:-}" ]]; then
 __tracecap_loaded=1
 __tc_dir=@SPOOL@
@@ -12,97 +13,108 @@ __tc_junit=@PYTEST_JUNIT@
 __tc_segmax=@SEGMENT_BYTES@
 __tc_keep=@SEGMENTS@
 __tc_sid="$$-${EPOCHREALTIME//[.,]/}"
-__tc_scratch="$__tc_dir/$__tc_sid.cmd"
-__tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_dropped=0 __tc_armed=0 __tc_open=0 __tc_hist=-1 __tc_lastarg= __tc_t0=
-__tc_cnt=(0)
+__tc_f="$__tc_dir/$__tc_sid.0.rec"
+# The header goes first into each segment, with the segment's creation (see __tc_create).
+__tc_head="H2	$__tc_sid	$$	1	bash"
+__tc_pre=("$__tc_head")  # records still to write before the next one (no NUL: bash strings end there)
+__tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_dropped=0 __tc_armed= __tc_open=0 __tc_hist=-1
+__tc_pwd= __tc_cwd=
+__tc_first=(0 0 0 0 0 0 0 0)  # per segment slot: commands started before the segment
 __tc_pyo_on=0 __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
 
-__tc_esc() {  # $1 -> __tc_e, one line: \ \n \t \r escaped
-    local s=${1//\\/\\\\}
+__tc_cd() {  # $PWD -> __tc_cwd, escaped to one field: \ \n \t \r
+    __tc_pwd=$PWD
+    local s=${PWD//\\/\\\\}
     s=${s//$'\n'/\\n}
     s=${s//$'\t'/\\t}
-    __tc_e=${s//$'\r'/\\r}
+    __tc_cwd=${s//$'\r'/\\r}
 }
 
-__tc_put() {  # append record $1 to the current segment, rotating when it is full
-    if (( __tc_bytes > 0 && __tc_bytes + ${#1} >= __tc_segmax )); then
-        (( __tc_seg += 1, __tc_bytes = 0 ))
-        local old=$(( __tc_seg - __tc_keep ))
-        # The segment written __tc_keep rotations ago is still there: the daemon has not taken it,
-        # so the spool is full. Drop it (truncate; rm would be a process) and record the running
-        # total of dropped records, so a later D1 still tells if this one is dropped too.
-        if (( old >= 0 )) && [[ -s "$__tc_dir/$__tc_sid.$old.rec" ]]; then
-            { : >| "$__tc_dir/$__tc_sid.$old.rec"; } 2>/dev/null
-            (( __tc_dropped += ${__tc_cnt[old % __tc_keep]:-0} ))
-            local d="D1	b	$__tc_sid	$__tc_dropped"
-            { builtin printf '%s\n' "$d" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec"; } 2>/dev/null
-            (( __tc_bytes += ${#d} + 1 ))
-        fi
-        (( __tc_cnt[__tc_seg % __tc_keep] = 0 ))
+__tc_create() {  # start the current segment: header (and drop total) with the file made 0600
+    # bash cannot read its umask without printing it: it goes through a scratch file.
+    local m= u="$__tc_dir/$__tc_sid.umask"
+    { builtin umask >| "$u" && IFS= builtin read -r m < "$u"; } 2>/dev/null
+    [[ -n $m ]] && builtin umask 077
+    { builtin printf '%s\0' "${__tc_pre[@]}" >> "$__tc_f"; } 2>/dev/null && __tc_pre=()
+    [[ -n $m ]] && builtin umask "$m"
+}
+
+__tc_rotate() {  # the current segment is full: move to the next one
+    (( __tc_seg += 1, __tc_bytes = 0 ))
+    __tc_f="$__tc_dir/$__tc_sid.$__tc_seg.rec"
+    __tc_pre=("$__tc_head")
+    local old="$__tc_dir/$__tc_sid.$(( __tc_seg - __tc_keep )).rec"
+    # The segment written __tc_keep rotations ago is still there: the daemon has not taken it, so
+    # the spool is full. Drop it (truncate; rm would be a process) and record the running total of
+    # dropped records, so a later D2 still tells if this one is dropped too.
+    # Its records: a start and an end for each command started in it.
+    if (( __tc_seg >= __tc_keep )) && [[ -s $old ]]; then
+        { : >| "$old"; } 2>/dev/null
+        (( __tc_dropped += 2 * (__tc_first[(__tc_seg + 1) % __tc_keep] - __tc_first[__tc_seg % __tc_keep]) ))
+        __tc_pre+=("D2	$__tc_dropped")
     fi
-    { builtin printf '%s\n' "$1" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec"; } 2>/dev/null \
-        && (( __tc_bytes += ${#1} + 1, __tc_cnt[__tc_seg % __tc_keep] += 1 ))
+    (( __tc_first[__tc_seg % __tc_keep] = __tc_n ))
 }
 
-__tc_histline() {  # the newest history line -> __tc_line; fails when history did not advance
-    local HISTTIMEFORMAT= line=
-    { builtin history 1 >| "$__tc_scratch"; } 2>/dev/null
-    { IFS= builtin read -r -d '' line < "$__tc_scratch"; } 2>/dev/null
-    line=${line%$'\n'}
-    [[ $line =~ ^\ *([0-9]+)[\*\ ]\ (.*)$ && ${BASH_REMATCH[1]} != "$__tc_hist" ]] || return 1
-    __tc_hist=${BASH_REMATCH[1]}
-    __tc_line=${BASH_REMATCH[2]}
-}
-
-__tc_start() {  # $1 start time, $2 command text
-    (( __tc_n += 1 ))
-    __tc_esc "$2"
-    local c=$__tc_e
-    __tc_esc "$PWD"
-    __tc_put "S1	b	$__tc_sid	$__tc_n	$1	$$	1	bash	$__tc_e	$c"
-    __tc_open=1
-}
-
-__tc_preexec() {  # DEBUG trap; $1 is $_ as bash had it
-    if [[ $__tc_armed != 1 || $BASH_COMMAND == __tc_precmd* || -n "${COMP_LINE:-}" ]]; then
-        : "$1"
-        return
-    fi
-    __tc_armed=0
-    local t=$EPOCHREALTIME
-    if [[ ! -d $__tc_dir ]]; then : "$__tc_lastarg"; return; fi
-    local cmd
-    if __tc_histline; then
-        cmd=$__tc_line
-    elif [[ $__tc_ignore_space == 1 && $HISTCONTROL == *@(ignorespace|ignoreboth)* ]]; then
-        # Not added to history: a space-prefixed command (skip it) or a repeated one; bash does
-        # not say which, so privacy wins.
-        : "$__tc_lastarg"
-        return
+__tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the text $3)
+    [[ $PWD == "$__tc_pwd" ]] || __tc_cd
+    # The size of a command's records, start and end; for bash's `history 1` form only its first
+    # simple command ($3) is known: see the spec.
+    local -i size=${#3}+${#__tc_cwd}+90
+    (( __tc_bytes == 0 || __tc_bytes + size < __tc_segmax )) || __tc_rotate
+    (( ! ${#__tc_pre[@]} )) || __tc_create
+    (( __tc_n += 1, __tc_bytes += size ))
+    if [[ $2 == h ]]; then
+        { builtin printf 'S2\t%s\t%s\t%s\th' "$__tc_n" "$1" "$__tc_cwd"
+          HISTTIMEFORMAT= builtin history 1
+          builtin printf '\0'; } >> "$__tc_f"
     else
-        cmd=$BASH_COMMAND
+        builtin printf 'S2\t%s\t%s\t%s\tr%s\0' "$__tc_n" "$1" "$__tc_cwd" "$3" >> "$__tc_f"
     fi
-    if [[ $__tc_ignore_space == 1 && $cmd == [\ ]* ]]; then : "$__tc_lastarg"; return; fi
-    __tc_start "$t" "$cmd"
-    if [[ $__tc_junit == 1 && $cmd == *@(test|tox|nox|check)* ]]; then
+    __tc_open=1
+    if [[ $__tc_junit == 1 && $3 == *@(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
         __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
     fi
-    : "$__tc_lastarg"
+}
+
+# The DEBUG trap calls this only while armed (from the prompt to the line's first simple command).
+# Called as `__tc_preexec "$_"`: a call leaves $_ at its last argument, so $_ is kept.
+__tc_preexec() {
+    # PROMPT_COMMAND's own first command after an empty line, or a completion function: not a
+    # command of the user's; stay armed.
+    [[ $BASH_COMMAND == __tc_precmd* || -n ${COMP_LINE-} ]] && return
+    __tc_armed=
+    [[ -w $__tc_dir ]] || return
+    # HISTCMD (here: the newest entry's number) moves when the line went into history; the text
+    # is then `history 1`, written
+    # straight into the record. Otherwise the line was not saved: a space-prefixed command (skip it
+    # when space-prefixed commands are private) or a repeated one; bash does not say which, so
+    # privacy wins, and without that setting the first simple command is all bash tells.
+    if [[ $HISTCMD != "$__tc_hist" ]]; then
+        __tc_hist=$HISTCMD
+        __tc_start "$EPOCHREALTIME" h "$BASH_COMMAND"
+    elif [[ $__tc_ignore_space != 1 || $HISTCONTROL != *@(ignorespace|ignoreboth)* ]]; then
+        __tc_start "$EPOCHREALTIME" r "$BASH_COMMAND"
+    fi
 }
 
 __tc_precmd() {  # first in PROMPT_COMMAND; $1 is $_ of the user's command
     local s=$? t=$EPOCHREALTIME
-    __tc_lastarg=$1
-    if [[ $__tc_armed == 1 && -d $__tc_dir ]] && __tc_histline; then
+    if [[ -n $__tc_armed ]]; then
+        __tc_armed=
         # A line bash ran without a DEBUG trap in this shell, such as `(exit 3)` (subshells do
-        # not inherit the trap): its start is only known now.
-        [[ $__tc_ignore_space == 1 && $__tc_line == [\ ]* ]] || __tc_start "$t" "$__tc_line"
+        # not inherit the trap): its start is only known now. Here HISTCMD is the number the next
+        # line will get, one past the newest entry.
+        if (( HISTCMD - 1 != __tc_hist )) && [[ -w $__tc_dir ]]; then
+            (( __tc_hist = HISTCMD - 1 ))
+            __tc_start "$t" h ""
+        fi
     fi
     if (( __tc_open )); then
         __tc_open=0
-        __tc_put "E1	b	$__tc_sid	$__tc_n	$t	$s	"
+        [[ -w $__tc_dir ]] && builtin printf 'E2\t%s\t%s\t%s\t\0' "$__tc_n" "$t" "$s" >> "$__tc_f"
         if (( __tc_pyo_on )); then
             __tc_pyo_on=0
             if [[ ${PYTEST_ADDOPTS-} == "${__tc_pyo_old:+$__tc_pyo_old }$__tc_pyo_ours" ]]; then
@@ -116,15 +128,15 @@ __tc_precmd() {  # first in PROMPT_COMMAND; $1 is $_ of the user's command
     return $s
 }
 
-__tc_arm() {  # last in PROMPT_COMMAND: the next DEBUG trap is the user's next command
-    local s=$?
-    __tc_armed=1
-    return $s
-}
-
 if [[ -n "${bash_preexec_imported:-}${__bp_imported:-}" ]]; then
-    # bash-preexec owns the DEBUG trap and PROMPT_COMMAND; join its arrays instead.
-    __tc_bp_preexec() { __tc_armed=1; __tc_preexec "$_"; }
+    # bash-preexec owns the DEBUG trap and PROMPT_COMMAND and hands preexec the whole line; join
+    # its arrays instead.
+    __tc_bp_preexec() {
+        [[ -w $__tc_dir ]] || return
+        [[ $__tc_ignore_space == 1 && $1 == [\ ]* ]] && return
+        __tc_hist=$HISTCMD
+        __tc_start "$EPOCHREALTIME" r "$1"
+    }
     __tc_bp_precmd() { __tc_precmd "$_"; }
     precmd_functions=(__tc_bp_precmd "${precmd_functions[@]}")
     preexec_functions+=(__tc_bp_preexec)
@@ -133,18 +145,20 @@ else
     __tc_prev_trap=${__tc_prev_trap#trap -- \'}
     __tc_prev_trap=${__tc_prev_trap%\' DEBUG}
     __tc_prev_trap=${__tc_prev_trap//\'\\\'\'/\'}
+    # `[[ ]]` leaves $_ alone, so the common case (not armed) costs one test.
     if [[ -n $__tc_prev_trap ]]; then
-        trap -- "__tc_preexec \"\$_\"; $__tc_prev_trap" DEBUG
+        trap -- "[[ -z \$__tc_armed ]] || __tc_preexec \"\$_\"; $__tc_prev_trap" DEBUG
     else
-        trap -- '__tc_preexec "$_"' DEBUG
+        trap -- '[[ -z $__tc_armed ]] || __tc_preexec "$_"' DEBUG
     fi
     unset __tc_prev_trap
+    # Armed last, so commands that PROMPT_COMMAND itself runs are never taken for the user's.
     if [[ ${PROMPT_COMMAND@a} == *a* ]]; then
-        PROMPT_COMMAND=('__tc_precmd "$_"' "${PROMPT_COMMAND[@]}" __tc_arm)
+        PROMPT_COMMAND=('__tc_precmd "$_"' "${PROMPT_COMMAND[@]}" '__tc_armed=1')
     else
         PROMPT_COMMAND="__tc_precmd \"\$_\"${PROMPT_COMMAND:+
 $PROMPT_COMMAND}
-__tc_arm"
+__tc_armed=1"
     fi
 fi
 fi

@@ -1,9 +1,9 @@
 # tracecap shell hook for zsh >= 5.1, printed by `tracecap shell-init zsh`.
 # Use: eval "$(tracecap shell-init zsh)" in ~/.zshrc (after oh-my-zsh or starship is fine).
 # Per command it runs builtins only (no process, no subshell, no network) and appends one start and
-# one end record to a spool file the tracecap daemon follows; the record format is specified at the
-# top of agent/sources/shell.py. It never prints, keeps $? and $_, and does nothing when the spool
-# directory is missing.
+# one end record, one write each, to a spool file the tracecap daemon follows; the record format
+# (version 2) is specified at the top of agent/sources/shell.py. It never prints, keeps $? and $_,
+# and does nothing when the spool directory is missing.
 if [[ -n ${ZSH_VERSION-} && -z ${__tracecap_loaded-} ]] && zmodload zsh/datetime 2>/dev/null; then
 typeset -g __tracecap_loaded=1
 typeset -g __tc_dir=@SPOOL@
@@ -12,57 +12,70 @@ typeset -g __tc_junit=@PYTEST_JUNIT@
 typeset -gi __tc_segmax=@SEGMENT_BYTES@
 typeset -gi __tc_keep=@SEGMENTS@
 typeset -g __tc_sid="$$-${EPOCHREALTIME//./}"
+typeset -g __tc_f=$__tc_dir/$__tc_sid.0.rec
 typeset -gi __tc_n=0 __tc_seg=0 __tc_bytes=0 __tc_open=0 __tc_dropped=0
 typeset -g __tc_inter=0
 [[ -o interactive ]] && __tc_inter=1
-typeset -ga __tc_cnt
-__tc_cnt=(0 0 0 0 0 0 0 0)
-typeset -g __tc_e= __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
+typeset -g __tc_head="H2	$__tc_sid	$$	$__tc_inter	zsh"
+# Records still to write before the next one: the header of a new segment, and its drop total.
+typeset -ga __tc_pre
+__tc_pre=("$__tc_head")
+typeset -ga __tc_first  # per segment slot: commands started before the segment
+__tc_first=(0 0 0 0 0 0 0 0)
+typeset -g __tc_pwd= __tc_cwd= __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
 typeset -gi __tc_pyo_on=0
+# sysopen creates a segment 0600 whatever the umask; without zsh/system, `>>` creates it.
+zmodload -F zsh/system b:sysopen 2>/dev/null
 
-__tc_esc() {  # $1 -> __tc_e, one line: \ \n \t \r escaped
-    local s=${1//\\/\\\\}
+__tc_cd() {  # $PWD -> __tc_cwd, escaped to one field: \ \n \t \r
+    __tc_pwd=$PWD
+    local s=${PWD//\\/\\\\}
     s=${s//$'\n'/\\n}
     s=${s//$'\t'/\\t}
-    __tc_e=${s//$'\r'/\\r}
+    __tc_cwd=${s//$'\r'/\\r}
 }
 
-__tc_put() {  # append record $1 to the current segment, rotating when it is full
-    if (( __tc_bytes > 0 && __tc_bytes + ${#1} >= __tc_segmax )); then
-        (( __tc_seg += 1, __tc_bytes = 0 ))
-        local -i old=$(( __tc_seg - __tc_keep ))
-        # The segment written __tc_keep rotations ago is still there: the daemon has not taken it,
-        # so the spool is full. Drop it (truncate; rm would be a process) and record the running
-        # total of dropped records, so a later D1 still tells if this one is dropped too.
-        if (( old >= 0 )) && [[ -s "$__tc_dir/$__tc_sid.$old.rec" ]]; then
-            { : >| "$__tc_dir/$__tc_sid.$old.rec" } 2>/dev/null
-            (( __tc_dropped += __tc_cnt[old % __tc_keep + 1] ))
-            local d="D1	b	$__tc_sid	$__tc_dropped"
-            { builtin print -r -- "$d" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec" } 2>/dev/null
-            (( __tc_bytes += ${#d} + 1 ))
-        fi
-        (( __tc_cnt[__tc_seg % __tc_keep + 1] = 0 ))
+__tc_create() {  # start the current segment: the file made 0600, its header (and drop total)
+    local -i fd
+    { (( $+builtins[sysopen] )) && sysopen -a -o creat -m 600 -u fd $__tc_f && exec {fd}>&- } 2>/dev/null
+    { builtin printf '%s\0' "${__tc_pre[@]}" >> $__tc_f } 2>/dev/null && __tc_pre=()
+}
+
+__tc_rotate() {  # the current segment is full: move to the next one
+    (( __tc_seg += 1, __tc_bytes = 0 ))
+    __tc_f=$__tc_dir/$__tc_sid.$__tc_seg.rec
+    __tc_pre=("$__tc_head")
+    local old=$__tc_dir/$__tc_sid.$(( __tc_seg - __tc_keep )).rec
+    # The segment written __tc_keep rotations ago is still there: the daemon has not taken it, so
+    # the spool is full. Drop it (truncate; rm would be a process) and record the running total of
+    # dropped records (a start and an end per command started in it), so a later D2 still tells
+    # if this one is dropped too.
+    if (( __tc_seg >= __tc_keep )) && [[ -s $old ]]; then
+        { : >| $old } 2>/dev/null
+        (( __tc_dropped += 2 * (__tc_first[(__tc_seg + 1) % __tc_keep + 1] - __tc_first[__tc_seg % __tc_keep + 1]) ))
+        __tc_pre+=("D2	$__tc_dropped")
     fi
-    { builtin print -r -- "$1" >> "$__tc_dir/$__tc_sid.$__tc_seg.rec" } 2>/dev/null \
-        && (( __tc_bytes += ${#1} + 1, __tc_cnt[__tc_seg % __tc_keep + 1] += 1 ))
+    (( __tc_first[__tc_seg % __tc_keep + 1] = __tc_n ))
 }
 
 __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: the full text
-    local lastarg=$_ t=$EPOCHREALTIME cmd=$1
+    local lastarg=$_ cmd=$1 t=$EPOCHREALTIME
     if [[ -z $cmd ]]; then
         # zsh hands preexec an empty line when history dropped it (hist_ignore_space): a
         # space-prefixed command.
         [[ $__tc_ignore_space == 1 ]] && { : "$lastarg"; return 0 }
         cmd=$3
     fi
-    if [[ ! -d $__tc_dir || ( $__tc_ignore_space == 1 && $cmd == ' '* ) ]]; then
+    if [[ ! -w $__tc_dir || ( $__tc_ignore_space == 1 && $cmd == ' '* ) ]]; then
         : "$lastarg"; return 0
     fi
-    (( __tc_n += 1 ))
-    __tc_esc "$cmd"
-    local c=$__tc_e
-    __tc_esc "$PWD"
-    __tc_put "S1	b	$__tc_sid	$__tc_n	$t	$$	$__tc_inter	zsh	$__tc_e	$c"
+    [[ $PWD == $__tc_pwd ]] || __tc_cd
+    local -i size=${#cmd}+${#__tc_cwd}+90  # this command's start and end records
+    (( __tc_bytes == 0 || __tc_bytes + size < __tc_segmax )) || __tc_rotate
+    (( ! $#__tc_pre )) || __tc_create
+    (( __tc_n += 1, __tc_bytes += size ))
+    # One write; zsh strings can hold NUL, the record's terminator: it becomes ^@.
+    builtin printf 'S2\t%s\t%s\t%s\tr%s\0' $__tc_n $t "$__tc_cwd" "${cmd//$'\0'/^@}" >> $__tc_f
     __tc_open=1
     if [[ $__tc_junit == 1 && $cmd == *(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
@@ -77,7 +90,7 @@ __tc_precmd() {
     local lastarg=$_
     if (( __tc_open )); then
         __tc_open=0
-        __tc_put "E1	b	$__tc_sid	$__tc_n	$EPOCHREALTIME	$s	"
+        [[ -w $__tc_dir ]] && builtin printf 'E2\t%s\t%s\t%s\t\0' $__tc_n $EPOCHREALTIME $s >> $__tc_f
         if (( __tc_pyo_on )); then
             __tc_pyo_on=0
             if [[ ${PYTEST_ADDOPTS-} == "${__tc_pyo_old:+$__tc_pyo_old }$__tc_pyo_ours" ]]; then

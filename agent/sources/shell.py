@@ -3,40 +3,56 @@
 Takes the spool directory the hooks of `tracecap shell-init` append to (`StatePaths.shell_spool`);
 gives `shell.start` / `shell.end` events (source `shell`), `test.run` events (source `tests`) and
 `agent.gap` when the hook had to drop records. Promise: each complete record is emitted once, in
-the order its shell wrote it; malformed or partial lines are skipped and counted, never fatal;
-consumed spool data is deleted; while capture is off records are consumed and discarded.
+the order its shell wrote it; malformed or partial records are skipped and counted, never fatal;
+once a record has been handed to the journal (or discarded while capture is off), its bytes in the
+spool are overwritten with NUL bytes, so no raw command text outlives its consumption, and a
+segment is deleted once it is read to the end and its shell has moved on or is gone.
 
-Spool format, version 1 (the hooks in agent/shell/ are the writers; this module is the reader)
+Spool format, version 2 (the hooks in agent/shell/ are the writers; this module is the reader)
 --------------------------------------------------------------------------------------------------
 Files. One writer per file: each shell session (one shell process; nested shells start their own)
 appends to `<sid>.<k>.rec`, where `<sid>` is `<pid>-<unique>` and `<k>` = 0, 1, 2, ... is the
-segment number. Because a file has one writer that writes whole lines, lines never interleave; the
-only partial line is a torn tail being written right now, which the reader leaves until its
-newline arrives. The hook starts segment k+1 when segment k would exceed
-`shell.spool_max_bytes / 4` bytes; a segment is never written again once the next one exists.
-Other files: `<sid>.cmd` (bash's scratch copy of the history line), `<sid>.<n>.junit.xml` (the
-pytest report of command n, via PYTEST_ADDOPTS) and `.reader.json` (this reader's offsets).
+segment number. Writers only append (O_APPEND, `>>`) and create segments with mode 0600 whatever
+their umask (bash: the umask set to 077 around the creating redirection, the current one read back
+through `<sid>.umask`; zsh: `sysopen -m 600`; fish: `$umask`). The hook starts segment k+1 when
+segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
+next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
+PYTEST_ADDOPTS), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
+command text) and `.reader.json` (this reader's offsets).
 
-Records. One line each, UTF-8 (other bytes are kept as `\\xNN`), fields separated by TAB, ended by
-LF:
-    S1 <enc> <sid> <n> <t> <pid> <interactive> <shell> <cwd> <cmd>    a command starts
-    E1 <enc> <sid> <n> <t> <exit> <duration_ms>                       command n ended
-    D1 <enc> <sid> <total>                                            the hook has dropped total records
-`n` counts the session's commands from 1 and pairs S with E. `t` is the shell's own wall clock,
+Records. Each record ends with one NUL byte; fields are separated by TAB. A record's last field
+may hold any byte but NUL (shells cannot hold NUL in a string; zsh, which can, writes `^@` for it),
+so a command's text is written raw, never escaped, in the same single write as its record.
+    H2 <sid> <pid> <interactive> <shell>     the first record of every segment: who writes it
+    S2 <n> <t> <cwd> <form><cmd>             command n starts
+    E2 <n> <t> <exit> <duration_ms>          command n ended
+    D2 <total>                               the hook has dropped total S2/E2 records so far
+`n` counts the session's commands from 1 and pairs S2 with E2. `t` is the shell's own wall clock,
 seconds with a fraction (`.` or `,`; bash EPOCHREALTIME, zsh zsh/datetime); fish has no builtin
-clock, so its `t` is empty, its E carries `duration_ms` ($CMD_DURATION), and the reader stamps the
-time it reads the record. `<interactive>` is 1 or 0. `<enc>` says how `cwd` and `cmd` are made one
-line: `b` backslash escapes (\\\\ \\n \\t \\r, everything else literal), `u` percent-encoding of bytes.
+clock, so its `t` is empty, its E2 carries `duration_ms` ($CMD_DURATION), and the reader stamps the
+time it reads the record. `<interactive>` is 1 or 0. `cwd` is escaped (\\\\ \\n \\t \\r, the rest
+literal). `<form>` is one letter: `r` the text follows raw; `h` what follows is bash's `history 1`
+output for the line (`%5d%c %s\\n`: number, `*` or space, space, text, newline), which the reader
+strips to the text. Text is UTF-8; other bytes are kept as `\\xNN`.
+
+Consumption. A reader skips NUL bytes between records: after handing a batch of records to the
+journal it overwrites their byte range (never the H2 header) with NUL bytes in place (pwrite), which
+cannot race the writer because the writer only appends past the range read. It keeps a byte offset
+per file in `.reader.json` (replaced atomically after each batch). A torn tail (no NUL yet) is left
+until its NUL arrives. (Overwriting in place removes the text from the file; a copy-on-write file
+system may still hold the old blocks until they are reused.)
 
 Bounds. With the daemon down a session keeps at most 4 segments: when it starts segment k it
-truncates segment k-4 if that still holds data and writes `D1` with the session's running total
-of dropped S/E records as the first line of segment k. A total (not a delta) survives the loss of
-an earlier `D1` with its segment. The reader emits `agent.gap {dropped, reason}` for each increase.
-(A segment the reader had half-consumed before it stopped is counted in full.)
+truncates segment k-4 if that still holds data and writes `D2` with the session's running total
+of dropped S2/E2 records right after the header of segment k. A total (not a delta) survives the
+loss of an earlier `D2` with its segment. The reader emits `agent.gap {dropped, reason}` for each
+increase. (A segment the reader had half-consumed before it stopped is counted in full.) bash
+cannot see a line's full text without writing it, so it counts a start record's size from the
+line's first simple command ($BASH_COMMAND): a line of many commands can overrun the bound by its
+remaining text.
 
-Consumption. The reader keeps a byte offset per file in `.reader.json` (replaced atomically after
-each batch), deletes a segment once it has read all of it and a later segment exists or its shell
-is gone, and deletes the `.cmd` scratch file and stale reports of gone shells.
+Version 1 (one LF-ended line per record, `S1 <enc> <sid> ...`) is still read from segments whose
+first record is a version 1 record, so shells that loaded an older hook keep being captured.
 """
 from __future__ import annotations
 
@@ -57,10 +73,13 @@ SEGMENTS_KEPT = 4
 CURSOR_FILE = ".reader.json"
 MAX_PENDING = 10_000  # started commands waiting for their end, across sessions
 HOUSEKEEPING_S = 5.0  # how often gone shells' files are looked for when nothing else happens
+READ_CHUNK = 1 << 22  # at most this many bytes of one segment per read
 REPORT_DIRS = ("target/surefire-reports", "target/failsafe-reports", "build/test-results",
                "reports", "test-results", "test-reports")
 REPORT_FILES = ("junit.xml", "report.xml", "test-results.xml", "junit-report.xml")
+SCRATCH_SUFFIXES = (".cmd", ".umask", ".junit.xml")  # .cmd: bash's history copy in version 1
 _SEGMENT = re.compile(r"^(?P<sid>[0-9]+-[A-Za-z0-9]+)\.(?P<k>[0-9]+)\.rec$")
+_HISTORY_LINE = re.compile(r"^ *[0-9]+[* ] (.*?)\n?$", re.DOTALL)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -91,6 +110,16 @@ class End:
 class Dropped:
     sid: str
     count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """Who writes a segment (its H2 record); `size` is the header's length in bytes with its NUL."""
+    sid: str
+    pid: int
+    interactive: bool
+    shell: str
+    size: int = 0
 
 
 Record = Start | End | Dropped
@@ -129,8 +158,63 @@ def parse_time(text: str) -> int | None:
     return int(value * 1_000_000_000)
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def parse_command(form_and_text: str) -> str:
+    """An S2 record's `<form><cmd>` field -> the command text; ValueError when it is not one."""
+    form, text = form_and_text[:1], form_and_text[1:]
+    if form == "r":
+        return text
+    if form == "h":
+        m = _HISTORY_LINE.match(text)
+        if m is None:
+            raise ValueError("not a history line")
+        return m[1]
+    raise ValueError(f"unknown command form {form!r}")
+
+
+def parse_header(piece: bytes) -> Header | None:
+    """An H2 record (without its NUL) -> its header, or None."""
+    fields = piece.split(b"\t")
+    if len(fields) != 5 or fields[0] != b"H2":
+        return None
+    try:
+        return Header(_text(fields[1]), int(fields[2]), fields[3] == b"1", _text(fields[4]),
+                      len(piece) + 1)
+    except ValueError:
+        return None
+
+
+def parse_record2(piece: bytes, header: Header) -> Record | None:
+    """One version 2 record (without its NUL) of a segment written by `header`'s shell, or None."""
+    try:
+        kind = piece[:3]
+        if kind == b"S2\t":
+            fields = piece.split(b"\t", 4)
+            if len(fields) == 5:
+                _, n, t, cwd, cmd = fields
+                return Start(header.sid, int(n), parse_time(_text(t)), header.pid,
+                             header.interactive, header.shell, decode_field("b", _text(cwd)),
+                             parse_command(_text(cmd)))
+        elif kind == b"E2\t":
+            fields = piece.split(b"\t")
+            if len(fields) == 5:
+                _, n, t, code, dur = fields
+                return End(header.sid, int(n), parse_time(_text(t)), int(code),
+                           int(dur) if dur else None)
+        elif kind == b"D2\t":
+            fields = piece.split(b"\t")
+            if len(fields) == 2:
+                return Dropped(header.sid, int(fields[1]))
+    except ValueError:
+        return None
+    return None
+
+
 def parse_record(line: bytes) -> Record | None:
-    """One spool line (without its LF) -> a record, or None when it is malformed."""
+    """One version 1 spool line (without its LF) -> a record, or None when it is malformed."""
     try:
         fields = line.decode("utf-8", errors="backslashreplace").split("\t")
         kind = fields[0]
@@ -149,11 +233,52 @@ def parse_record(line: bytes) -> Record | None:
 
 
 def split_lines(buf: bytes) -> tuple[list[bytes], int]:
-    """Complete lines of `buf` and how many bytes they take; a torn tail is left for later."""
+    """Complete version 1 lines of `buf` and how many bytes they take; a torn tail is left for
+    later. NUL bytes (consumed lines the reader overwrote) are not part of any line."""
     end = buf.rfind(b"\n")
     if end < 0:
         return [], 0
-    return buf[:end].split(b"\n"), end + 1
+    return [ln for ln in (p.lstrip(b"\0") for p in buf[:end].split(b"\n")) if ln], end + 1
+
+
+def split_records(buf: bytes) -> tuple[list[bytes], int]:
+    """Complete version 2 records of `buf` (NUL runs skipped) and how many bytes they take."""
+    end = buf.rfind(b"\0")
+    if end < 0:
+        return [], 0
+    return [p for p in buf[:end].split(b"\0") if p], end + 1
+
+
+def is_version1(head: bytes) -> bool:
+    """Whether a segment starting with `head` (NULs skipped) holds version 1 lines."""
+    return head.lstrip(b"\0")[:3] in (b"S1\t", b"E1\t", b"D1\t")
+
+
+def parse_segment(buf: bytes, header: Header | None
+                  ) -> tuple[list[Record], int, int, Header | None]:
+    """Version 2 records of `buf`, a segment's bytes from where the last read ended.
+
+    Gives (records, bytes used, malformed count, header). `header` is the segment's H2 when it was
+    read before; an H2 in `buf` sets it. Records before any header cannot be attributed and count as
+    malformed, as do records that do not parse. A torn tail is not used.
+    """
+    pieces, used = split_records(buf)
+    records: list[Record] = []
+    malformed = 0
+    for piece in pieces:
+        if piece[:3] == b"H2\t":
+            got = parse_header(piece)
+            if got is None:
+                malformed += 1
+            else:
+                header = got
+            continue
+        rec = parse_record2(piece, header) if header is not None else None
+        if rec is None:
+            malformed += 1
+        else:
+            records.append(rec)
+    return records, used, malformed, header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +297,7 @@ def command_id(sid: str, n: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class PairState:
     pending: dict[tuple[str, int], Start] = dataclasses.field(default_factory=dict)
-    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # session -> D1 total seen
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # session -> D total seen
 
 
 def pair_records(state: PairState, records: Iterable[Record], now_ns: int
@@ -269,6 +394,10 @@ class ShellSource:
         self.ctx = ctx
         self.spool = Path(ctx.paths.shell_spool)
         self.offsets: dict[str, int] = {}
+        self.headers: dict[str, Header] = {}  # segment file -> its H2 (version 2)
+        self.formats: dict[str, int] = {}  # segment file -> record version
+        self.unreadable: set[str] = set()  # segment files already warned about
+        self.hidden: set[tuple[str, int]] = set()  # space-prefixed commands whose end is to come
         self.state = PairState()
         self.actors: dict[str, str] = {}
         self.malformed = 0
@@ -334,52 +463,102 @@ class ShellSource:
         return by_sid
 
     def drain(self) -> int:
-        """Read every complete new record, emit it, advance and persist offsets. Gives the count."""
+        """Read every complete new record, emit it, blank it, persist offsets. Gives the count."""
         total = 0
         changed = False
-        for sid, segs in self._segments().items():
+        for segs in self._segments().values():
             for i, (_k, fname) in enumerate(segs):
-                path = self.spool / fname
-                offset = self.offsets.get(fname, 0)
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
-                    continue
-                if size < offset:  # truncated by the hook (spool full): nothing left to read
-                    offset = 0
-                    self.offsets[fname] = 0
-                    changed = True
-                if size > offset:
-                    try:
-                        with open(path, "rb") as fh:
-                            fh.seek(offset)
-                            buf = fh.read(size - offset)
-                    except OSError as exc:
-                        self.ctx.log.warning("cannot read shell spool file %s: %s", path, exc)
-                        continue
-                    lines, used = split_lines(buf)
-                    if used:
-                        total += self._consume(lines)
-                        offset += used
-                        self.offsets[fname] = offset
-                        changed = True
-                later = i + 1 < len(segs)
-                if later and offset >= size:
-                    self._remove(path)
-                    self.offsets.pop(fname, None)
-                    changed = True
+                got, moved = self._drain_segment(fname, later=i + 1 < len(segs))
+                total += got
+                changed = changed or moved
         if changed:
             self._save_cursor()
         return total
 
-    def _consume(self, lines: list[bytes]) -> int:
-        records: list[Record] = []
-        for line in lines:
-            rec = parse_record(line)
-            if rec is None:
-                self.malformed += 1
-            else:
-                records.append(rec)
+    def _drain_segment(self, fname: str, *, later: bool) -> tuple[int, bool]:
+        """Consume one segment's new records. Gives (events emitted, whether its offset moved)."""
+        path = self.spool / fname
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return 0, False
+        except OSError as exc:
+            if fname not in self.unreadable:
+                self.unreadable.add(fname)
+                self.ctx.log.warning("cannot open shell spool file %s: %s", path, exc)
+            return 0, False
+        total = 0
+        moved = False
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o077:  # a writer that could not create it 0600 (an older hook)
+                os.fchmod(fd, 0o600)
+            offset = self.offsets.get(fname, 0)
+            if st.st_size < offset:  # truncated by the hook (spool full): nothing left to read
+                offset = 0
+                moved = True
+            if st.st_size > offset:
+                buf = os.pread(fd, st.st_size - offset, offset)
+                if fname not in self.formats:
+                    head = buf if offset == 0 else os.pread(fd, 64, 0)
+                    if head.lstrip(b"\0"):
+                        self.formats[fname] = 1 if is_version1(head) else 2
+                records, used, keep = self._parse(fname, fd, offset, buf)
+                if used:
+                    total += self._consume(records)
+                    # The records are journaled (or discarded): blank their bytes in place. The
+                    # writer only appends, past offset + used, so this cannot race it.
+                    start = max(offset, keep)
+                    if offset + used > start:
+                        os.pwrite(fd, bytes(offset + used - start), start)
+                    offset += used
+                    moved = True
+            if moved:
+                self.offsets[fname] = offset
+            if later and offset >= st.st_size:
+                self._forget(fname)
+                self._remove(path)
+                moved = True
+        except OSError as exc:
+            self.ctx.log.warning("cannot read shell spool file %s: %s", path, exc)
+        finally:
+            os.close(fd)
+        return total, moved
+
+    def _parse(self, fname: str, fd: int, offset: int, buf: bytes
+               ) -> tuple[list[Record], int, int]:
+        """Records of `buf` (the segment from `offset`), bytes used, and where blanking may start."""
+        if self.formats.get(fname) == 1:
+            lines, used = split_lines(buf)
+            records = []
+            for line in lines:
+                rec = parse_record(line)
+                if rec is None:
+                    self.malformed += 1
+                else:
+                    records.append(rec)
+            return records, used, 0
+        header = self.headers.get(fname)
+        if header is None and offset > 0:
+            header = parse_header(os.pread(fd, 4096, 0).split(b"\0", 1)[0])
+        records, used, bad, header = parse_segment(buf, header)
+        self.malformed += bad
+        if header is not None:
+            self.headers[fname] = header
+        # The header stays for a reader that restarts (and for the tools source) when it leads
+        # the segment, as the hooks write it; anything else consumed is blanked.
+        at_start = offset == 0 and header is not None and buf.startswith(b"H2\t")
+        return records, used, header.size if at_start else 0
+
+    def _forget(self, fname: str) -> None:
+        self.offsets.pop(fname, None)
+        self.headers.pop(fname, None)
+        self.formats.pop(fname, None)
+        self.unreadable.discard(fname)
+
+    def _consume(self, records: list[Record]) -> int:
+        if self._policy("shell.ignore_space", True):
+            records = self._unhide(records)
         now = time.time_ns()
         events, finished, self.state = pair_records(self.state, records, now)
         self.dropped += sum(d["dropped"] for k, d, _, _ in events if k == "agent.gap")
@@ -400,6 +579,21 @@ class ShellSource:
             for fin in finished:
                 self._remove(self._junit_path(fin.end.sid, fin.end.n))
         return len(events)
+
+    def _unhide(self, records: list[Record]) -> list[Record]:
+        """Without `records` of commands typed with a leading space. bash writes such a line when
+        its history keeps them (HISTCONTROL without ignorespace); the hook cannot see the text."""
+        kept: list[Record] = []
+        for rec in records:
+            if isinstance(rec, Start) and rec.cmd.startswith(" "):
+                self.hidden.add((rec.sid, rec.n))
+            elif isinstance(rec, End) and (rec.sid, rec.n) in self.hidden:
+                self.hidden.discard((rec.sid, rec.n))
+            else:
+                kept.append(rec)
+        if len(self.hidden) > MAX_PENDING:
+            self.hidden.clear()
+        return kept
 
     def _actor(self, sid: str, start: Start | None) -> str:
         if sid in self.actors:
@@ -455,14 +649,14 @@ class ShellSource:
                     continue
                 if self.offsets.get(fname, 0) >= size:
                     self._remove(path)
-                    self.offsets.pop(fname, None)
+                    self._forget(fname)
                     changed = True
         try:
             names = os.listdir(self.spool)
         except FileNotFoundError:
             names = []
         for name in names:
-            if name.endswith(".cmd") or name.endswith(".junit.xml"):
+            if name.endswith(SCRATCH_SUFFIXES):
                 sid = name.split(".", 1)[0]
                 if not _alive(sid, live):
                     self._remove(self.spool / name)
