@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.commands.shell import render_hook  # noqa: E402
+from agent.sources.shell import parse_segment  # noqa: E402
 
 DONE = "BENCH_DONE_MARK"
 
@@ -89,7 +90,7 @@ def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> float:
     os.waitpid(pid, 0)
     os.close(master)
     if hooked:
-        records = sum(len(p.read_bytes().splitlines()) for p in spool.glob("*.rec"))
+        records = sum(len(parse_segment(p.read_bytes(), None)[0]) for p in spool.glob("*.rec"))
         if records < 2 * n:
             raise RuntimeError(f"{shell}: the hook wrote {records} records for {n} commands")
     return elapsed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import string
 import sys
 import threading
 import time
@@ -324,3 +326,26 @@ def test_no_test_run_when_tests_source_is_off(tmp_path, harness, shell_session):
     sh.run("make check || true")
     h.wait(lambda: len(h.kinds("shell.end")) == 2)
     assert h.kinds("test.run") == []
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_no_raw_command_text_stays_in_the_spool(shell, tmp_path, harness, shell_session):
+    token = "ghp_" + "".join(random.choices(string.ascii_letters + string.digits, k=36))
+    h = harness().start()
+    spool = h.paths.shell_spool
+    sh = shell_session(shell, spool)
+    sh.run(f"export API_TOKEN={token}")
+    sh.run("echo after")
+    h.wait(lambda: len(h.kinds("shell.end")) == 2)
+    assert h.kinds("shell.start")[0][1]["cmd"] == f"export API_TOKEN={token}"  # it was read
+
+    def spool_bytes() -> bytes:
+        return b"".join(p.read_bytes() for p in spool.rglob("*") if p.is_file())
+    h.wait(lambda: token.encode() not in spool_bytes() and b"echo after" not in spool_bytes(),
+           timeout=5)
+    segments = list(spool.glob("*.rec"))
+    assert segments
+    for seg in segments:
+        assert seg.stat().st_mode & 0o777 == 0o600, seg
+        assert seg.read_bytes().startswith(b"H2\t")  # who wrote it stays; what was typed does not
+    assert not list(spool.glob("*.cmd"))
