@@ -1,0 +1,135 @@
+"""End to end: commands typed into a hooked interactive bash, all the way into a real daemon's journal.
+
+Starts `tracecap daemon` in a temporary TRACECAP_HOME with a policy that captures only the shell,
+runs `tracecap opt-in`, then an interactive bash (`bash -i`, the hook from `tracecap shell-init
+bash` in its rc file) fed N commands on its standard input. Measures from the moment the first
+command is fed to the moment the journal (read with `agent.journal.read_segments`) holds all 2N
+shell.start/shell.end events, and separately how long the shell alone took to run them. Prints the
+events/s against the 20,000 events/s target and a markdown table.
+Usage: python bench/shell_e2e.py [N]
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agent.journal import read_segments  # noqa: E402
+from agent.paths import StatePaths  # noqa: E402
+
+TARGET_EVENTS_PER_S = 20_000
+TRACECAP = shutil.which("tracecap", path=os.path.dirname(sys.executable)) or "tracecap"
+
+
+def _cli(env: dict, *args: str) -> str:
+    r = subprocess.run([TRACECAP, *args], env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"tracecap {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def _start_daemon(env: dict, home: Path) -> subprocess.Popen:
+    log = open(home / "daemon.stderr", "ab")
+    proc = subprocess.Popen([TRACECAP, "daemon"], env=env, stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode}: {(home / 'daemon.stderr').read_text()}")
+        if subprocess.run([TRACECAP, "status", "--json"], env=env, capture_output=True,
+                          timeout=30, stdin=subprocess.DEVNULL).returncode == 0:
+            return proc
+        time.sleep(0.1)
+    raise TimeoutError("the daemon did not come up within 30 s")
+
+
+def _wait_shell_running(spool: Path, timeout: float) -> None:
+    """The shell source has created its spool directory once it runs."""
+    deadline = time.monotonic() + timeout
+    while not spool.is_dir():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the shell source did not start")
+        time.sleep(0.05)
+
+
+def count_shell_events(journal_dir: Path, from_seq: int, counts: dict[str, int]) -> int:
+    """Add shell.* events with seq >= from_seq to counts; gives the next seq to read from."""
+    for ev in read_segments(journal_dir, from_seq):
+        if ev.kind in counts:
+            counts[ev.kind] += 1
+        from_seq = ev.seq + 1
+    return from_seq
+
+
+def run(n: int, tmp: Path) -> dict[str, float]:
+    home = tmp / "home"
+    home.mkdir()
+    policy = tmp / "policy.toml"
+    policy.write_text('[capture]\nroots = []\nsources = ["shell"]\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACECAP_")}
+    env.update(TRACECAP_HOME=str(home), TRACECAP_POLICY=str(policy))
+    env.pop("DISPLAY", None)
+    paths = StatePaths.from_env(env)
+    daemon = _start_daemon(env, home)
+    try:
+        _cli(env, "opt-in")
+        _wait_shell_running(paths.shell_spool, 30)
+        rc = tmp / "bashrc"
+        rc.write_text("PS1='$ '\nHISTFILE=/dev/null\n" + _cli(env, "shell-init", "bash"))
+        script = tmp / "commands"
+        script.write_text(":\n" * n + "exit\n")
+        with open(script, "rb") as stdin:
+            start = time.perf_counter()
+            shell = subprocess.run(["bash", "--noprofile", "--rcfile", str(rc), "-i"], env=env,
+                                   stdin=stdin, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=tmp, timeout=600)
+            shell_done = time.perf_counter()
+        if shell.returncode != 0:
+            raise RuntimeError(f"bash exited {shell.returncode}")
+        counts = {"shell.start": 0, "shell.end": 0}
+        seq = 1
+        deadline = time.monotonic() + 120
+        while counts["shell.start"] < n or counts["shell.end"] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"after 120 s the journal holds {counts} of {n} commands each")
+            seq = count_shell_events(paths.spool, seq, counts)
+            time.sleep(0.02)
+        all_in = time.perf_counter()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+    events = 2 * n
+    return {"events": events, "total_s": all_in - start, "shell_s": shell_done - start,
+            "events_per_s": events / (all_in - start),
+            "shell_events_per_s": events / (shell_done - start)}
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    with tempfile.TemporaryDirectory() as d:
+        r = run(n, Path(d))
+    ratio = r["events_per_s"] / TARGET_EVENTS_PER_S
+    print(f"{n} commands, {r['events']} shell events: in the journal {r['total_s']:.2f} s after the "
+          f"first command ({r['events_per_s']:,.0f} events/s, {ratio:.2f}x the "
+          f"{TARGET_EVENTS_PER_S:,}/s target); the shell alone took {r['shell_s']:.2f} s "
+          f"({r['shell_events_per_s']:,.0f} events/s)\n")
+    print("| commands | events | first command to all journaled | events/s | vs 20,000/s target "
+          "| shell alone | shell events/s |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {n} | {r['events']} | {r['total_s']:.2f} s | {r['events_per_s']:,.0f} | {ratio:.2f}x "
+          f"| {r['shell_s']:.2f} s | {r['shell_events_per_s']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
