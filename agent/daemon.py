@@ -8,7 +8,10 @@ and answers the control socket. Promises:
 - Nothing is journaled before redaction, and nothing the user does is captured unless the policy's
   consent mode and the user's choice allow it and capture is not paused. While capture is off only
   the `agent.pause` marker written at the moment it stopped (and `agent.resume` when it restarts) are
-  journaled; in particular nothing at all is written before a user first opts in.
+  journaled; in particular nothing at all is written before a user first opts in. The gate is
+  also applied by the event's own time: what happened while capture was off (or before the first
+  opt-in) is discarded even when a source reads it later, as the shell source does with commands
+  the hook spooled during a pause.
 - SIGTERM/SIGINT: sources stop, the journal is flushed and fsynced, `agent.stop` is written (if
   capture was on), pending events are sealed into a bundle, and the process exits 0.
 - A policy change on disk (checked every 2 s, or at once on SIGHUP) is applied live and journaled
@@ -127,6 +130,15 @@ class Daemon:
                                            time.time_ns())
         self.discarded = 0
         self.started_ns = time.time_ns()
+        # When capture was off, by the events' own clock. A source may read something late (the
+        # shell spool is read when its source restarts): what happened while capture was off is
+        # discarded whenever it is read. Before the first opt-in counts as off.
+        self._off_since: int | None = None if self.decision.capturing else 0
+        self._off_intervals: list[tuple[int, int]] = []
+        cf = consent_mod.ConsentFile.load(paths.consent_file)
+        if cf.paused_until is not None and cf.updated:
+            end = time.time_ns() if cf.paused_until == consent_mod.PAUSE_INDEFINITE else cf.paused_until
+            self._off_intervals.append((cf.updated, min(end, time.time_ns())))
         self.delivery: Any = None
         self._state_lock = threading.RLock()
         from agent.control import ControlServer
@@ -197,6 +209,23 @@ class Daemon:
     def capturing(self) -> bool:
         return self.decision.capturing and self.policy_error is None and not self.journal.disk_full
 
+    def _happened_while_off(self, ts: int | None) -> bool:
+        if ts is None:
+            return False
+        if self._off_since is not None and ts >= self._off_since:
+            return True
+        return any(start <= ts < end for start, end in self._off_intervals)
+
+    def _track_capture(self, was: bool) -> None:
+        """Record the edges of off periods; call after any change that may flip capturing()."""
+        now = self.capturing()
+        if was and not now:
+            self._off_since = time.time_ns()
+        elif now and not was and self._off_since is not None:
+            self._off_intervals.append((self._off_since, time.time_ns()))
+            del self._off_intervals[:-256]  # bounded: the oldest off periods are long read
+            self._off_since = None
+
     def enabled_sources(self) -> list[str]:
         return list(self.policy.get("capture.sources"))
 
@@ -221,7 +250,7 @@ class Daemon:
     def _make_context(self, name: str, set_state: Any) -> SourceContext:
         def emit(kind: str, data: dict[str, Any], *, ts: int | None = None,
                  session: str | None = None, source: str | None = None) -> None:
-            if not self.capturing():
+            if not self.capturing() or self._happened_while_off(ts):
                 self.discarded += 1
                 return
             self._journal(kind, data, source=source or name, session=session, ts=ts)
@@ -252,6 +281,7 @@ class Daemon:
                 self._journal("agent.pause", {"reason": reason,
                                               "until": consent_mod.describe_pause(new.paused_until)})
             self.decision = new
+            self._track_capture(was)
             now = self.capturing()
             if now and not was:
                 self._journal("agent.resume", {"reason": reason})
@@ -285,6 +315,7 @@ class Daemon:
                 if was:
                     self._journal("agent.pause", {"reason": "policy became invalid"})
                 self.policy_error = str(exc)
+                self._track_capture(was)
                 log.error("%s; capture is off until the policy is fixed", exc)
                 self._apply_sources()
             return
@@ -298,6 +329,7 @@ class Daemon:
             self.decision = consent_mod.decide(new.get("consent.mode"),
                                                consent_mod.ConsentFile.load(self.paths.consent_file),
                                                time.time_ns())
+            self._track_capture(was)
             if self.capturing() or was:
                 self._journal("agent.policy", {"digest": new.digest, "origin": new.origin,
                                                "consent_mode": new.get("consent.mode")})

@@ -166,3 +166,20 @@ def test_secrets_never_reach_disk_or_bundles(world):
     assert "[REDACTED:" in bundled
     note = [e for e in decrypt_all(d) if e["kind"] == "user.note"][0]
     assert note["data"]["text"].startswith("rotating [REDACTED:")
+
+
+def test_nothing_is_captured_while_paused(world):
+    d, sh, repo = world
+    d.cli("pause")
+    sh.run("echo paused-command-marker")
+    (repo / "calc.py").write_text("def add(a, b):\n    return a * b  # paused edit\n")
+    sh.run("git commit -qam 'paused commit'", settle=1.0)
+    time.sleep(1.0)
+    d.cli("resume")
+    sh.run("echo after-resume-marker")
+    evs = wait_for(d, lambda e: any("after-resume-marker" in x["data"].get("cmd", "") for x in e))
+    kinds = [e["kind"] for e in evs]
+    pause_at, resume_at = kinds.index("agent.pause"), kinds.index("agent.resume", 1)
+    assert [(e["kind"], e["data"]) for e in evs[pause_at + 1:resume_at]] == []
+    blob = json.dumps(evs)
+    assert "paused-command-marker" not in blob and "paused commit" not in blob and "paused edit" not in blob
