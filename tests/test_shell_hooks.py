@@ -280,3 +280,11 @@ def test_spool_is_bounded_and_drops_are_recorded(shell, tmp_path, spool, shells)
     kept = len([r for r in recs if isinstance(r, (Start, End))])
     assert dropped > 0
     assert dropped + kept == 2 * 151  # every record is either still there or counted as dropped
+
+
+def test_bash_history_timestamps_do_not_reach_the_record(tmp_path, spool, shells):
+    sh = shells(tmp_path, "bash", spool, rc_extra="HISTTIMEFORMAT='%F %T '")
+    sh.run("echo stamped; true")
+    sh.run("history 1 | grep -c ' echo '")  # the user's own history still has its timestamps
+    assert commands(spool)[0] == ("echo stamped; true", 0)
+    assert "1\n" in sh.screen()

@@ -60,11 +60,14 @@ __tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the 
     [[ $PWD == "$__tc_pwd" ]] || __tc_cd
     # The size of a command's records, start and end; for bash's `history 1` form only its first
     # simple command ($3) is known: see the spec.
-    local -i size=${#3}+${#__tc_cwd}+90
-    (( __tc_bytes == 0 || __tc_bytes + size < __tc_segmax )) || __tc_rotate
+    (( __tc_bytes == 0 || __tc_bytes + ${#3} + ${#__tc_cwd} + 90 < __tc_segmax )) || __tc_rotate
     (( ! ${#__tc_pre[@]} )) || __tc_create
-    (( __tc_n += 1, __tc_bytes += size ))
-    if [[ $2 == h ]]; then
+    (( __tc_n += 1, __tc_bytes += ${#3} + ${#__tc_cwd} + 90 ))
+    if [[ $2 == h && -z ${HISTTIMEFORMAT-} ]]; then
+        { builtin printf 'S2\t%s\t%s\t%s\th' "$__tc_n" "$1" "$__tc_cwd"
+          builtin history 1
+          builtin printf '\0'; } >> "$__tc_f"
+    elif [[ $2 == h ]]; then  # a temporary assignment costs as much as the write: only if needed
         { builtin printf 'S2\t%s\t%s\t%s\th' "$__tc_n" "$1" "$__tc_cwd"
           HISTTIMEFORMAT= builtin history 1
           builtin printf '\0'; } >> "$__tc_f"
@@ -88,8 +91,7 @@ __tc_preexec() {
     __tc_armed=
     [[ -w $__tc_dir ]] || return
     # HISTCMD (here: the newest entry's number) moves when the line went into history; the text
-    # is then `history 1`, written
-    # straight into the record. Otherwise the line was not saved: a space-prefixed command (skip it
+    # is then `history 1`, written straight into the record. Otherwise the line was not saved: a space-prefixed command (skip it
     # when space-prefixed commands are private) or a repeated one; bash does not say which, so
     # privacy wins, and without that setting the first simple command is all bash tells.
     if [[ $HISTCMD != "$__tc_hist" ]]; then
