@@ -3,6 +3,7 @@ poller must report them (and only them) with the right argv, cwd, duration, CPU 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -101,7 +102,7 @@ def test_records_programs_run_in_an_interactive_shell(shell, tmp_path):
     w.baseline()
     assert shell.pid in w.root_pids
     shell.send("sleep 0.8")
-    shell.send("python3 -c 'import time; t=time.process_time()\nwhile time.process_time()-t<0.4: pass'")
+    shell.send(f"{sys.executable} -c 'import time; t=time.process_time()\nwhile time.process_time()-t<0.4: pass'")
     got = poll_until(w, lambda g: by_exe(g, "sleep") and
                      [e for e in g if "python3" in os.path.basename(e["exe"])])
     sleep = by_exe(got, "sleep")
@@ -194,13 +195,15 @@ def test_processes_outside_any_shell_session_are_ignored(tmp_path):
 
 def test_tracecap_commands_are_never_recorded(shell, tmp_path):
     fake = tmp_path / "tracecap"
-    fake.write_text("#!/usr/bin/env python3\nimport time\ntime.sleep(0.5)\n")
+    fake.write_text(f"#!{sys.executable}\nimport subprocess\nsubprocess.run(['sleep', '0.5'])\n")
     fake.chmod(0o755)
     w = ProcessWatcher(ToolsSettings(interval_s=0.05))
     w.baseline()
     shell.send(f"{fake} note hello; sleep 0.3")
     got = poll_until(w, lambda g: by_exe(g, "sleep"))
-    assert by_exe(got, "sleep"), got
+    time.sleep(0.3)
+    got += w.poll()
+    assert [e["argv"] for e in by_exe(got, "sleep")] == [["sleep", "0.3"]], got  # not its child
     assert not [e for e in got if "tracecap" in " ".join(e["argv"])], got
 
 
@@ -271,3 +274,44 @@ def test_source_emits_while_capturing_and_not_while_paused(shell, tmp_path):
         stop.set()
         t.join(timeout=5)
     assert not t.is_alive(), "run() must return promptly once stop is set"
+
+
+def test_real_daemon_records_tools_joined_to_shell_commands(tmp_path, daemon_factory):
+    """`tracecap daemon` with the tools and shell sources, a hooked interactive bash in tmux: the
+    tool event carries the same session as the shell command that ran it, and a secret on the
+    command line is redacted before `tracecap log` can show it."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[capture]\nsources = ["shell", "tools"]\n[tools]\ninterval_ms = 100\n')
+    policy.chmod(0o644)
+    home = tmp_path / "home"
+    d = daemon_factory(home, policy=policy)
+    home.mkdir(parents=True, exist_ok=True)
+    d.cli("opt-in")
+    d.start()
+    tracecap = Path(sys.executable).with_name("tracecap")
+    token = "ghp_" + "Z9" * 18
+    sh = TmuxShell(tmp_path, env={"TRACECAP_HOME": str(home)})
+    try:
+        sh.send(f'eval "$({tracecap} shell-init bash)"')
+        time.sleep(0.8)
+        sh.send(f"{sys.executable} -c 'import time; time.sleep(0.6)' {token}")
+
+        def seen() -> bool:
+            return bool(d.events("--kind", "tool.invocation"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not seen():
+            time.sleep(0.2)
+    finally:
+        sh.close()
+        assert d.stop() == 0
+    tools = [e for e in d.events("--kind", "tool.invocation")
+             if "time.sleep(0.6)" in " ".join(e["data"]["argv"])]
+    assert len(tools) == 1, d.events()
+    ev = tools[0]
+    assert ev["source"] == "tools" and ev["data"]["actor"] == "human"
+    assert token not in json.dumps(ev)
+    starts = [e for e in d.events("--kind", "shell.start") if "time.sleep" in e["data"]["cmd"]]
+    assert starts and ev["session"] == starts[0]["session"] == ev["data"]["session"]
+    assert ev["session"].startswith(f"{sh.pid}-")
+    for e in d.events():
+        assert VALIDATOR.errors(e) == [], e

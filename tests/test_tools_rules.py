@@ -13,6 +13,7 @@ from agent.sources.tools_rules import (
     nearest_root,
     parse_proc_stat,
     pid_span,
+    proc_stat_tty,
 )
 
 
@@ -59,9 +60,10 @@ def test_editor_name(name, argv, expected):
     (50, ["git", "status"], {50: 10, 10: 1}, True),  # descends from the running agent (pid 10)
     (50, ["git", "status"], {50: 20, 20: 1}, False),
     (50, ["python3", "-m", "pytest"], {50: 20}, False),
+    (50, ["systemctl", "--user"], {50: 30, 30: 1}, True),  # child of a `tracecap` command (30)
 ])
 def test_is_own_process(pid, argv, parents, expected):
-    assert is_own_process(pid, argv, 10, parents) is expected
+    assert is_own_process(pid, argv, {10, 30}, parents) is expected
 
 
 @pytest.mark.parametrize("exe, name, allow, deny, expected", [
@@ -131,3 +133,12 @@ def test_last_pid_from_loadavg(text, expected):
 ])
 def test_pid_span(prev, last, pid_max, expected):
     assert pid_span(prev, last, pid_max) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"77 (bash) S 76 77 77 34817 77 4194560 1", 34817),  # /dev/pts/1
+    (b"77 (a) b) S 76 77 77 0 -1 4194560 1", 0),  # no terminal; comm with ") " in it
+    (b"77 (bash)", None),
+])
+def test_proc_stat_tty(raw, expected):
+    assert proc_stat_tty(raw) == expected

@@ -49,6 +49,7 @@ from agent.sources.tools_rules import (
     nearest_root,
     parse_proc_stat,
     pid_span,
+    proc_stat_tty,
 )
 
 # Tracked processes younger than this are re-read every tick (an exec and the CPU time of a short
@@ -136,6 +137,7 @@ class ProcessWatcher:
         self._ctime: dict[int, float] = {}
         self._roots: dict[int, _Root] = {}
         self._tracked: dict[int, _Tracked] = {}
+        self._own: set[int] = {self._own_pid}  # the agent and `tracecap` commands: never recorded
         self._names: dict[int, str] = {}
         # pid -> (ticks left, track): forks seen before their exec, looked at again next tick
         self._pending: dict[int, tuple[int, bool]] = {}
@@ -261,10 +263,7 @@ class ProcessWatcher:
                 exe = value
             else:
                 cwd = value
-        try:
-            has_tty = p.terminal() is not None if hasattr(p, "terminal") else False
-        except (ps.Error, OSError):
-            pass
+        has_tty = _has_tty(ps, p)
         return exe, argv, cwd, has_tty
 
     # -- deciding --------------------------------------------------------------------------
@@ -285,7 +284,8 @@ class ProcessWatcher:
         if detail is None:
             return
         exe, argv, cwd, has_tty = detail
-        if is_own_process(pid, argv, self._own_pid, self._parents):
+        if is_own_process(pid, argv, self._own, self._parents):
+            self._own.add(pid)
             return
         # A shell's fork seen before it execs looks exactly like its shell: track it as a
         # candidate (an exec turns it into the real program; `_finish` drops it if none came).
@@ -351,7 +351,8 @@ class ProcessWatcher:
             t.name = name
             if detail is not None:
                 t.exe, t.argv, t.cwd, has_tty = detail
-                if is_own_process(t.pid, t.argv, self._own_pid, self._parents):
+                if is_own_process(t.pid, t.argv, self._own, self._parents):
+                    self._own.add(t.pid)
                     self._tracked.pop(t.pid, None)
                 elif self._register_root(t.pid, name, t.argv, has_tty, t.root):
                     self._tracked.pop(t.pid, None)
@@ -417,6 +418,8 @@ class ProcessWatcher:
         self._roots.pop(pid, None)
         self._names.pop(pid, None)
         self._pending.pop(pid, None)
+        if pid != self._own_pid:
+            self._own.discard(pid)
 
     def _finish(self, t: _Tracked, now_ns: int, finished: list[dict[str, Any]]) -> None:
         self._tracked.pop(t.pid, None)
@@ -453,6 +456,25 @@ def _is_thread(pid: int) -> bool:
     except (OSError, ValueError, IndexError):
         return True  # gone already (or unreadable): nothing to learn from it
     return False
+
+
+def _has_tty(psutil: Any, proc: Any) -> bool:
+    """Whether a process has a controlling terminal. Not `psutil.Process.terminal()`: psutil
+    memoizes its map of terminal devices, so in a long-running daemon every terminal opened after
+    the first call (each new terminal window, each tmux pane) would read as "no terminal"."""
+    if _PROC_STAT:
+        try:
+            with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                return bool(proc_stat_tty(f.read()))
+        except OSError:
+            return False
+    try:
+        from psutil import _psposix
+
+        _psposix.get_terminal_map.cache_clear()
+        return proc.terminal() is not None
+    except (psutil.Error, OSError, AttributeError, ImportError):
+        return False
 
 
 def _pid_alive(pid: int) -> bool:

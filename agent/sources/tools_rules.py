@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 # Shells whose interactive sessions are capture roots. sh/dash are script interpreters in practice.
 ROOT_SHELLS = frozenset({"bash", "zsh", "fish"})
@@ -59,9 +59,10 @@ def editor_name(name: str, argv: Sequence[str]) -> str | None:
     return None
 
 
-def is_own_process(pid: int, argv: Sequence[str], own_pid: int,
+def is_own_process(pid: int, argv: Sequence[str], own_pids: Container[int],
                    parents: Mapping[int, int], limit: int = 64) -> bool:
-    """tracecap itself, a descendant of the running agent, or any `tracecap ...` command."""
+    """tracecap itself, any `tracecap ...` command, or a descendant of one of them (`own_pids`:
+    the running agent and the tracecap commands seen so far)."""
     if argv:
         if _base(argv[0]) == "tracecap":
             return True
@@ -71,7 +72,7 @@ def is_own_process(pid: int, argv: Sequence[str], own_pid: int,
             return True
     p, steps = pid, 0
     while p and steps < limit:
-        if p == own_pid:
+        if p in own_pids:
             return True
         p, steps = parents.get(p, 0), steps + 1
     return False
@@ -147,3 +148,13 @@ def pid_span(prev: int, last: int, pid_max: int) -> list[int]:
     if last > prev:
         return list(range(prev + 1, last + 1))
     return list(range(prev + 1, pid_max)) + list(range(300, last + 1))
+
+
+def proc_stat_tty(raw: bytes) -> int | None:
+    """Linux `/proc/<pid>/stat` → the controlling terminal's device number (0: none)."""
+    right = raw.rfind(b")")
+    fields = raw[right + 2:].split() if right >= 0 else []
+    try:
+        return int(fields[4]) if len(fields) > 4 else None
+    except ValueError:
+        return None
