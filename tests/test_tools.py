@@ -183,14 +183,21 @@ def test_processes_that_started_before_the_baseline_are_not_recorded(shell):
 
 
 def test_processes_outside_any_shell_session_are_ignored(tmp_path):
-    # A detached program whose parent chain has no interactive shell or editor (setsid, no tty).
-    w = ProcessWatcher(ToolsSettings(interval_s=0.05), own_pid=-1)
-    w.baseline()
-    p = subprocess.Popen(["setsid", "sleep", "0.4"], stdin=subprocess.DEVNULL)
-    got = poll_until(w, lambda g: p.poll() is not None and False, timeout=1.0)
-    p.wait(timeout=5)
-    got += w.poll()
-    assert not by_exe(got, "sleep")
+    # A program whose parent chain has no interactive shell or editor: tmux's server runs it
+    # through `sh -c` (not an interactive session) with no terminal-attached shell above.
+    sock = f"tc-tools-bare-{os.getpid()}"
+    subprocess.run(["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "sleep 30"],
+                   check=True, timeout=10)
+    try:
+        time.sleep(0.3)  # the server has daemonized: its parent is init, not this test
+        w = ProcessWatcher(ToolsSettings(interval_s=0.05))
+        w.baseline()
+        subprocess.run(["tmux", "-L", sock, "new-window", "sleep 0.5; sleep 0.4"], check=True,
+                       timeout=10)
+        got = poll_until(w, lambda g: False, timeout=1.5)
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], timeout=10, capture_output=True)
+    assert not by_exe(got, "sleep"), got
 
 
 def test_tracecap_commands_are_never_recorded(shell, tmp_path):
