@@ -137,7 +137,9 @@ class InputSource:
                 counter.sleeping = False
                 win_start, win_start_ns = now, time.time_ns()  # the first input opens a window
             if idle:
-                wake.wait()  # the next input, a consent change or stop sets it
+                # The next input, a consent change or stop sets it; the minute bound is only to
+                # notice a listener that died while nothing was happening.
+                wake.wait(60.0)
             else:
                 timeout = min(win_start + window_s, counter.last_activity + idle_s) - time.monotonic()
                 if timeout > 0:
