@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 for pair in Xvfb:xvfb xdotool:xdotool zsh:zsh fish:fish tmux:tmux vim:vim git:git \
-            trayer:trayer xwininfo:x11-utils import:imagemagick dpkg-deb:dpkg-dev fakeroot:fakeroot; do
+            trayer:trayer xwininfo:x11-utils openbox:openbox import:imagemagick dpkg-deb:dpkg-dev fakeroot:fakeroot; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
