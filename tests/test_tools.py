@@ -295,6 +295,13 @@ def test_real_daemon_records_tools_joined_to_shell_commands(tmp_path, daemon_fac
     home.mkdir(parents=True, exist_ok=True)
     d.cli("opt-in")
     d.start()
+    # Programs that exist when the tools source takes its baseline are never recorded: wait until
+    # status says it has (bounded), so a slow start on a loaded machine cannot hide the program.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (
+            d.status()["sources"]["tools"] == "running" and d.status()["sources"]["shell"] == "running"):
+        time.sleep(0.1)
+    assert d.status()["sources"]["tools"] == "running", d.status()["sources"]
     tracecap = Path(sys.executable).with_name("tracecap")
     token = "ghp_" + "Z9" * 18
     sh = TmuxShell(tmp_path, env={"TRACECAP_HOME": str(home)})

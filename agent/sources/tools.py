@@ -531,8 +531,8 @@ class ToolsSource:
         threading.Thread(target=_forward_stop, args=(stop, ctx.changed), daemon=True,
                          name="tools-stop").start()
         watcher: ProcessWatcher | None = None
-        ctx.set_state("running")
-        while not stop.is_set():
+        ctx.set_state("starting")  # "running" once the baseline is taken: from then on, new
+        while not stop.is_set():     # programs are recorded
             if not ctx.capturing():
                 watcher = None  # programs started while capture was off are never recorded
                 ctx.changed.wait(5.0)  # the daemon sets it on consent/pause changes; 5 s bounds a
@@ -542,6 +542,7 @@ class ToolsSource:
                 watcher = ProcessWatcher(ToolsSettings.from_policy(ctx.policy),
                                          sessions=self._sessions)
                 watcher.baseline()
+                ctx.set_state("running")
             for data in watcher.poll():
                 ctx.emit("tool.invocation", data, session=data["session"])
             stop.wait(watcher.settings.interval_s)
