@@ -57,6 +57,16 @@ class StatePaths:
                 self.shell_spool]
 
     def ensure(self) -> "StatePaths":
+        # The directories holding ours (the TRACECAP_HOME root, platformdirs' `.../tracecap`) are
+        # made private too, not only the leaves.
+        for top in {d.parent for d in self.all_dirs() if d.parent.name == APP} | (
+                {self.spool.parent} if self.spool.parent == self.config.parent else set()):
+            try:
+                top.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if top.stat().st_uid == os.getuid():
+                    os.chmod(top, 0o700)
+            except OSError:
+                pass  # reported below, for the directory that cannot be made
         for d in self.all_dirs():
             try:
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)

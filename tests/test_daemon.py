@@ -92,6 +92,7 @@ def test_control_socket_permissions(quiet):
     quiet.start()
     assert stat.S_IMODE(quiet.socket.stat().st_mode) == 0o600
     assert stat.S_IMODE(quiet.socket.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(quiet.home.stat().st_mode) == 0o700
     for d in ("config", "spool", "outbox", "keys", "logs", "run"):
         assert stat.S_IMODE((quiet.home / d).stat().st_mode) == 0o700, d
 
