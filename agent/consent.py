@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,14 +47,11 @@ class ConsentFile:
                    updated=int(raw.get("updated", 0) or 0))
 
     def save(self, path: Path) -> None:
+        from agent.durable import write_atomic
+
         path = Path(path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(dataclasses.asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(dataclasses.asdict(self)).encode())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,10 +34,10 @@ from typing import Any
 import agent
 from agent import consent as consent_mod
 from agent.errors import RuntimeFailure, TracecapError, UsageError
-from agent.journal import Journal, JournalFull, read_segments
+from agent.journal import Journal, JournalFull
 from agent.paths import StatePaths
 from agent.policy import (Policy, PolicyError, default_policy_path, load_effective_policy,
-                          load_hmac_key, parse_duration)
+                          load_hmac_key)
 from agent.sources.base import SourceContext
 from agent.supervisor import Supervisor
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from agent.durable import fsync_dir, write_atomic
 from agent.policy import parse_duration, parse_size, resolve_upload
 
 log = logging.getLogger("tracecap.delivery")
@@ -47,24 +48,6 @@ REFUSED = {400, 404, 409, 410, 413, 415, 422}
 AGENT_VERSION_FILE = "agent-version"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def copy_durably(src: Path, dest_dir: Path, name: str) -> None:
     dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = dest_dir / f".{name}.tmp"
@@ -73,7 +56,7 @@ def copy_durably(src: Path, dest_dir: Path, name: str) -> None:
         fo.flush()
         os.fsync(fo.fileno())
     os.replace(tmp, dest_dir / name)
-    _fsync_dir(dest_dir)
+    fsync_dir(dest_dir)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -215,7 +198,7 @@ class Delivery:
                 pass
             moved += 1
         if moved:
-            _fsync_dir(self.outbox)
+            fsync_dir(self.outbox)
             log.info("%d quarantined bundles queued again: %s", moved, why)
 
     # ------------------------------------------------------------------ lifecycle
@@ -339,7 +322,7 @@ class Delivery:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.outbox / f"{bid}{BUNDLE_SUFFIX}")
-        _fsync_dir(self.outbox)
+        fsync_dir(self.outbox)
         self.state.sealed_upto = sealed.header.last_seq
         self.state.prev_digest = sealed.digest
         self.state.save()
@@ -363,7 +346,7 @@ class Delivery:
             except BundleError:
                 first = last = count = None
             oldest.unlink()
-            _fsync_dir(self.outbox)
+            fsync_dir(self.outbox)
             if last is not None:
                 self._delivered(last, count=0)
             gap = {"dropped": count if count is not None else 0,
@@ -408,7 +391,7 @@ class Delivery:
                 outcome, detail, retry_after = self._send(b, h)
                 if outcome == "ok":
                     b.unlink()
-                    _fsync_dir(self.outbox)
+                    fsync_dir(self.outbox)
                     self._delivered(h.last_seq, count=1)
                     self.last_success_ns = time.time_ns()
                     self.last_error = None
@@ -478,7 +461,7 @@ class Delivery:
         self.quarantine.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(path, self.quarantine / path.name)
         write_atomic(self.quarantine / (path.name + ".reason"), reason.encode())
-        _fsync_dir(self.outbox)
+        fsync_dir(self.outbox)
         log.error("bundle %s quarantined: %s", path.name, reason)
 
     def _delivered(self, last_seq: int, count: int) -> None:

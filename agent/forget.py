@@ -22,7 +22,8 @@ KEEP_KINDS = {"agent.gap", "agent.forget"}
 
 def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int) -> int:
     """Delete outbox bundles created at or after cutoff; rewind the cursor. Returns how many."""
-    from agent.delivery import _fsync_dir, list_bundles
+    from agent.delivery import list_bundles
+    from agent.durable import fsync_dir
     from schemas.bundle import BundleError, read_header
 
     doomed = []
@@ -39,7 +40,7 @@ def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int) -> int:
     first = min(doomed, key=lambda h: h.first_seq)
     for h in doomed:
         (outbox / f"{h.bundle_id}.tcb").unlink(missing_ok=True)
-    _fsync_dir(outbox)
+    fsync_dir(outbox)
     state.sealed_upto = first.first_seq - 1
     state.prev_digest = first.prev_digest
     state.save()

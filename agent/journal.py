@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterator
 
 import msgpack
 
+from agent.durable import fsync_dir, write_atomic
 from schemas.events import Event, decode_event
 
 log = logging.getLogger("tracecap.journal")
@@ -81,14 +82,6 @@ def frame(payload: bytes) -> bytes:
 
 def _seg_name(base: int) -> str:
     return f"{base:020d}.seg"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclasses.dataclass
@@ -264,13 +257,7 @@ class Journal:
             return 1
 
     def _write_floor(self, floor: int) -> None:
-        tmp = self.dir / (META + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"format": 1, "floor": floor}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / META)
-        _fsync_dir(self.dir)
+        write_atomic(self.dir / META, json.dumps({"format": 1, "floor": floor}).encode())
 
     def _open_segment(self, base: int, *, create: bool) -> None:
         path = self.dir / _seg_name(base)
@@ -281,7 +268,7 @@ class Journal:
         if create:
             os.write(fd, SEG_HEADER.pack(SEG_MAGIC, base))
             os.fsync(fd)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._segments.append(base)
         self._fd = fd
         self._seg_base = base
@@ -535,7 +522,7 @@ class Journal:
                 except FileNotFoundError:
                     pass
                 self._segments.remove(base)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         return freed
 
     def rewrite(self, drop: Callable[[Event], bool]) -> list[Event]:
@@ -570,7 +557,7 @@ class Journal:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
                 if base == self._seg_base and self._fd is not None:
                     os.close(self._fd)
                     self._fd = None
