@@ -311,8 +311,8 @@ class ProcessWatcher:
         t = _Tracked(pid=pid, ppid=ppid, create_time=ctime, name=name, exe=exe,
                      argv=list(argv), cwd=cwd, root=parent_root, actor=who)
         self._tracked[pid] = t
-        if _PROC_STAT:
-            self._sample_fast(t)  # note comm and start time now, so a later exec is seen
+        # No /proc sample here: it would take an exec that already happened as the baseline and
+        # hide it. The first refresh, one tick later, compares against `name` (see _sample_fast).
         ed = editor_name(name, argv)
         if ed is not None:  # vim started from a shell: its `:!make` children belong to the session
             self._roots[pid] = _Root(pid, "editor", ed, list(argv), parent_root.session, True)
@@ -383,8 +383,10 @@ class ProcessWatcher:
         t.start_ticks = start
         t.cpu_s = ticks / _CLK_TCK
         if t.comm is None:
-            t.comm = comm
-            return t.name
+            # The baseline is the name first seen, not what the process is called now: a fork
+            # that execs before this first sample (bash -c 'sleep 1') must still count as an exec.
+            # comm is the name cut to 15 bytes.
+            t.comm = t.name[:15]
         if comm != t.comm:
             t.comm = comm
             try:
