@@ -32,8 +32,6 @@ def peer_uid(sock: socket.socket) -> int | None:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         return uid
-    if hasattr(os, "getpeereid"):  # not in CPython; kept for platforms that add it
-        return os.getpeereid(sock.fileno())[0]  # type: ignore[attr-defined]
     try:
         import ctypes
         import ctypes.util

@@ -129,7 +129,6 @@ class Daemon:
                                            consent_mod.ConsentFile.load(paths.consent_file),
                                            time.time_ns())
         self.discarded = 0
-        self.started_ns = time.time_ns()
         # When capture was off, by the events' own clock. A source may read something late (the
         # shell spool is read when its source restarts): what happened while capture was off is
         # discarded whenever it is read. Before the first opt-in counts as off.

@@ -156,7 +156,6 @@ class Delivery:
         self._device_id = ""
         self._recipients: list[Any] = []
         self._client: Any = None
-        self._flush_waiters = 0
         self.configure()
 
     # ------------------------------------------------------------------ config
@@ -279,12 +278,12 @@ class Delivery:
                     log.exception("sealing failed")
 
     def _unsealed_bytes_estimate(self) -> int:
+        """Journal bytes not yet sealed, pro rata by seq over what the journal holds."""
         j = self.d.journal
-        total = max(1, j.durable_seq)
         st = j.stats()
         held = max(1, j.durable_seq - (st["first_seq"] or 1) + 1)
         unsealed = j.durable_seq - self.state.sealed_upto
-        return int(st["bytes"] * unsealed / held) if total else 0
+        return int(st["bytes"] * unsealed / held)
 
     def seal_now(self) -> int:
         """Seal every durable, unsealed journal record into bundles. Returns bundles written."""
@@ -489,13 +488,10 @@ class Delivery:
         self.d.journal.flush(timeout)
         self.seal_now()
         before = self.state.uploaded_total
+        # Cut a pending backoff short once: the user asked for an attempt now. Waking it again on
+        # every check would turn an unreachable collector into a retry storm for the whole timeout.
         self.upload_wake.set()
-        while time.monotonic() < deadline:
-            if not list_bundles(self.outbox):
-                break
-            if self.held_reason:
-                break
-            self.upload_wake.set()  # cut any backoff short: the user asked for it now
+        while time.monotonic() < deadline and list_bundles(self.outbox) and not self.held_reason:
             self.stop_event.wait(0.05)
         pending = len(list_bundles(self.outbox))
         reason = self.held_reason or self.last_error

@@ -56,7 +56,6 @@ class Supervisor:
         self.make_context = make_context
         self.backoff_max = backoff_max
         self.runs: dict[str, SourceRun] = {}
-        self._lock = threading.Lock()
 
     def start(self, names: list[str]) -> None:
         for name in names:

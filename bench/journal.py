@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 
-from agent.journal import Journal, read_segments
+from agent.journal import Journal
 
 TARGET = 50_000
 

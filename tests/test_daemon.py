@@ -5,10 +5,7 @@ would. Capture sources are off here (their own tests run them); this is the spin
 """
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -16,7 +13,7 @@ import time
 
 import pytest
 
-from tests.daemon_harness import TRACECAP, DaemonProcess
+from tests.daemon_harness import TRACECAP
 
 QUIET = '[capture]\nsources = []\n'
 
@@ -73,8 +70,6 @@ def test_event_envelope_matches_contract(quiet):
 
 def test_second_daemon_exits_1(quiet, daemon_factory):
     quiet.start()
-    second = DaemonProcess(quiet.home, policy=quiet.env["TRACECAP_POLICY"] and None)
-    second.env = dict(quiet.env)
     r = subprocess.run([TRACECAP, "daemon"], env=quiet.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "already running" in r.stderr and "Traceback" not in r.stderr
 

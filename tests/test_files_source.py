@@ -1,6 +1,5 @@
 """The files source end to end: real repos, real vim and sed, real inotify."""
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 
 from agent.sources.files import FilesSource
 from agent.sources.files_diff import apply_unified_diff
-from tests.test_files_helpers import Recorder, Running, git, init_repo, make_context
+from tests.test_files_helpers import Recorder, Running, init_repo, make_context
 
 pytestmark = pytest.mark.timeout(60)
 

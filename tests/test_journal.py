@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 from pathlib import Path

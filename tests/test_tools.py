@@ -2,7 +2,6 @@
 poller must report them (and only them) with the right argv, cwd, duration, CPU time and actor."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os

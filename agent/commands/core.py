@@ -140,9 +140,9 @@ def render_status(st: dict[str, Any]) -> str:
     lines.append(f"roots:   {', '.join(st['roots'])}")
     lines.append(f"content: {st['content']}")
     j = st["journal"]
-    held = (j["durable_seq"] - (j["first_seq"] or j["durable_seq"] + 1) + 1) if j.get("first_seq") else 0
-    lines.append(f"journal: {max(held, 0)} events held locally, {_size(j['bytes'])}, "
-                 f"last seq {j['durable_seq']}" + (f", ERROR {j['error']}" if j.get("error") else ""))
+    held = f"seq {j['first_seq']}..{j['durable_seq']}" if j.get("first_seq") else "nothing"
+    lines.append(f"journal: {held} held locally, {_size(j['bytes'])}"
+                 + (f", ERROR {j['error']}" if j.get("error") else ""))
     ob = st.get("outbox") or {}
     if ob:
         lines.append(f"outbox:  {ob.get('bundles', 0)} bundles, {_size(ob.get('bytes'))}"
