@@ -22,29 +22,11 @@ from pathlib import Path
 
 import psutil
 
+from tests.xdisplay import start_xvfb
+
 IDLE_CPU_PCT = 0.5
 IDLE_RSS_MB = 80.0
 TYPING_CPU_PCT = 0.5
-
-
-def _start_xvfb() -> tuple[subprocess.Popen, str]:
-    r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24",
-                             "+extension", "RECORD", "-nolisten", "tcp"], pass_fds=(w,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    number = b""
-    deadline = time.monotonic() + 15
-    while not number.endswith(b"\n") and time.monotonic() < deadline:
-        chunk = os.read(r, 16)
-        if not chunk:
-            break
-        number += chunk
-    os.close(r)
-    if not number.strip():
-        xvfb.kill()
-        raise SystemExit("Xvfb did not start")
-    return xvfb, ":" + number.decode().strip()
 
 
 def _measure(proc: psutil.Process, seconds: float) -> tuple[float, float]:
@@ -70,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.idle needs {tool}; install it", file=sys.stderr)
             return 1
     tracecap = shutil.which("tracecap", path=os.path.dirname(sys.executable)) or "tracecap"
-    xvfb, display = _start_xvfb()
+    try:
+        xvfb, display = start_xvfb()
+    except RuntimeError as exc:
+        print(f"bench.idle: {exc}", file=sys.stderr)
+        return 1
     tmp = Path(tempfile.mkdtemp(prefix="tracecap-bench-idle-"))
     daemon = None
     try:

@@ -19,6 +19,7 @@ from agent.paths import StatePaths
 from agent.sources.base import SourceContext
 from agent.sources.input import InputSource
 from schemas.validate import EventValidator
+from tests.xdisplay import start_xvfb
 
 pytestmark = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
                                 reason="Xvfb and xdotool are needed")
@@ -29,22 +30,8 @@ SECRET = "zqxjvkwtrmbh"  # typed by xdotool; lowercase so each character is exac
 
 @pytest.fixture(scope="module")
 def xserver():
-    r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24",
-                             "+extension", "RECORD", "-nolisten", "tcp"], pass_fds=(w,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
+    xvfb, display = start_xvfb()
     try:
-        number = b""
-        deadline = time.monotonic() + 15
-        while not number.endswith(b"\n") and time.monotonic() < deadline:
-            chunk = os.read(r, 16)
-            if not chunk:
-                break
-            number += chunk
-        os.close(r)
-        display = ":" + number.decode().strip()
-        assert display != ":", "Xvfb did not report a display number"
         yield display
     finally:
         xvfb.terminate()

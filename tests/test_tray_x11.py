@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent.tray import ERROR, OFF, PAUSED, RECORDING, TrayController
+from tests.xdisplay import start_xvfb
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not all(shutil.which(t) for t in ("Xvfb", "trayer", "xdotool", "import", "convert")),
@@ -44,23 +45,9 @@ def wait_for(pred, timeout: float, what):
 @pytest.fixture(scope="module")
 def xdisplay(tmp_path_factory):
     """Xvfb on a display number it picks itself (-displayfd), with trayer docked at the top right."""
-    r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24",
-                             "+extension", "RECORD", "-nolisten", "tcp"], pass_fds=(w,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
+    xvfb, display = start_xvfb("1024x768x24")
     procs = [xvfb]
     try:
-        number = b""
-        deadline = time.monotonic() + 15
-        while not number.endswith(b"\n") and time.monotonic() < deadline:
-            chunk = os.read(r, 16)
-            if not chunk:
-                break
-            number += chunk
-        os.close(r)
-        display = ":" + number.decode().strip()
-        assert display != ":", "Xvfb did not report a display number"
         env = dict(os.environ, DISPLAY=display)
         trayer = subprocess.Popen(["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
                                    "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
