@@ -40,7 +40,7 @@ from agent.repos import (CaptureSettings, RepoIgnore, discover_repos, is_always_
 from agent.sources.base import SourceContext
 from agent.sources.files_coalesce import RawChange, Touched, coalesce, is_editor_junk
 from agent.sources.files_diff import VersionCache, decode_text, unified_diff
-from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher
+from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
 
 
@@ -68,23 +68,15 @@ class FilesSource:
     # ---------------------------------------------------------------- lifecycle
     def run(self, stop: threading.Event) -> None:
         self._watcher = InotifyWatcher()
-        wake_r, wake_w = os.pipe()
-        done = threading.Event()
-        waker = threading.Thread(target=_wake_on, args=(stop, done, wake_w), daemon=True,
-                                 name="files-waker")
-        waker.start()
         try:
-            self._scan_roots()
-            self.ctx.set_state(self._state())
-            self._loop(stop, wake_r)
+            with stop_pipe(stop, "files-waker") as wake_r:
+                self._scan_roots()
+                self.ctx.set_state(self._state())
+                self._loop(stop, wake_r)
         finally:
-            done.set()
             for repo in self.repos.values():
                 repo.catfile.close()
             self._watcher.close()
-            waker.join(timeout=2)
-            os.close(wake_r)
-            os.close(wake_w)
 
     def _loop(self, stop: threading.Event, wake_r: int) -> None:
         window = self.settings.debounce_ms / 1000
@@ -409,14 +401,6 @@ class FilesSource:
             if text is not None:
                 return "head", self.ctx.redactor.redact_text(text).text
         return "empty", ""
-
-
-def _wake_on(stop: threading.Event, done: threading.Event, fd: int) -> None:
-    """Turns `stop` into a readable pipe so the poll loop wakes at once; ends with the loop."""
-    while not done.is_set():
-        if stop.wait(1.0):
-            os.write(fd, b"x")
-            return
 
 
 def _files_in(d: Path) -> list[Path]:

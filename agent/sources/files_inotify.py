@@ -12,6 +12,7 @@ everything below before reporting the move.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -19,6 +20,8 @@ import errno
 import os
 import struct
 import sys
+import threading
+from typing import Iterator
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
@@ -177,3 +180,27 @@ class InotifyWatcher:
             self._fd = -1
             self._paths.clear()
             self._wds.clear()
+
+
+@contextlib.contextmanager
+def stop_pipe(stop: threading.Event, name: str) -> Iterator[int]:
+    """A pipe's read end that becomes readable once `stop` is set, so a poll() loop over inotify
+    wakes at once on stop without polling. The helper thread ends with the block."""
+    r, w = os.pipe()
+    done = threading.Event()
+
+    def wake_on_stop() -> None:
+        while not done.is_set():
+            if stop.wait(1.0):
+                os.write(w, b"x")
+                return
+
+    waker = threading.Thread(target=wake_on_stop, daemon=True, name=name)
+    waker.start()
+    try:
+        yield r
+    finally:
+        done.set()
+        waker.join(timeout=2)
+        os.close(r)
+        os.close(w)

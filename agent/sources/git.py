@@ -29,8 +29,7 @@ from pathlib import Path
 from agent.repos import (CaptureSettings, GitDirs, RepoIgnore, discover_repos, git_dirs,
                          is_always_ignored_dir, iter_all_repos, walk_repo)
 from agent.sources.base import SourceContext
-from agent.sources.files import _wake_on
-from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher
+from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
 from agent.sources.git_reflog import branch_after, classify, commit_message, parse_reflog
 
@@ -71,31 +70,23 @@ class GitSource:
 
     def run(self, stop: threading.Event) -> None:
         self._watcher = InotifyWatcher()
-        wake_r, wake_w = os.pipe()
-        done = threading.Event()
-        waker = threading.Thread(target=_wake_on, args=(stop, done, wake_w), daemon=True,
-                                 name="git-waker")
-        waker.start()
         try:
-            self._scan_roots(initial=True)
-            self.ctx.set_state(f"running: {len(self.repos)} repos")
-            poller = select.poll()
-            poller.register(self._watcher.fileno(), select.POLLIN)
-            poller.register(wake_r, select.POLLIN)
-            while not stop.is_set():
-                ready = poller.poll()
-                if stop.is_set():
-                    return
-                if any(fd == self._watcher.fileno() for fd, _ in ready):
-                    self.ingest(self._watcher.read())
+            with stop_pipe(stop, "git-waker") as wake_r:
+                self._scan_roots(initial=True)
+                self.ctx.set_state(f"running: {len(self.repos)} repos")
+                poller = select.poll()
+                poller.register(self._watcher.fileno(), select.POLLIN)
+                poller.register(wake_r, select.POLLIN)
+                while not stop.is_set():
+                    ready = poller.poll()
+                    if stop.is_set():
+                        return
+                    if any(fd == self._watcher.fileno() for fd, _ in ready):
+                        self.ingest(self._watcher.read())
         finally:
-            done.set()
             for repo in self.repos.values():
                 repo.catfile.close()
             self._watcher.close()
-            waker.join(timeout=2)
-            os.close(wake_r)
-            os.close(wake_w)
 
     # ---------------------------------------------------------------- what is followed
     def _watch(self, d: Path, role: object) -> None:
