@@ -8,6 +8,8 @@ for pair in Xvfb:xvfb xdotool:xdotool zsh:zsh fish:fish tmux:tmux vim:vim git:gi
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# bash's loadable builtins: the hook marks its spool descriptor close-on-exec with `fdflags`.
+[ -f /usr/lib/bash/fdflags ] || need+=(bash-builtins)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-test-deps: please install: ${need[*]} (no apt-get here)" >&2

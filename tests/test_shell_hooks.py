@@ -6,6 +6,7 @@ the reader's own `parse_record`, so the hook and the reader are tested against e
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 import time
@@ -288,3 +289,54 @@ def test_bash_history_timestamps_do_not_reach_the_record(tmp_path, spool, shells
     sh.run("history 1 | grep -c ' echo '")  # the user's own history still has its timestamps
     assert commands(spool)[0] == ("echo stamped; true", 0)
     assert "1\n" in sh.screen()
+
+
+def test_bash_later_pytest_in_a_line_gets_its_report(tmp_path, spool, shells):
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    (sub / "test_one.py").write_text("def test_ok():\n    pass\n\ndef test_bad():\n    assert 0\n")
+    sh = shells(tmp_path, "bash", spool)
+    sh.run(f"cd {sub} && {sys.executable} -m pytest -q -p no:cacheprovider test_one.py; cd {tmp_path}")
+    sh.run("echo \"after=[${PYTEST_ADDOPTS-unset}]\"")
+    sid = next(r for r in records(spool) if isinstance(r, Start)).sid
+    report = spool / f"{sid}.1.junit.xml"
+    assert report.exists(), sh.screen()
+    assert 'failures="1"' in report.read_text()
+    assert "after=[unset]" in sh.screen()
+
+
+def test_bash_closed_descriptor_is_silent_and_capture_goes_on(tmp_path, spool, shells):
+    sh = shells(tmp_path, "bash", spool)
+    sh.run("echo one")
+    sh.run("exec {__tc_fd}>&-")
+    sh.run("echo two")
+    sh.run("echo three")
+    lines = [ln.strip() for ln in sh.screen().splitlines() if ln.strip()]
+    assert lines == [f"{PROMPT} echo one", "one", f"{PROMPT} exec {{__tc_fd}}>&-",
+                     f"{PROMPT} echo two", "two", f"{PROMPT} echo three", "three", PROMPT]
+    assert ("echo three", 0) in commands(spool)
+
+
+@pytest.mark.parametrize("rc", ["shopt -u promptvars", "PS0_LATER"])
+def test_bash_arms_without_promptvars_and_after_ps0_is_replaced(rc, tmp_path, spool, shells):
+    sh = shells(tmp_path, "bash", spool, rc_extra=rc if rc != "PS0_LATER" else "")
+    if rc == "PS0_LATER":
+        sh.run("PS0='[ps0]'")
+    sh.run("echo one")
+    sh.run("echo two")
+    screen = sh.screen()
+    assert "${" not in screen and "__tc" not in screen
+    if rc == "PS0_LATER":
+        assert "[ps0]one" in screen.replace("\n", "")  # the user's PS0 still prints
+    assert [c for c, _ in commands(spool)][-2:] == ["echo one", "echo two"]
+
+
+def test_bash_children_do_not_see_the_spool_descriptor_where_fdflags_exists(tmp_path, spool,
+                                                                            shells):
+    loadable = any(Path(d, "fdflags").exists() for d in ("/usr/lib/bash", "/usr/local/lib/bash",
+                                                         "/usr/lib64/bash"))
+    sh = shells(tmp_path, "bash", spool)
+    sh.run("echo warm")
+    sh.run("ls -l /proc/self/fd/ > fds.txt")
+    leaked = str(spool) in (tmp_path / "fds.txt").read_text()
+    assert leaked is not loadable

@@ -3,7 +3,8 @@
 # Per command it runs builtins only (no process, no subshell, no network) and appends one start and
 # one end record, one write each, to a spool file the tracecap daemon follows; the record format
 # (version 2) is specified at the top of agent/sources/shell.py. It never prints, keeps $? and $_,
-# and does nothing when the spool directory is missing.
+# and does nothing when the spool directory is missing. With zsh/system the segment stays open on a
+# close-on-exec descriptor and a record is one syswrite: no open, no redirection.
 if [[ -n ${ZSH_VERSION-} && -z ${__tracecap_loaded-} ]] && zmodload zsh/datetime 2>/dev/null; then
 typeset -g __tracecap_loaded=1
 typeset -g __tc_dir=@SPOOL@
@@ -23,9 +24,19 @@ __tc_pre=("$__tc_head")
 typeset -ga __tc_first  # per segment slot: commands started before the segment
 __tc_first=(0 0 0 0 0 0 0 0)
 typeset -g __tc_pwd= __tc_cwd= __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
-typeset -gi __tc_pyo_on=0
-# sysopen creates a segment 0600 whatever the umask; without zsh/system, `>>` creates it.
-zmodload -F zsh/system b:sysopen 2>/dev/null
+typeset -gi __tc_pyo_on=0 __tc_fd=0
+# sysopen creates a segment 0600 whatever the umask and keeps it open; without zsh/system, `>>`
+# creates it and each record is appended with a redirection.
+zmodload -F zsh/system b:sysopen b:syswrite 2>/dev/null
+
+# Functions are few on the per-command path: each call costs zsh a fresh heap (mmap, munmap).
+__tc_put() {  # append the record $1 to the current segment: segment starts and other rare cases
+    if (( __tc_fd )); then
+        syswrite -o $__tc_fd -- $1 || __tc_fd=0
+    else
+        { builtin print -rn -- $1 >> $__tc_f } 2>/dev/null
+    fi
+}
 
 __tc_cd() {  # $PWD -> __tc_cwd, escaped to one field: \ \n \t \r
     __tc_pwd=$PWD
@@ -37,8 +48,12 @@ __tc_cd() {  # $PWD -> __tc_cwd, escaped to one field: \ \n \t \r
 
 __tc_create() {  # start the current segment: the file made 0600, its header (and drop total)
     local -i fd
-    { (( $+builtins[sysopen] )) && sysopen -a -o creat -m 600 -u fd $__tc_f && exec {fd}>&- } 2>/dev/null
-    { builtin printf '%s\0' "${__tc_pre[@]}" >> $__tc_f } 2>/dev/null && __tc_pre=()
+    (( __tc_fd )) && { exec {__tc_fd}>&- } 2>/dev/null
+    __tc_fd=0
+    if (( $+builtins[sysopen] && $+builtins[syswrite] )) && { sysopen -a -o cloexec,creat -m 600 -u fd $__tc_f } 2>/dev/null; then
+        __tc_fd=fd
+    fi
+    __tc_put "${(pj:\0:)__tc_pre}"$'\0' && [[ -f $__tc_f ]] && __tc_pre=()
 }
 
 __tc_rotate() {  # the current segment is full: move to the next one
@@ -58,51 +73,59 @@ __tc_rotate() {  # the current segment is full: move to the next one
     (( __tc_first[__tc_seg % __tc_keep + 1] = __tc_n ))
 }
 
+# The per-command functions use globals, not locals: zsh creates and scans parameters for each
+# local, which costs more here than the rest of the work.
+typeset -g __tc_la= __tc_cmd= __tc_t= __tc_rec=
+typeset -gi __tc_size=0 __tc_s=0
+
 __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: the full text
-    local lastarg=$_ cmd=$1 t=$EPOCHREALTIME
-    if [[ -z $cmd ]]; then
+    __tc_la=$_ __tc_cmd=$1 __tc_t=$EPOCHREALTIME
+    if [[ -z $__tc_cmd ]]; then
         # zsh hands preexec an empty line when history dropped it (hist_ignore_space): a
         # space-prefixed command.
-        [[ $__tc_ignore_space == 1 ]] && { : "$lastarg"; return 0 }
-        cmd=$3
+        [[ $__tc_ignore_space == 1 ]] && { : "$__tc_la"; return 0 }
+        __tc_cmd=$3
     fi
-    if [[ ! -w $__tc_dir || ( $__tc_ignore_space == 1 && $cmd == ' '* ) ]]; then
-        : "$lastarg"; return 0
+    if [[ $__tc_ignore_space == 1 && $__tc_cmd == ' '* ]] || ! [[ -f $__tc_f || -w $__tc_dir ]]; then
+        : "$__tc_la"; return 0
     fi
     [[ $PWD == $__tc_pwd ]] || __tc_cd
-    local -i size=${#cmd}+${#__tc_cwd}+90  # this command's start and end records
-    (( __tc_bytes == 0 || __tc_bytes + size < __tc_segmax )) || __tc_rotate
+    __tc_size=${#__tc_cmd}+${#__tc_cwd}+90  # this command's start and end records
+    [[ -f $__tc_f ]] || (( ! __tc_bytes )) || __tc_rotate  # the segment was removed: a new one
+    (( __tc_bytes == 0 || __tc_bytes + __tc_size < __tc_segmax )) || __tc_rotate
     (( ! $#__tc_pre )) || __tc_create
-    (( __tc_n += 1, __tc_bytes += size ))
+    (( __tc_n += 1, __tc_bytes += __tc_size, __tc_open = 1 ))
     # One write; zsh strings can hold NUL, the record's terminator: it becomes ^@.
-    builtin printf 'S2\t%s\t%s\t%s\tr%s\0' $__tc_n $t "$__tc_cwd" "${cmd//$'\0'/^@}" >> $__tc_f
-    __tc_open=1
-    if [[ $__tc_junit == 1 && $cmd == *(test|tox|nox|check)* ]]; then
+    __tc_rec="S2"$'\t'$__tc_n$'\t'$__tc_t$'\t'$__tc_cwd$'\tr'${__tc_cmd//$'\0'/^@}$'\0'
+    if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
+    if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
         __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
     fi
-    : "$lastarg"
+    : "$__tc_la"
 }
 
 __tc_precmd() {
-    local -i s=$?
-    local lastarg=$_
+    __tc_s=$? __tc_la=$_
     if (( __tc_open )); then
         __tc_open=0
-        [[ -w $__tc_dir ]] && builtin printf 'E2\t%s\t%s\t%s\t\0' $__tc_n $EPOCHREALTIME $s >> $__tc_f
-        if (( __tc_pyo_on )); then
-            __tc_pyo_on=0
-            if [[ ${PYTEST_ADDOPTS-} == "${__tc_pyo_old:+$__tc_pyo_old }$__tc_pyo_ours" ]]; then
-                if [[ -n $__tc_pyo_had ]]; then PYTEST_ADDOPTS=$__tc_pyo_old; else unset PYTEST_ADDOPTS; fi
-            else  # the command changed PYTEST_ADDOPTS itself: keep its value, minus our option
-                PYTEST_ADDOPTS=${PYTEST_ADDOPTS/ $__tc_pyo_ours/}
-                PYTEST_ADDOPTS=${PYTEST_ADDOPTS/$__tc_pyo_ours/}
-            fi
-        fi
+        __tc_rec="E2"$'\t'$__tc_n$'\t'$EPOCHREALTIME$'\t'$__tc_s$'\t\0'
+        if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
+        (( ! __tc_pyo_on )) || __tc_pyo_restore
     fi
-    : "$lastarg"
-    return s
+    : "$__tc_la"
+    return __tc_s
+}
+
+__tc_pyo_restore() {  # PYTEST_ADDOPTS as the user had it
+    __tc_pyo_on=0
+    if [[ ${PYTEST_ADDOPTS-} == "${__tc_pyo_old:+$__tc_pyo_old }$__tc_pyo_ours" ]]; then
+        if [[ -n $__tc_pyo_had ]]; then PYTEST_ADDOPTS=$__tc_pyo_old; else unset PYTEST_ADDOPTS; fi
+    else  # the command changed PYTEST_ADDOPTS itself: keep its value, minus our option
+        PYTEST_ADDOPTS=${PYTEST_ADDOPTS/ $__tc_pyo_ours/}
+        PYTEST_ADDOPTS=${PYTEST_ADDOPTS/$__tc_pyo_ours/}
+    fi
 }
 
 # First in precmd so $? is the user's command's status; last in preexec so other hooks

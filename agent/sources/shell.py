@@ -12,9 +12,12 @@ Spool format, version 2 (the hooks in agent/shell/ are the writers; this module 
 --------------------------------------------------------------------------------------------------
 Files. One writer per file: each shell session (one shell process; nested shells start their own)
 appends to `<sid>.<k>.rec`, where `<sid>` is `<pid>-<unique>` and `<k>` = 0, 1, 2, ... is the
-segment number. Writers only append (O_APPEND, `>>`) and create segments with mode 0600 whatever
-their umask (bash: the umask set to 077 around the creating redirection, the current one read back
-through `<sid>.umask`; zsh: `sysopen -m 600`; fish: `$umask`). The hook starts segment k+1 when
+segment number. Writers only append (O_APPEND) and create segments with mode 0600 whatever their
+umask (bash: the umask set to 077 around the creating redirection, the current one read back
+through `<sid>.umask`; zsh: `sysopen -m 600`; fish: `$umask`). bash and zsh keep the current segment
+open on a descriptor (bash: `exec {fd}>>`, close-on-exec where bash's loadable `fdflags` is
+installed; zsh: `sysopen -o cloexec`) and write each record with one write to it; fish opens the
+file for each record (`>>`). The hook starts segment k+1 when
 segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
 next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
 PYTEST_ADDOPTS), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
