@@ -98,14 +98,20 @@ def _user_rules(home: str | None, username: str | None) -> list[Rule]:
     return rules
 
 
+CLEAN_MEMO_ITEMS = 4096  # short texts last found clean, skipped on sight (cwd, shell names, ids)
+CLEAN_MEMO_CHARS = 512
+
+
 class Redactor:
-    """Applies a fixed rule set; safe to share between threads (no mutable state but `stats`)."""
+    """Applies a fixed rule set; safe to share between threads (no mutable state but `stats` and
+    a memo of short texts found clean, which only ever holds texts that no rule matched)."""
 
     def __init__(self, rules: list[Rule], *, hmac_key: bytes, max_scan_bytes: int = DEFAULT_MAX_SCAN_BYTES,
                  content: str = "full", never_capture: list[str] | None = None) -> None:
         if not hmac_key:
             raise ValueError("Redactor needs a non-empty HMAC key for the hash action")
         self._key = bytes(hmac_key)
+        self._clean: set[str] = set()
         self._window = max(int(max_scan_bytes), MIN_WINDOW)
         self.content = content
         self.stats = RedactionStats()
@@ -168,8 +174,14 @@ class Redactor:
     # -- scanning -----------------------------------------------------------------------------------
     def redact_text(self, text: str) -> RedactionResult:
         """Redacted text and findings (spans of `text`). Raises only on internal errors."""
+        if text in self._clean:
+            return RedactionResult(text, [])
         spans = self._scan(text)
         if not spans:
+            if len(text) <= CLEAN_MEMO_CHARS:
+                if len(self._clean) >= CLEAN_MEMO_ITEMS:
+                    self._clean = set()
+                self._clean.add(text)
             return RedactionResult(text, [])
         out = []
         findings = []

@@ -23,6 +23,7 @@ import sys
 import threading
 from typing import Iterator
 
+IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -81,11 +82,11 @@ class InotifyWatcher:
     def watching(self, path: str) -> bool:
         return path in self._wds
 
-    def add(self, path: str) -> bool:
-        """Watch one directory (not its subdirectories). False if it vanished or is not a
-        directory; raises InotifyError when the watch limit is reached (ENOSPC), so the caller
-        can say so rather than silently miss saves."""
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), WATCH_MASK)
+    def add(self, path: str, mask: int = WATCH_MASK) -> bool:
+        """Watch one directory (not its subdirectories) for the events of `mask`. False if it
+        vanished or is not a directory; raises InotifyError when the watch limit is reached
+        (ENOSPC), so the caller can say so rather than silently miss saves."""
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), mask | IN_ONLYDIR)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
@@ -113,6 +114,16 @@ class InotifyWatcher:
             new = dest + p[len(src):]
             self._paths[wd] = new
             self._wds[new] = wd
+
+    def discard(self) -> None:
+        """Drop every queued event unread: for a caller that only needs to know that something
+        changed, which the descriptor becoming readable already told."""
+        while True:
+            try:
+                if not os.read(self._fd, 1 << 16):
+                    return
+            except BlockingIOError:
+                return
 
     def read(self) -> list[FsEvent]:
         """Every event queued now, in kernel order; [] when none."""

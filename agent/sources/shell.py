@@ -63,6 +63,7 @@ import dataclasses
 import json
 import os
 import re
+import select
 import threading
 import time
 import urllib.parse
@@ -71,6 +72,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from agent import testruns
+from agent.sources import files_inotify
 
 SEGMENTS_KEPT = 4
 CURSOR_FILE = ".reader.json"
@@ -82,7 +84,9 @@ REPORT_DIRS = ("target/surefire-reports", "target/failsafe-reports", "build/test
 REPORT_FILES = ("junit.xml", "report.xml", "test-results.xml", "junit-report.xml")
 SCRATCH_SUFFIXES = (".cmd", ".umask", ".junit.xml")  # .cmd: bash's history copy in version 1
 _SEGMENT = re.compile(r"^(?P<sid>[0-9]+-[A-Za-z0-9]+)\.(?P<k>[0-9]+)\.rec$")
-_HISTORY_LINE = re.compile(r"^ *[0-9]+[* ] (.*?)\n?$", re.DOTALL)
+# The hooks put a pytest report path in PYTEST_ADDOPTS only for lines holding one of these words.
+_MAY_HAVE_REPORT = re.compile(r"test|tox|nox|check")
+CURSOR_SAVE_S = 1.0  # the cursor is saved at most this often while reading (and on stop)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -152,6 +156,9 @@ def parse_time(text: str) -> int | None:
     """'1700000000.123456' (or with a decimal comma) -> ns; '' -> None."""
     if not text:
         return None
+    sec, sep, frac = text.replace(",", ".").partition(".")
+    if sec.isdigit() and sec.isascii() and (not sep or (frac.isdigit() and frac.isascii())):
+        return int(sec) * 1_000_000_000 + (int(frac[:9].ljust(9, "0")) if frac else 0)
     try:
         value = Decimal(text.replace(",", "."))
     except InvalidOperation:
@@ -170,11 +177,13 @@ def parse_command(form_and_text: str) -> str:
     form, text = form_and_text[:1], form_and_text[1:]
     if form == "r":
         return text
-    if form == "h":
-        m = _HISTORY_LINE.match(text)
-        if m is None:
+    if form == "h":  # `%5d%c %s\n`: spaces, the number, `*` or a space, a space, the text
+        rest = text.lstrip(" ")
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        if digits == 0 or rest[digits:digits + 1] not in ("*", " ") or rest[digits + 1:digits + 2] != " ":
             raise ValueError("not a history line")
-        return m[1]
+        body = rest[digits + 2:]
+        return body[:-1] if body.endswith("\n") else body
     raise ValueError(f"unknown command form {form!r}")
 
 
@@ -406,6 +415,8 @@ class ShellSource:
         self.malformed = 0
         self.dropped = 0
         self._wake = threading.Event()
+        self._cursor_dirty = False
+        self._cursor_saved = 0.0
 
     # policy
     def _policy(self, dotted: str, default: Any) -> Any:
@@ -417,11 +428,36 @@ class ShellSource:
         return node
 
     def run(self, stop: threading.Event) -> None:
+        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._load_cursor()
+        self.ctx.set_state("running")
+        if files_inotify.available():
+            self._follow_inotify(stop)
+        else:
+            self._follow_watchdog(stop)
+
+    def _follow_inotify(self, stop: threading.Event) -> None:
+        """One inotify descriptor on the spool directory: the loop wakes when a hook writes (the
+        hooks keep segments open, so IN_MODIFY), drops the queued events unread and drains."""
+        watcher = files_inotify.InotifyWatcher()
+        try:
+            watcher.add(str(self.spool), files_inotify.IN_MODIFY | files_inotify.IN_CREATE
+                        | files_inotify.IN_MOVED_TO | files_inotify.IN_CLOSE_WRITE)
+            with files_inotify.stop_pipe(stop, "shell-stop-waker") as stop_r:
+                poller = select.poll()
+                poller.register(watcher.fileno(), select.POLLIN)
+                poller.register(stop_r, select.POLLIN)
+                self._loop(stop, lambda timeout: (poller.poll(timeout * 1000), watcher.discard()))
+        finally:
+            watcher.close()
+            self.drain()
+            self._save_cursor()
+
+    def _follow_watchdog(self, stop: threading.Event) -> None:
+        """Elsewhere, watchdog's observer says when the spool changes."""
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
-        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._load_cursor()
         wake = self._wake
 
         class _Handler(FileSystemEventHandler):
@@ -434,21 +470,23 @@ class ShellSource:
         # One wait for both: a spool change (watchdog's thread) or stop (this helper).
         threading.Thread(target=lambda: (stop.wait(), wake.set()), name="shell-stop-waker",
                          daemon=True).start()
-        self.ctx.set_state("running")
-        last_sweep = 0.0
         try:
-            while not stop.is_set():
-                self.drain()
-                now = time.monotonic()
-                if now - last_sweep >= HOUSEKEEPING_S:
-                    self.sweep()
-                    last_sweep = now
-                wake.wait(HOUSEKEEPING_S)
-                wake.clear()
+            self._loop(stop, lambda timeout: (wake.wait(timeout), wake.clear()))
         finally:
             observer.stop()
             observer.join(timeout=5)
             self.drain()
+            self._save_cursor()
+
+    def _loop(self, stop: threading.Event, wait: Any) -> None:
+        last_sweep = 0.0
+        while not stop.is_set():
+            self.drain()
+            now = time.monotonic()
+            if now - last_sweep >= HOUSEKEEPING_S:
+                self.sweep()
+                last_sweep = now
+            wait(HOUSEKEEPING_S)
 
     # reading
     def _segments(self) -> dict[str, list[tuple[int, str]]]:
@@ -475,6 +513,10 @@ class ShellSource:
                 total += got
                 changed = changed or moved
         if changed:
+            self._cursor_dirty = True
+        # Consumed records are blanked, so a reader that restarts with an older cursor only
+        # skips NUL bytes again: the cursor need not be written after every batch.
+        if self._cursor_dirty and time.monotonic() - self._cursor_saved >= CURSOR_SAVE_S:
             self._save_cursor()
         return total
 
@@ -567,7 +609,7 @@ class ShellSource:
         self.dropped += sum(d["dropped"] for k, d, _, _ in events if k == "agent.gap")
         if not self.ctx.capturing():
             for fin in finished:
-                self._remove(self._junit_path(fin.end.sid, fin.end.n))
+                self._drop_report(fin)
             return 0
         emit = self.ctx.emit
         for kind, data, ts, session in events:
@@ -580,8 +622,13 @@ class ShellSource:
                 self._test_run(fin)
         else:
             for fin in finished:
-                self._remove(self._junit_path(fin.end.sid, fin.end.n))
+                self._drop_report(fin)
         return len(events)
+
+    def _drop_report(self, fin: Finished) -> None:
+        """Remove the pytest report the hook may have asked for (only for some lines)."""
+        if fin.start is None or _MAY_HAVE_REPORT.search(fin.start.cmd):
+            self._remove(self._junit_path(fin.end.sid, fin.end.n))
 
     def _unhide(self, records: list[Record]) -> list[Record]:
         """Without `records` of commands typed with a leading space. bash writes such a line when
@@ -622,7 +669,7 @@ class ShellSource:
             return
         runner = testruns.recognise_runner(fin.start.cmd)
         if runner is None:
-            self._remove(own)
+            self._drop_report(fin)
             return
         data: dict[str, Any] = {"runner": runner, "cmd": fin.start.cmd, "exit": fin.end.exit,
                                 "duration_ms": fin.duration_ms}
@@ -686,6 +733,8 @@ class ShellSource:
             self.offsets = {}
 
     def _save_cursor(self) -> None:
+        self._cursor_dirty = False
+        self._cursor_saved = time.monotonic()
         tmp = self.spool / (CURSOR_FILE + ".tmp")
         try:
             tmp.write_text(json.dumps({"v": 1, "offsets": self.offsets, "dropped": self.state.dropped}))
