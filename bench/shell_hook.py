@@ -5,12 +5,18 @@ the hook from `tracecap shell-init` writing to a real spool directory, alternati
 ROUNDS rounds so that a machine getting faster or slower affects both alike. Prints, per command,
 the best wall time and the best CPU time (user + system) of the shell process for each, and the
 differences (the hook's cost; target <= 0.05 ms), as ratios and a markdown table.
+
+Times on a shared virtual machine drift by tens of percent between runs, so where valgrind is
+installed it also counts the user-space instructions each shell executes per command (callgrind,
+the difference between a 50- and a 250-command session, bare and hooked): a figure that does not
+drift, for comparing hook versions. System calls are not in it.
 Usage: python bench/shell_hook.py [N] [ROUNDS]
 """
 from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import shutil
 import sys
@@ -99,6 +105,48 @@ def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> tuple[float, float]
     return elapsed, usage.ru_utime + usage.ru_stime
 
 
+def instructions(shell: str, hooked: bool, tmp: Path, n: int) -> int:
+    """User-space instructions (callgrind Ir) of an interactive shell session of n commands."""
+    spool = tmp / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir()
+    (tmp / f"hook.{shell}").write_text(render_hook(shell, spool=str(spool), ignore_space=True,
+                                                   pytest_junit=True, spool_max_bytes=1 << 30))
+    env = {"HOME": str(tmp), "ZDOTDIR": str(tmp), "TERM": "xterm", "PATH": os.environ["PATH"],
+           "LANG": "C.UTF-8"}
+    out = tmp / "callgrind.out"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+            *_argv(shell, tmp, hooked)]
+    pid, master = pty.fork()
+    if pid == 0:
+        os.chdir(tmp)
+        os.execvpe(argv[0], argv, env)
+    buf = bytearray()
+
+    def until(marker: bytes, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while marker not in buf and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    buf.extend(os.read(master, 65536))
+                except OSError:
+                    return
+
+    os.write(master, b"echo READY_MARK | tr A-Z a-z\n")
+    until(b"ready_mark")
+    for _ in range(n):  # one at a time, each after its prompt: the same work in every session
+        buf.clear()
+        os.write(master, b":\n" if shell != "fish" else b"true\n")
+        until(b"$ ")
+    os.write(master, b"exit\n")
+    os.waitpid(pid, 0)
+    os.close(master)
+    m = re.search(rb"^(?:summary|totals): *([0-9]+)", out.read_bytes(), re.M)
+    if m is None:
+        raise RuntimeError(f"{shell}: no callgrind totals")
+    return int(m[1])
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -126,6 +174,18 @@ def main() -> None:
     for shell, b, h, bc, hc in rows:
         print(f"| {shell} | {b:.4f} | {h:.4f} | {h - b:.4f} | {hc - bc:.4f} "
               f"| {'met' if h - b <= 0.05 else 'not met'} |")
+    if shutil.which("valgrind") is None:
+        print("\nvalgrind is not installed: no instruction counts")
+        return
+    print("\n| shell | instructions per command, bare | hooked | added by the hook |")
+    print("|---|---|---|---|")
+    for shell, *_ in rows:
+        with tempfile.TemporaryDirectory() as d:
+            per = {}
+            for hooked in (False, True):
+                per[hooked] = (instructions(shell, hooked, Path(d), 250)
+                               - instructions(shell, hooked, Path(d), 50)) / 200
+        print(f"| {shell} | {per[False]:,.0f} | {per[True]:,.0f} | {per[True] - per[False]:,.0f} |")
 
 if __name__ == "__main__":
     main()
