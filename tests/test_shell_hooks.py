@@ -340,3 +340,11 @@ def test_bash_children_do_not_see_the_spool_descriptor_where_fdflags_exists(tmp_
     sh.run("ls -l /proc/self/fd/ > fds.txt")
     leaked = str(spool) in (tmp_path / "fds.txt").read_text()
     assert leaked is not loadable
+
+
+def test_zsh_children_do_not_see_the_spool_descriptor(tmp_path, spool, shells):
+    sh = shells(tmp_path, "zsh", spool)
+    sh.run("echo warm")
+    sh.run("ls -l /proc/self/fd/ > fds.txt")
+    assert str(spool) not in (tmp_path / "fds.txt").read_text()
+    assert commands(spool)[:2] == [("echo warm", 0), ("ls -l /proc/self/fd/ > fds.txt", 0)]
