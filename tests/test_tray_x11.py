@@ -269,10 +269,22 @@ def test_clicking_the_icon_opens_the_menu_and_its_items_work(tray, daemon):
     assert daemon.cli("opt-in").returncode == 0
     tray.wait_title("tracecap: recording")
     x, y, w, h = tray.geometry()
-    subprocess.run(["xdotool", "mousemove", str(x + w // 2), str(y + h // 2), "click", "1"],
-                   env=tray.env, check=True, timeout=15)
-    menu = wait_for(lambda: _xdo(tray.env, "search", "--onlyvisible", "--class", "Menu")
-                    or _xdo(tray.env, "search", "--onlyvisible", "--classname", "menu"), 10, "the popup menu")
+
+    def visible_menu() -> str:
+        return (_xdo(tray.env, "search", "--onlyvisible", "--class", "Menu")
+                or _xdo(tray.env, "search", "--onlyvisible", "--classname", "menu"))
+
+    # On a loaded machine the first click can land before the icon takes input: click again, as
+    # a person would, up to three times.
+    for attempt in range(3):
+        subprocess.run(["xdotool", "mousemove", str(x + w // 2), str(y + h // 2), "click", "1"],
+                       env=tray.env, check=True, timeout=15)
+        try:
+            menu = wait_for(visible_menu, 8, "the popup menu")
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     mwid = menu.split()[-1]
     geo = subprocess.run(["xwininfo", "-id", mwid], env=tray.env, capture_output=True, text=True,
                          timeout=15).stdout
