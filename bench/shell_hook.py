@@ -45,9 +45,8 @@ def _argv(shell: str, tmp: Path, hooked: bool) -> list[str]:
     return ["fish", "--no-config", "-C", f"source {tmp / 'config.fish'}"]
 
 
-def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> tuple[float, float]:
-    """Seconds of wall time and of the shell's CPU time to run n commands in one interactive
-    shell session."""
+def _prepare(shell: str, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh spool directory with the hook written for it, and the shells' environment."""
     spool = tmp / "spool"
     shutil.rmtree(spool, ignore_errors=True)
     spool.mkdir()
@@ -55,6 +54,13 @@ def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> tuple[float, float]
                                                    pytest_junit=True, spool_max_bytes=1 << 30))
     env = {"HOME": str(tmp), "ZDOTDIR": str(tmp), "TERM": "xterm", "PATH": os.environ["PATH"],
            "LANG": "C.UTF-8"}
+    return spool, env
+
+
+def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> tuple[float, float]:
+    """Seconds of wall time and of the shell's CPU time to run n commands in one interactive
+    shell session."""
+    spool, env = _prepare(shell, tmp)
     argv = _argv(shell, tmp, hooked)
     # forkpty: the shell gets the pty as its controlling terminal, as under a terminal emulator;
     # fish runs its interactive reader (and so its preexec/postexec events) only with one.
@@ -107,13 +113,7 @@ def run_once(shell: str, n: int, hooked: bool, tmp: Path) -> tuple[float, float]
 
 def instructions(shell: str, hooked: bool, tmp: Path, n: int) -> int:
     """User-space instructions (callgrind Ir) of an interactive shell session of n commands."""
-    spool = tmp / "spool"
-    shutil.rmtree(spool, ignore_errors=True)
-    spool.mkdir()
-    (tmp / f"hook.{shell}").write_text(render_hook(shell, spool=str(spool), ignore_space=True,
-                                                   pytest_junit=True, spool_max_bytes=1 << 30))
-    env = {"HOME": str(tmp), "ZDOTDIR": str(tmp), "TERM": "xterm", "PATH": os.environ["PATH"],
-           "LANG": "C.UTF-8"}
+    _spool, env = _prepare(shell, tmp)
     out = tmp / "callgrind.out"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             *_argv(shell, tmp, hooked)]
