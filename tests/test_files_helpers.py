@@ -1,5 +1,5 @@
 """Shared pieces of the files and git source tests: a context that records what a source emits,
-a redactor, and real git repositories. No tests here."""
+a redactor, real git repositories, and rebuilding a tree from captured saves. No tests here."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from agent.paths import StatePaths
 from agent.sources.base import SourceContext
+from agent.sources.files import FilesSource
+from agent.sources.files_diff import apply_unified_diff
 
 
 @dataclasses.dataclass
@@ -77,6 +79,49 @@ def make_context(tmp: Path, policy: dict, rec: Recorder, name: str,
         emit=rec.emit, capturing=lambda: rec.capturing, log=logging.getLogger("test." + name),
         set_state=states.append, redactor=redactor if redactor is not None else make_redactor(),
     )
+
+
+def files_source(tmp: Path, rec: Recorder, **capture: Any) -> FilesSource:
+    """A files source watching `tmp/src`, debounced by 100 ms, recording into `rec`."""
+    ctx = make_context(tmp, {"capture": {"roots": [str(tmp / "src")], "debounce_ms": 100,
+                                         **capture}}, rec, "files")
+    return FilesSource(ctx)
+
+
+def settle(rec: Recorder, seconds: float = 0.6) -> None:
+    """Wait until no new event arrived for `seconds` (bounded by 10 s)."""
+    deadline = time.monotonic() + 10
+    n = -1
+    while time.monotonic() < deadline and n != len(rec.events):
+        n = len(rec.events)
+        time.sleep(seconds)
+
+
+def replay(start_tree: dict[str, str], head: dict[str, str], events: list[dict]) -> dict[str, str]:
+    """Rebuild the tree from `file.save` events, as a receiver of the trace would."""
+    tree = dict(start_tree)
+    for d in events:
+        path, op = d["path"], d["op"]
+        if op == "delete":
+            tree.pop(path)
+            continue
+        old_path = d.get("from", path)
+        base = {"previous": tree.get(old_path, ""), "head": head.get(old_path, ""),
+                "empty": ""}[d["base"]]
+        if op == "move":
+            tree.pop(old_path)
+        tree[path] = apply_unified_diff(base, d["diff"])
+    return tree
+
+
+def read_tree(repo: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, files in os.walk(repo):
+        dirnames[:] = [n for n in dirnames if n != ".git"]
+        for f in files:
+            p = Path(dirpath) / f
+            out[p.relative_to(repo).as_posix()] = p.read_bytes().decode("utf-8")
+    return out
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:

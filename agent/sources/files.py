@@ -7,11 +7,23 @@ diff_cache_bytes) and the redactor; gives `file.save` events with `repo` (absolu
 saying what the diff applies to: "previous" (the version this source last captured), "head" (the
 file in HEAD) or "empty".
 
+Watches come from inotify on Linux (files_inotify) and from watchdog elsewhere (files_watchdog:
+FSEvents, ReadDirectoryChangesW, kqueue; what it cannot match is listed there). The environment
+variable `TRACECAP_FILES_BACKEND` (`inotify` or `watchdog`) forces one.
+
 Promises:
-- Only directories that are not ignored are watched (one inotify descriptor, one watch per
-  directory), so writes under node_modules, virtualenvs, build and cache directories, the policy's
-  excludes, `.gitignore`d trees and `.git` cost nothing. Ignored files in watched directories are
-  dropped on arrival. Repositories cloned or `git init`ed under a root later are picked up.
+- Only directories that are not ignored are watched (with inotify: one descriptor, one watch per
+  directory; with watchdog, see files_watchdog), so writes under node_modules, virtualenvs, build
+  and cache directories, the policy's excludes, `.gitignore`d trees and `.git` cost nothing.
+  Ignored files in watched directories are dropped on arrival. Repositories cloned or `git init`ed
+  under a root later are picked up.
+- When inotify's queue overflows, saves are not silently lost: one `agent.gap` says so (`dropped`
+  0: how many is unknown), the watches are re-established, and every file that no longer matches
+  what the trace last said about it is saved as usual (one event, its diff against that base),
+  deletions included. A file is looked at when its size or mtime differ from those recorded when
+  it was last captured or, never captured, when it changed after the queue was last read; it is
+  saved when its content differs from its cached version, else from HEAD. Unchanged files make no
+  event; the versions a file went through while events were lost are what the gap stands for.
 - One logical save is one event whatever the editor did (see files_coalesce), after `debounce_ms`
   of quiet on that file. `ts` is the file's mtime.
 - Nothing raw is kept: the cache of previous versions (bounded by `diff_cache_bytes`, LRU) holds
@@ -28,12 +40,12 @@ Promises:
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from agent.repos import (CaptureSettings, RepoIgnore, discover_repos, is_always_ignored_dir,
                          is_repo, walk_repo)
@@ -41,7 +53,17 @@ from agent.sources.base import SourceContext
 from agent.sources.files_coalesce import RawChange, Touched, coalesce, is_editor_junk
 from agent.sources.files_diff import VersionCache, decode_text, unified_diff
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
+from agent.sources.files_inotify import available as inotify_available
 from agent.sources.git_catfile import CatFile
+
+if TYPE_CHECKING:
+    from agent.sources.files_watchdog import WatchdogWatcher
+
+BACKEND_ENV = "TRACECAP_FILES_BACKEND"
+# File systems stamp mtimes from a coarse clock that can lag the one read here by a tick; the
+# slack only costs a content comparison for files saved just before the queue was last read.
+_MTIME_SLACK_NS = 2_000_000_000
+_MAX_STAMPS = 1 << 16  # size and mtime of the files last captured, kept for this many files
 
 
 class _Repo:
@@ -60,14 +82,17 @@ class FilesSource:
         self.cache = VersionCache(self.settings.diff_cache_bytes)
         self.repos: dict[Path, _Repo] = {}
         self.roles: dict[str, Path | int] = {}  # watched dir -> its repo, or discovery depth
+        self.stamps: dict[tuple[Path, str], tuple[int, int]] = {}  # (size, mtime_ns) at capture
         self.pending: list[RawChange] = []
-        self.watch_limit_hit = False
+        self.watch_error: str | None = None
         self.emitted = 0
-        self._watcher: InotifyWatcher | None = None
+        self._watcher: InotifyWatcher | WatchdogWatcher | None = None
+        self._drained_ns = 0  # wall clock when the event queue was last read empty
 
     # ---------------------------------------------------------------- lifecycle
     def run(self, stop: threading.Event) -> None:
-        self._watcher = InotifyWatcher()
+        self._watcher = self._open_watcher()
+        self._drained_ns = time.time_ns()
         try:
             with stop_pipe(stop, "files-waker") as wake_r:
                 self._scan_roots()
@@ -78,45 +103,77 @@ class FilesSource:
                 repo.catfile.close()
             self._watcher.close()
 
+    def _open_watcher(self) -> InotifyWatcher | WatchdogWatcher:
+        backend = os.environ.get(BACKEND_ENV, "")
+        if backend not in ("", "inotify", "watchdog"):
+            self.ctx.log.warning("files: %s=%s is neither inotify nor watchdog; ignored",
+                                 BACKEND_ENV, backend)
+            backend = ""
+        if backend == "watchdog" or (not backend and not inotify_available()):
+            # Imported here so that a Linux daemon never starts watchdog's machinery.
+            from agent.sources.files_watchdog import WatchdogWatcher
+
+            return WatchdogWatcher()
+        return InotifyWatcher()
+
     def _loop(self, stop: threading.Event, wake_r: int) -> None:
-        window = self.settings.debounce_ms / 1000
-        poller = select.poll()
-        poller.register(self._watcher.fileno(), select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
+        watcher_fd = self._watcher.fileno()
         last_check = 0.0
-        while not stop.is_set():
-            timeout_ms = None
-            if self.pending:
-                # Coalescing re-reads the pending list, so under a sustained stream of saves it
-                # runs at most every quarter window instead of on every kernel event.
-                due = max(self.pending[0].t + window, last_check + window / 4)
-                timeout_ms = max(0, int((due - time.monotonic()) * 1000) + 1)
-            ready = poller.poll(timeout_ms)
-            if stop.is_set():
-                return
-            if any(fd == self._watcher.fileno() for fd, _ in ready):
-                self.ingest(self._watcher.read(), time.monotonic())
-            now = time.monotonic()
-            if self.pending and now >= self.pending[0].t + window and now >= last_check + window / 4:
-                last_check = now
-                saves, self.pending = coalesce(self.pending, now, window)
-                for touched in saves:
-                    self.save(touched)
+        with selectors.DefaultSelector() as selector:
+            selector.register(watcher_fd, selectors.EVENT_READ)
+            selector.register(wake_r, selectors.EVENT_READ)
+            while not stop.is_set():
+                ready = selector.select(self._timeout(last_check))
+                if stop.is_set():
+                    return
+                if any(key.fd == watcher_fd for key, _ in ready):
+                    self._drain()
+                last_check = self._save_due(last_check)
+
+    def _timeout(self, last_check: float) -> float | None:
+        """Seconds until pending changes may be due; None (wait for events) when none are."""
+        if not self.pending:
+            return None
+        window = self.settings.debounce_ms / 1000
+        # Coalescing re-reads the pending list, so under a sustained stream of saves it runs at
+        # most every quarter window instead of on every kernel event.
+        due = max(self.pending[0].t + window, last_check + window / 4)
+        return max(0.0, due - time.monotonic()) + 0.001
+
+    def _drain(self) -> None:
+        """Take in every queued event. Every change made before `_drained_ns` has then come as
+        an event, which is what a rescan after lost events relies on."""
+        drained = time.time_ns()
+        self.ingest(self._watcher.read(), time.monotonic())
+        self._drained_ns = drained
+
+    def _save_due(self, last_check: float) -> float:
+        """Save the groups of changes that are due; gives when coalescing last ran."""
+        window = self.settings.debounce_ms / 1000
+        now = time.monotonic()
+        if not self.pending or now < self.pending[0].t + window or now < last_check + window / 4:
+            return last_check
+        saves, self.pending = coalesce(self.pending, now, window)
+        for touched in saves:
+            self.save(touched)
+        return now
 
     def _state(self) -> str:
         state = f"running: {len(self.repos)} repos, {len(self._watcher or ())} directories watched"
-        if self.watch_limit_hit:
-            state += "; inotify watch limit reached, raise fs.inotify.max_user_watches"
+        if self.watch_error:
+            state += "; " + self.watch_error
         return state
 
     # ---------------------------------------------------------------- what is watched
     def _watch(self, d: Path, role: Path | int) -> bool:
         try:
             ok = self._watcher.add(str(d))
-        except InotifyError as exc:
-            if not self.watch_limit_hit:
+        except OSError as exc:
+            if self.watch_error is None:
                 self.ctx.log.warning("files: %s", exc)
-            self.watch_limit_hit = True
+                self.watch_error = (
+                    "inotify watch limit reached, raise fs.inotify.max_user_watches"
+                    if isinstance(exc, InotifyError) else f"some directories are not watched: {exc}")
             return False
         if ok:
             self.roles[str(d)] = role
@@ -125,7 +182,7 @@ class FilesSource:
     def _scan_roots(self) -> None:
         found = discover_repos(self.settings.roots, self.settings.repo_depth)
         for d, level in found.scanned:
-            self._watch(d, level)
+            self._watch_above_repos(d, level)
         for root in found.repos:
             self._add_repo(root)
 
@@ -155,9 +212,16 @@ class FilesSource:
             return
         found = discover_repos([d], self.settings.repo_depth - level)
         for sub, sub_level in found.scanned:
-            self._watch(sub, level + sub_level)
+            self._watch_above_repos(sub, level + sub_level)
         for root in found.repos:
             self._add_repo(root, announce_files=False)
+
+    def _watch_above_repos(self, d: Path, level: int) -> None:
+        """Watch a directory found not to be a repo, then look again: a `git init` between the
+        scan and the watch made no event, so it is found now or never."""
+        if self._watch(d, level) and is_repo(d):
+            self._forget_roles(str(d))
+            self._add_repo(d)
 
     def _repo_of(self, path: str) -> _Repo | None:
         p = Path(path).parent
@@ -174,8 +238,7 @@ class FilesSource:
         """Turn kernel events into RawChanges for non-ignored files; keep watches in step."""
         for ev in events:
             if ev.kind == "overflow":
-                self.ctx.log.warning("files: inotify queue overflowed; rescanning, saves may be lost")
-                self._rescan()
+                self._recover_lost_events(now)
                 continue
             if ev.kind == "gone":
                 self._watcher.remove_tree(ev.path)
@@ -226,10 +289,69 @@ class FilesSource:
         for root in [r for r in self.repos if str(r) == path or str(r).startswith(prefix)]:
             self.repos.pop(root).catfile.close()
 
+    # ---------------------------------------------------------------- lost events
+    def _recover_lost_events(self, now: float) -> None:
+        """The kernel dropped events: say so, watch what appeared meanwhile, and queue a change
+        for every file that no longer matches what the trace last said about it."""
+        self.ctx.log.warning("files: inotify queue overflowed; rescanning the watched repositories")
+        self._rescan()
+        changes = [RawChange(now, kind, path)
+                   for kind, path in self._drifted(self._drained_ns - _MTIME_SLACK_NS)]
+        self.pending.extend(changes)
+        self.ctx.emit("agent.gap", {
+            "dropped": 0,
+            "reason": "the file watcher's kernel event queue overflowed: saves made meanwhile may "
+                      f"have been missed (how many is unknown); the {len(changes)} files found "
+                      "changed on the rescan are captured as one save each, without the versions "
+                      "in between"})
+
     def _rescan(self) -> None:
+        # Directories deleted while events were lost never said so.
+        for d in [d for d in self.roles if not os.path.isdir(d)]:
+            self._watcher.remove_tree(d)
+            self._forget_roles(d)
         self._scan_roots()
         for repo in list(self.repos.values()):
             self._add_tree(repo, repo.root, announce_files=False)
+
+    def _drifted(self, since_ns: int) -> Iterator[tuple[str, str]]:
+        """(create | write | delete, path) for each file in the watched directories of the
+        repositories that differs from its last capture, or from HEAD when never captured."""
+        for d, role in list(self.roles.items()):
+            repo = self.repos.get(role) if isinstance(role, Path) else None
+            if repo is None:
+                continue
+            for f in _files_in(Path(d)):
+                rel = f.relative_to(repo.root).as_posix()
+                if is_editor_junk(rel) or repo.ignore.ignored_here(rel, False):
+                    continue
+                kind = self._drift(repo, rel, str(f), since_ns)
+                if kind is not None:
+                    yield kind, str(f)
+        for root, rel in set(self.stamps) | set(self.cache.keys()):
+            path = os.path.join(root, rel)
+            if root in self.repos and not os.path.lexists(path):
+                yield "delete", path
+
+    def _drift(self, repo: _Repo, rel: str, path: str, since_ns: int) -> str | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        key = (repo.root, rel)
+        stamp = self.stamps.get(key)
+        if stamp == (st.st_size, st.st_mtime_ns):
+            return None
+        if stamp is None and st.st_mtime_ns < since_ns:
+            return None  # untouched since the queue was last read: earlier changes came as events
+        if key in self.cache:
+            return None if self._content(path, rel, st) == self.cache.get(key) else "write"
+        if stamp is not None:
+            return "write"  # captured as metadata only, or its text left the cache
+        blob = repo.catfile.head_blob(rel)
+        if blob is None:
+            return "create"
+        return None if _same_bytes(path, st.st_size, blob) else "write"
 
     def _ignored(self, path: str, is_dir: bool) -> tuple[_Repo | None, bool]:
         repo = self._repo_of(path)
@@ -306,12 +428,12 @@ class FilesSource:
             return
         rel = Path(touched.path).relative_to(repo.root).as_posix()
         if not self.ctx.capturing():
-            self.cache.pop((repo.root, rel))
+            self._forget_version((repo.root, rel))
             if touched.moved_from:
                 src_repo = self._repo_of(touched.moved_from)
                 if src_repo is not None:
-                    self.cache.pop((src_repo.root, Path(touched.moved_from)
-                                    .relative_to(src_repo.root).as_posix()))
+                    self._forget_version((src_repo.root, Path(touched.moved_from)
+                                          .relative_to(src_repo.root).as_posix()))
             return
         try:
             st = os.lstat(touched.path)
@@ -343,9 +465,22 @@ class FilesSource:
             data["base"] = base
             self.cache.put((repo.root, rel), new_text)
         if src is not None:
-            self.cache.pop((repo.root, src))
+            self._forget_version((repo.root, src))
+        self._stamp((repo.root, rel), st)
         self.emitted += 1
         self.ctx.emit("file.save", data, ts=st.st_mtime_ns)
+
+    def _stamp(self, key: tuple[Path, str], st: os.stat_result) -> None:
+        """Remember size and mtime as captured, so a rescan can skip the file cheaply; the
+        oldest go first past _MAX_STAMPS (a rescan then compares content)."""
+        self.stamps.pop(key, None)
+        self.stamps[key] = (st.st_size, st.st_mtime_ns)
+        if len(self.stamps) > _MAX_STAMPS:
+            del self.stamps[next(iter(self.stamps))]
+
+    def _forget_version(self, key: tuple[Path, str]) -> None:
+        self.cache.pop(key)
+        self.stamps.pop(key, None)
 
     def _move_source(self, repo: _Repo, touched: Touched) -> str | None:
         """The repo-relative source of a rename within the same repo, if this is one."""
@@ -367,7 +502,7 @@ class FilesSource:
         known = (repo.root, rel) in self.cache or touched.existed is True
         if not known and touched.existed is None:
             known = repo.catfile.head_blob(rel) is not None
-        self.cache.pop((repo.root, rel))
+        self._forget_version((repo.root, rel))
         if not known:
             return  # made and removed within the window: a scratch file, not a save
         self.emitted += 1
@@ -409,6 +544,16 @@ def _files_in(d: Path) -> list[Path]:
             return [Path(e.path) for e in it if e.is_file(follow_symlinks=False)]
     except OSError:
         return []
+
+
+def _same_bytes(path: str, size: int, blob: bytes) -> bool:
+    if size != len(blob):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(size + 1) == blob
+    except OSError:
+        return False
 
 
 def _files_under(d: Path) -> list[Path]:

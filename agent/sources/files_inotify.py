@@ -18,6 +18,7 @@ import ctypes.util
 import dataclasses
 import errno
 import os
+import socket
 import struct
 import sys
 import threading
@@ -38,7 +39,7 @@ IN_ONLYDIR = 0x01000000
 IN_DONT_FOLLOW = 0x02000000
 IN_EXCL_UNLINK = 0x04000000
 IN_ISDIR = 0x40000000
-IN_NONBLOCK = os.O_NONBLOCK
+IN_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # absent on Windows, where this module only defines names
 IN_CLOEXEC = 0o2000000
 
 WATCH_MASK = (IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF
@@ -195,23 +196,24 @@ class InotifyWatcher:
 
 @contextlib.contextmanager
 def stop_pipe(stop: threading.Event, name: str) -> Iterator[int]:
-    """A pipe's read end that becomes readable once `stop` is set, so a poll() loop over inotify
-    wakes at once on stop without polling. The helper thread ends with the block."""
-    r, w = os.pipe()
+    """A descriptor that becomes readable once `stop` is set, so a poll()/select() loop over
+    watchers wakes at once on stop without polling. A socket pair rather than a pipe because
+    Windows can select() only on sockets. The helper thread ends with the block."""
+    r, w = socket.socketpair()
     done = threading.Event()
 
     def wake_on_stop() -> None:
         while not done.is_set():
             if stop.wait(1.0):
-                os.write(w, b"x")
+                w.send(b"x")
                 return
 
     waker = threading.Thread(target=wake_on_stop, daemon=True, name=name)
     waker.start()
     try:
-        yield r
+        yield r.fileno()
     finally:
         done.set()
         waker.join(timeout=2)
-        os.close(r)
-        os.close(w)
+        r.close()
+        w.close()
