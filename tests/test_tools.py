@@ -55,6 +55,17 @@ class TmuxShell:
                              check=True, capture_output=True, text=True, timeout=10).stdout
         return int(out.split()[0])
 
+    def wait_screen(self, pred, timeout: float = 10.0) -> None:
+        """Until the pane's text satisfies `pred`: a program that reads the terminal is ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = subprocess.run(["tmux", "-L", self.sock, "capture-pane", "-p"],
+                                    capture_output=True, text=True, timeout=10).stdout
+            if pred(screen):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the pane never got ready: {screen!r}")
+
     def send(self, line: str) -> None:
         subprocess.run(["tmux", "-L", self.sock, "send-keys", line, "Enter"], check=True, timeout=10)
 
@@ -125,6 +136,8 @@ def test_programs_run_from_an_editor_are_recorded(tmp_path):
     # vim is the pane's own process: no shell session above it, so vim itself is the root.
     ed = TmuxShell(tmp_path, shell="vim -u NONE -N -n")
     try:
+        # vim drops keys typed while it sets the terminal up: send once it has drawn its screen.
+        ed.wait_screen(lambda s: any(line.startswith("~") for line in s.splitlines()))
         w = ProcessWatcher(ToolsSettings(interval_s=0.05))
         w.baseline()
         assert ed.pid in w.root_pids
