@@ -155,12 +155,13 @@ class Tray:
         """The tray area, cropped, enlarged; returns the colour at the icon's centre.
 
         The title (a window property) can change before the redrawn icon reaches the screen, so
-        capture until two consecutive captures of the icon agree (at most about 3 s)."""
+        capture until two consecutive captures of the icon agree and it is drawn (more than one
+        colour; a loaded machine can show the empty window for a while), at most about 10 s."""
         from PIL import Image
 
         raw = out.with_suffix(".raw.png")
         previous = None
-        for _ in range(25):
+        for _ in range(50):
             x, y, w, h = self.geometry()
             subprocess.run(["import", "-window", "root", str(raw)], env=self.env, check=True, timeout=30)
             with Image.open(raw) as img:
@@ -168,7 +169,8 @@ class Tray:
             # trayer re-lays icons out after changes; a capture counts only once the icon's window
             # has its full size and neither it nor its pixels moved since the last capture
             current = ((x, y, w, h), icon)
-            if current == previous and min(w, h) >= 16:
+            drawn = len(set(icon[i:i + 3] for i in range(0, len(icon), 3))) > 1
+            if current == previous and min(w, h) >= 16 and drawn:
                 break
             previous = current
             time.sleep(0.2)
