@@ -261,26 +261,36 @@ def test_pytest_addopts_is_appended_and_restored(shell, tmp_path, spool, shells)
     sh.run("echo \"during=[$PYTEST_ADDOPTS]\" test")
     sh.run("echo \"after=[$PYTEST_ADDOPTS]\"")
     screen = sh.screen()
-    sid = next(r for r in records(spool) if isinstance(r, Start)).sid
-    assert f"during=[-q '--junitxml={spool}/{sid}.1.junit.xml'] test" in screen
+    first = next(r for r in records(spool) if isinstance(r, Start))
+    # the report of command n is <sid>.<n>.junit.xml, where the reader looks for it
+    assert f"during=[-q '--junitxml={spool}/{first.sid}.{first.n}.junit.xml'] test" in screen
     assert "after=[-q]" in screen
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_spool_is_bounded_and_drops_are_recorded(shell, tmp_path, spool, shells):
     # 4 segments of 4 KiB: ~60 records each; 300 commands overflow it with nobody reading.
+    # Some commands are long (fish measures those on their own) and the cwd changes twice (fish
+    # charges short commands by the cwd's length).
     sh = shells(tmp_path, shell, spool, spool_max_bytes=16384)
-    filler = "x" * 100
+    (tmp_path / ("d" * 120)).mkdir()
     for i in range(150):
-        sh.run(f"echo {filler}{i} > /dev/null", wait=(i % 25 == 24))
+        cmd = f"echo {'x' * (300 if i % 7 == 0 else 100)}{i} > /dev/null"
+        if i in (60, 120):
+            cmd = "cd " + ("d" * 120 if i == 60 else "..")
+        sh.run(cmd, wait=(i % 25 == 24))
     sh.run("echo done")
     total = sum(p.stat().st_size for p in spool.glob("*.rec"))
     assert total <= 16384 + 2048
     recs = records(spool)
     dropped = max([r.count for r in recs if type(r).__name__ == "Dropped"], default=0)
+    starts = [r for r in recs if isinstance(r, Start)]
     kept = len([r for r in recs if isinstance(r, (Start, End))])
     assert dropped > 0
     assert dropped + kept == 2 * 151  # every record is either still there or counted as dropped
+    assert starts[-1].cmd == "echo done"
+    assert [r.n for r in starts] == sorted({r.n for r in starts})  # numbers never repeat
+    assert {r.cwd for r in starts} >= {str(tmp_path)}
 
 
 def test_bash_history_timestamps_do_not_reach_the_record(tmp_path, spool, shells):

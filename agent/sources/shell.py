@@ -30,7 +30,9 @@ so a command's text is written raw, never escaped, in the same single write as i
     S2 <n> <t> <cwd> <form><cmd>             command n starts
     E2 <n> <t> <exit> <duration_ms>          command n ended
     D2 <total>                               the hook has dropped total S2/E2 records so far
-`n` counts the session's commands from 1 and pairs S2 with E2. `t` is the shell's own wall clock,
+`n` pairs S2 with E2 and grows within a session: bash and zsh count commands from 1; fish,
+which has no arithmetic without a command substitution, hands numbers out in blocks of up to
+100 (100-199, 200-299, ...) and skips the rest of a block when it starts a new one. `t` is the shell's own wall clock,
 seconds with a fraction (`.` or `,`; bash EPOCHREALTIME, zsh zsh/datetime); fish has no builtin
 clock, so its `t` is empty, its E2 carries `duration_ms` ($CMD_DURATION), and the reader stamps the
 time it reads the record. `<interactive>` is 1 or 0. `cwd` is escaped (\\\\ \\n \\t \\r, the rest
@@ -53,6 +55,9 @@ increase. (A segment the reader had half-consumed before it stopped is counted i
 cannot see a line's full text without writing it, so it counts a start record's size from the
 line's first simple command ($BASH_COMMAND): a line of many commands can overrun the bound by its
 remaining text.
+fish charges each block of numbers up front for the longest record a short command (under 256
+characters, 4 bytes each) can make in the current cwd, and a longer command for its own
+length; so its segments stay under the bound but usually hold fewer bytes than it allows.
 
 Version 1 (one LF-ended line per record, `S1 <enc> <sid> ...`) is still read from segments whose
 first record is a version 1 record, so shells that loaded an older hook keep being captured.
