@@ -13,7 +13,8 @@
 # - the segment's size is charged per refill: each short command (under __tc_shortmax characters,
 #   told by a glob in a `switch`, which is no command) is charged the most bytes it can take (4 a
 #   character, the cwd and the fields); a longer command is measured on its own;
-# - the cwd is escaped when $PWD changes (an --on-variable handler), not per command;
+# - a change of $PWD (an --on-variable handler) sets the list aside, so the next command refills
+#   and the refill escapes the new cwd: nothing is done for the cwd per command;
 # - the pytest report path is put back by a postexec handler that exists only until then.
 # The rare work (refill, rotation, a new cwd) is in functions of its own. Records are one `printf`
 # of one string whose field separators are literal TABs.
@@ -49,15 +50,25 @@ if not set -q __tracecap_loaded
     set -g __tc_pre $__tc_head
     set -g __tc_cwd
 
-    function __tc_cd --on-variable PWD # __tc_cwd: $PWD escaped to one field (\ \n \t \r)
+    # $PWD changed (a loop may cd many times a command): only set the numbers left aside, so that the
+    # next command refills, and the refill escapes the new cwd (__tc_cwd_set) and charges for it.
+    function __tc_cd --on-variable PWD
+        set -q __tc_q[1]; or return
+        set -g __tc_held $__tc_q
+        set -g __tc_q
+    end
+
+    function __tc_cwd_set # __tc_cwd: $PWD escaped to one field (\ \n \t \r), and its charge
+        __tc_return # numbers charged for the old cwd's length
+        set -g __tc_pwd $PWD
         set -g __tc_cwd (string replace -a -- \\ \\\\ $PWD | string replace -a -- \t \\t \
             | string replace -a -- \r \\r | string join \\n)
-        __tc_return # the charge per command changes with the cwd's length
         set -g __tc_b (math 4 \* $__tc_shortmax + 4 \* (string length -- "$__tc_cwd") + 90)
     end
 
     function __tc_return # give back the numbers not handed out, and their charge
-        set -l k (count $__tc_q)
+        set -l k (count $__tc_q $__tc_held)
+        set -g __tc_held
         set -g __tc_bytes (math $__tc_bytes - $k \* $__tc_b)
         set -g __tc_issued (math $__tc_issued + $__tc_given - $k)
         set -g __tc_given 0
@@ -101,6 +112,7 @@ if not set -q __tracecap_loaded
     end
 
     function __tc_refill # hand out the next numbers (up to 100), charged to the segment; 1: none
+        test "$PWD" = "$__tc_pwd"; or __tc_cwd_set
         __tc_return
         set -l k (math "min(100, floor(($__tc_segmax - $__tc_bytes) / $__tc_b))")
         if test $k -lt 1
@@ -181,5 +193,7 @@ if not set -q __tracecap_loaded
         and printf '%s\0' "E2	$__tc_i		$s	$CMD_DURATION" >>$__tc_f
     end
 
-    __tc_cd
+    set -g __tc_held # numbers set aside by __tc_cd, still to give back
+    set -g __tc_pwd
+    __tc_cwd_set
 end
