@@ -273,11 +273,14 @@ def test_spool_is_bounded_and_drops_are_recorded(shell, tmp_path, spool, shells)
     # Some commands are long (fish measures those on their own) and the cwd changes twice (fish
     # charges short commands by the cwd's length).
     sh = shells(tmp_path, shell, spool, spool_max_bytes=16384)
-    (tmp_path / ("d" * 120)).mkdir()
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    cwd_of = {"echo done": str(tmp_path)}  # each command's text: the cwd it ran in
     for i in range(150):
         cmd = f"echo {'x' * (300 if i % 7 == 0 else 100)}{i} > /dev/null"
         if i in (60, 120):
             cmd = "cd " + ("d" * 120 if i == 60 else "..")
+        cwd_of[cmd] = str(deep if 60 < i <= 120 else tmp_path)
         sh.run(cmd, wait=(i % 25 == 24))
     sh.run("echo done")
     total = sum(p.stat().st_size for p in spool.glob("*.rec"))
@@ -290,7 +293,7 @@ def test_spool_is_bounded_and_drops_are_recorded(shell, tmp_path, spool, shells)
     assert dropped + kept == 2 * 151  # every record is either still there or counted as dropped
     assert starts[-1].cmd == "echo done"
     assert [r.n for r in starts] == sorted({r.n for r in starts})  # numbers never repeat
-    assert {r.cwd for r in starts} >= {str(tmp_path)}
+    assert [r.cwd for r in starts] == [cwd_of[r.cmd] for r in starts]
 
 
 def test_bash_history_timestamps_do_not_reach_the_record(tmp_path, spool, shells):

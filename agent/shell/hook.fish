@@ -37,6 +37,7 @@ if not set -q __tracecap_loaded
     set -g __tc_r 0
     set -g __tc_b 0 # bytes charged per number handed out (the longest short command's record)
     set -g __tc_i # the number of the command running, empty when none is
+    set -g __tc_held # numbers set aside by __tc_cd, still to give back
     set -g __tc_given 0 # how many numbers the current __tc_q started with
     set -g __tc_issued 0 # numbers used before those (each by a command started)
     set -g __tc_seg 0
@@ -48,6 +49,7 @@ if not set -q __tracecap_loaded
     set -g __tc_head "H2	$__tc_sid	$fish_pid	$__tc_inter	fish"
     # Records still to write before the next one: the header of a new segment, and its drop total.
     set -g __tc_pre $__tc_head
+    set -g __tc_pwd # the $PWD that __tc_cwd escapes
     set -g __tc_cwd
 
     # $PWD changed (a loop may cd many times a command): only set the numbers left aside, so that the
@@ -193,7 +195,5 @@ if not set -q __tracecap_loaded
         and printf '%s\0' "E2	$__tc_i		$s	$CMD_DURATION" >>$__tc_f
     end
 
-    set -g __tc_held # numbers set aside by __tc_cd, still to give back
-    set -g __tc_pwd
     __tc_cwd_set
 end

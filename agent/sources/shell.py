@@ -32,8 +32,8 @@ so a command's text is written raw, never escaped, in the same single write as i
     D2 <total>                               the hook has dropped total S2/E2 records so far
 `n` pairs S2 with E2 and grows within a session: bash and zsh count commands from 1; fish,
 which has no arithmetic without a command substitution, hands numbers out in blocks of up to
-100 (100-199, 200-299, ...) and skips the rest of a block when it starts a new one. `t` is the shell's own wall clock,
-seconds with a fraction (`.` or `,`; bash EPOCHREALTIME, zsh zsh/datetime); fish has no builtin
+100 (100-199, 200-299, ...) and skips the rest of a block when it starts a new one. `t` is the
+shell's own wall clock, seconds with a fraction (`.` or `,`; bash EPOCHREALTIME, zsh zsh/datetime); fish has no builtin
 clock, so its `t` is empty, its E2 carries `duration_ms` ($CMD_DURATION), and the reader stamps the
 time it reads the record. `<interactive>` is 1 or 0. `cwd` is escaped (\\\\ \\n \\t \\r, the rest
 literal). `<form>` is one letter: `r` the text follows raw; `h` what follows is bash's `history 1`
