@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands.tray import X11_TILE
 from agent.tray import ERROR, OFF, PAUSED, RECORDING, TrayController
 from tests.xdisplay import start_xvfb
 
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 TRACECAP = shutil.which("tracecap", path=os.path.dirname(sys.executable)) or "tracecap"
 PANEL_HEIGHT = 26  # trayer's border is 1 px, so the icon window is 24x24: square, not stretched
+SCREEN = (1024, 768)
 SCALE = 4  # screenshots are enlarged with nearest-neighbour so every pixel stays what X drew
 
 
@@ -45,24 +47,39 @@ def wait_for(pred, timeout: float, what):
 @pytest.fixture(scope="module")
 def xdisplay(tmp_path_factory):
     """Xvfb on a display number it picks itself (-displayfd), with trayer docked at the top right."""
-    xvfb, display = start_xvfb("1024x768x24")
+    xvfb, display = start_xvfb("%dx%dx24" % SCREEN)
     procs = [xvfb]
     try:
         env = dict(os.environ, DISPLAY=display)
-        trayer = subprocess.Popen(["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
-                                   "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
-                                   "--transparent", "false", "--tint", "0x2b2b2b"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(trayer)
-        wait_for(lambda: _xdo(env, "search", "--classname", "panel"), 15, "trayer's panel")
+        procs.append(start_trayer(env, tmp_path_factory.mktemp("trayer")))
         yield env
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            _end(p)
+
+
+def start_trayer(env: dict, logs: Path) -> subprocess.Popen:
+    """trayer, the XEMBED system tray, as a panel at the top right; returns once its panel is up."""
+    log = logs / "trayer.log"
+    with open(log, "ab") as out:
+        trayer = subprocess.Popen(["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
+                                   "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
+                                   "--transparent", "false", "--tint", "0x2b2b2b"], env=env,
+                                  stdout=out, stderr=out)
+    wait_for(lambda: _xdo(env, "search", "--classname", "panel") or trayer.poll() is not None, 15,
+             lambda: f"trayer's panel: {log.read_text(errors='replace')!r}")
+    assert trayer.poll() is None, f"trayer exited {trayer.returncode}: {log.read_text(errors='replace')!r}"
+    return trayer
+
+
+def _end(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
 
 
 def _xdo(env, *args) -> str:
@@ -116,21 +133,29 @@ def daemon(tmp_path):
 
 @pytest.fixture
 def tray(xdisplay, daemon):
-    env = dict(daemon.env, DISPLAY=xdisplay["DISPLAY"])
-    err = open(daemon.home / "tray.stderr", "wb")
-    proc = subprocess.Popen([TRACECAP, "tray", "--interval", "0.5"], env=env, stdout=err, stderr=err,
-                            stdin=subprocess.DEVNULL)
+    t = start_tray(dict(daemon.env, DISPLAY=xdisplay["DISPLAY"]), daemon.home)
     try:
-        wid = wait_for(lambda: _xdo(env, "search", "--classname", "tracecap"), 20, "the tray icon window")
-        yield Tray(proc, env, wid.split()[0], daemon.home / "tray.stderr")
+        yield t
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        _end(t.proc)
+
+
+def start_tray(env: dict, home: Path) -> "Tray":
+    """`tracecap tray` as its own process; returns once its icon window exists."""
+    with open(home / "tray.stderr", "wb") as err:
+        proc = subprocess.Popen([TRACECAP, "tray", "--interval", "0.5"], env=env, stdout=err,
+                                stderr=err, stdin=subprocess.DEVNULL)
+    def said() -> str:
+        return (home / "tray.stderr").read_text(errors="replace")
+
+    try:
+        wid = wait_for(lambda: _xdo(env, "search", "--classname", "tracecap") or proc.poll() is not None,
+                       20, lambda: f"the tray icon window (the tray said {said()!r})")
+        assert proc.poll() is None, f"the tray exited {proc.returncode}: {said()!r}"
+    except BaseException:
+        _end(proc)
+        raise
+    return Tray(proc, env, wid.split()[0], home / "tray.stderr")
 
 
 class Tray:
@@ -143,6 +168,14 @@ class Tray:
     def wait_title(self, prefix: str, timeout: float = 10) -> str:
         return wait_for(lambda: (t := self.title()).startswith(prefix) and t, timeout,
                         lambda: f"the tray to show {prefix!r} (it shows {self.title()!r})")
+
+    def docked(self) -> bool:
+        """In trayer's panel at the top right, at full size, inside a window of the tray."""
+        out = subprocess.run(["xwininfo", "-id", self.wid], env=self.env, capture_output=True,
+                             text=True, timeout=15).stdout
+        x, y, w, h = self.geometry()
+        return ("Map State: IsViewable" in out and x >= SCREEN[0] - 100 and y < PANEL_HEIGHT
+                and min(w, h) >= 16 and "(the root window)" not in _parent(self.env, self.wid))
 
     def geometry(self) -> tuple[int, int, int, int]:
         out = subprocess.run(["xwininfo", "-id", self.wid], env=self.env, capture_output=True,
@@ -174,6 +207,9 @@ class Tray:
                 break
             previous = current
             time.sleep(0.2)
+        else:
+            raise AssertionError(f"the icon at {x},{y} {w}x{h} was not drawn and still within "
+                                 f"10 s:\n{self.diagnose()}")
         pad = 6
         left, width = max(0, x - pad * 3), w + pad * 4
         subprocess.run(["convert", str(raw), "-crop", f"{width}x{PANEL_HEIGHT}+{left}+0", "+repage",
@@ -183,8 +219,22 @@ class Tray:
             self.last_icon_pixels = [rgb.getpixel((i, j)) for j in range(y, y + h) for i in range(x, x + w)]
             return rgb.getpixel((x + w // 2, y + h // 2))
 
+    def diagnose(self) -> str:
+        """What X says of the icon window and its parents, and what the tray printed."""
+        def run(*cmd: str) -> str:
+            r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=15)
+            return r.stdout + r.stderr
+        return "\n".join([run("xwininfo", "-root", "-tree"), run("xwininfo", "-id", self.wid),
+                          run("xprop", "-id", self.wid), self.stderr_path.read_text(errors="replace")])
+
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+def _parent(env: dict, wid: str) -> str:
+    out = subprocess.run(["xwininfo", "-children", "-id", wid], env=env, capture_output=True,
+                         text=True, timeout=15).stdout
+    return next((line for line in out.splitlines() if "Parent window id" in line), "")
 
 
 def _keep(shot: Path) -> None:
@@ -270,6 +320,7 @@ def test_clicking_the_icon_opens_the_menu_and_its_items_work(tray, daemon):
     """The real menu: left click on the icon, then click "Pause 15 minutes" in the popup."""
     assert daemon.cli("opt-in").returncode == 0
     tray.wait_title("tracecap: recording")
+    wait_for(tray.docked, 15, lambda: f"the icon to dock:\n{tray.diagnose()}")
     x, y, w, h = tray.geometry()
 
     def visible_menu() -> str:
@@ -307,3 +358,26 @@ def _events(daemon: Daemon) -> list[dict]:
     r = daemon.cli("log", "--json")
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_the_icon_docks_into_a_tray_that_starts_after_it_and_into_a_restarted_one(daemon, tmp_path):
+    """At login the tray icon can start before the desktop's panel, and panels restart: the icon
+    appears in whichever tray takes the system tray selection, whenever it does."""
+    xvfb, display = start_xvfb("%dx%dx24" % SCREEN)
+    procs = [xvfb]
+    try:
+        tray = start_tray(dict(daemon.env, DISPLAY=display), daemon.home)
+        procs.append(tray.proc)
+        time.sleep(1.5)  # it has looked for a tray, found none and drawn nothing
+        assert not tray.docked()
+        for round_ in ("first", "restarted"):
+            trayer = start_trayer(tray.env, tmp_path)
+            procs.append(trayer)
+            wait_for(tray.docked, 15, lambda: f"the icon to dock into the {round_} tray:\n{tray.diagnose()}")
+            assert tray.screenshot(tmp_path / f"{round_}.png") == X11_TILE  # off: the ring's hollow
+            assert tray.alive(), tray.stderr_path.read_text()
+            _end(trayer)
+        assert tray.alive(), tray.stderr_path.read_text()
+    finally:
+        for p in reversed(procs):
+            _end(p)

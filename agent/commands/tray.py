@@ -85,48 +85,97 @@ def _is_xorg(icon: Any) -> bool:
     return type(icon).__module__.endswith("._xorg")
 
 
-def _xorg_update_channel(icon: Any, apply: Any) -> Any:
-    """Run icon updates on pystray's own X event loop.
+class XorgLoop:
+    """Icon updates and docking on pystray's own X event loop (its `xorg` backend).
 
-    pystray's xorg backend carries a cross-thread update to its loop over the loop's own Xlib
-    connection and then blocks on a queue for the reply; python-xlib connections are not safe to
-    share between threads, and a lost reply leaves the status thread blocked for good (the icon
-    then stops changing). Instead the status thread keeps the latest snapshot and pokes the icon
-    window with a ClientMessage of our own atom over a second, private connection; the loop's
-    handler applies the snapshot in the loop's thread, where pystray's setters run directly.
-    Must be called before `icon.run()`, from the thread that will run the loop."""
-    import Xlib.X
-    import Xlib.display
-    import Xlib.protocol.event
+    Updates: pystray carries a cross-thread update to its loop over the loop's own Xlib connection
+    and then blocks on a queue for the reply; python-xlib connections are not safe to share
+    between threads, and a lost reply leaves the status thread blocked for good (the icon then
+    stops changing). Instead `update` keeps the latest snapshot and pokes the icon window with a
+    ClientMessage of our own atom over a second, private connection; the loop's handler applies
+    the snapshot in the loop's thread, where pystray's setters run directly.
 
-    atom = icon._display.intern_atom("_TRACECAP_TRAY_REFRESH")
-    latest: list[Any] = []
-    lock = threading.Lock()
-    original = icon._message_handlers.get(Xlib.X.ClientMessage)
+    Docking: pystray's `visible = True` asks the tray to dock the icon twice in a row (once to
+    draw it, once to show it), from the setup thread, which may run before the loop has noted its
+    own thread; a tray host given the second request while embedding the first can leave the
+    icon undocked, and nothing asks again. `show` instead asks once, from the loop. pystray also
+    asks only when the icon is shown: started before the desktop's tray (a login race) or outliving
+    it (the panel restarts), the icon would never appear. The system tray spec has a new tray
+    announce itself with a MANAGER message to the root window; on it the icon asks that tray.
 
-    def on_client_message(event: Any) -> None:
-        if event.client_type != atom:
-            if original is not None:
-                original(event)
-            return
-        with lock:
-            snap = latest.pop() if latest else None
-        if snap is not None:
-            apply(snap)
+    Must be made before `icon.run()`, in the thread that will run the loop."""
 
-    icon._message_handlers[Xlib.X.ClientMessage] = on_client_message
-    sender = Xlib.display.Display()
-    window = sender.create_resource_object("window", icon._window.id)
+    def __init__(self, icon: Any, apply: Any) -> None:
+        import Xlib.X
+        import Xlib.display
 
-    def on_change(snap: Any) -> None:
-        with lock:
-            latest[:] = [snap]
-        event = Xlib.protocol.event.ClientMessage(window=window, client_type=atom,
-                                                  data=(32, [0, 0, 0, 0, 0]))
-        window.send_event(event, event_mask=Xlib.X.NoEventMask)
-        sender.flush()
+        self.icon, self.apply = icon, apply
+        display = icon._display
+        self._refresh = display.intern_atom("_TRACECAP_TRAY_REFRESH")
+        self._show = display.intern_atom("_TRACECAP_TRAY_SHOW")
+        self._manager = display.intern_atom("MANAGER")
+        display.screen().root.change_attributes(event_mask=Xlib.X.StructureNotifyMask)
+        display.flush()
+        self._latest: list[Any] = []
+        self._lock = threading.Lock()
+        self._original = icon._message_handlers.get(Xlib.X.ClientMessage)
+        icon._message_handlers[Xlib.X.ClientMessage] = self._on_client_message
+        icon._message_handlers[Xlib.X.DestroyNotify] = self._on_destroy_notify
+        self._sender = Xlib.display.Display()
+        self._window = self._sender.create_resource_object("window", icon._window.id)
 
-    return on_change
+    def show(self) -> None:
+        """Dock the icon: from any thread."""
+        self._poke(self._show)
+
+    def update(self, snap: Any) -> None:
+        """Show the snapshot: from any thread; only the latest one counts."""
+        with self._lock:
+            self._latest[:] = [snap]
+        self._poke(self._refresh)
+
+    def _poke(self, atom: int) -> None:
+        import Xlib.X
+        import Xlib.protocol.event
+
+        with self._lock:
+            event = Xlib.protocol.event.ClientMessage(window=self._window, client_type=atom,
+                                                      data=(32, [0, 0, 0, 0, 0]))
+            self._window.send_event(event, event_mask=Xlib.X.NoEventMask)
+            self._sender.flush()
+
+    # In the loop's thread:
+
+    def _on_client_message(self, event: Any) -> None:
+        kind = event.client_type
+        if kind == self._refresh:
+            with self._lock:
+                snap = self._latest.pop() if self._latest else None
+            if snap is not None:
+                self.apply(snap)
+        elif kind == self._show:
+            self.icon._icon_valid = True
+            self.icon._visible = True
+            self._dock()
+        elif kind == self._manager:
+            if self.icon._visible and event.data[1][1] == self.icon._net_system_tray_sx:
+                self._dock()
+        elif self._original is not None:
+            self._original(event)
+
+    def _on_destroy_notify(self, event: Any) -> None:
+        # The tray went away. (pystray's own handler reads the id of a tray it may no longer
+        # have, which ends the loop.)
+        gone = self.icon._systray_manager
+        if gone is not None and event.window.id == gone.id:
+            self._dock()
+
+    def _dock(self) -> None:
+        self.icon._systray_manager = None
+        try:
+            self.icon._assert_docked()
+        except AssertionError:  # no tray now: the next one's MANAGER message docks the icon
+            pass
 
 
 def cmd_tray(args: argparse.Namespace) -> int:
@@ -177,10 +226,14 @@ def cmd_tray(args: argparse.Namespace) -> int:
         icon._draw()
         icon.title = snap.tooltip
 
-    on_change = _xorg_update_channel(icon, apply_xorg) if _is_xorg(icon) else apply
+    loop = XorgLoop(icon, apply_xorg) if _is_xorg(icon) else None
+    on_change = loop.update if loop is not None else apply
 
     def setup(icon: Any) -> None:
-        icon.visible = True
+        if loop is not None:
+            loop.show()
+        else:
+            icon.visible = True
         threading.Thread(target=ctl.watch, args=(stop, on_change, args.interval),
                          name="tray-status", daemon=True).start()
 
