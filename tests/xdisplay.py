@@ -1,5 +1,7 @@
 """A real X server for tests and benchmarks: Xvfb with the RECORD extension on a display number it
-picks itself (-displayfd), so parallel runs never collide."""
+picks itself (-displayfd), so parallel runs never collide, and with -noreset: by default an X server
+resets when its last client disconnects, and a client connecting meanwhile (xdotool polling while
+a program starts) is refused with "cannot open display"."""
 from __future__ import annotations
 
 import os
@@ -12,7 +14,7 @@ def start_xvfb(screen: str = "800x600x24", timeout: float = 15.0) -> tuple[subpr
     not report a display within `timeout`."""
     r, w = os.pipe()
     xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", screen,
-                             "+extension", "RECORD", "-nolisten", "tcp"], pass_fds=(w,),
+                             "+extension", "RECORD", "-nolisten", "tcp", "-noreset"], pass_fds=(w,),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     number = b""
