@@ -5,8 +5,9 @@ order to readers (the bundler, `tracecap log`). Promises:
 - `seq` is per device, strictly increasing, persisted, and never reused after a stop, crash or
   restart; readers only ever see records that are on disk and fsynced, so a seq they saw can never
   be handed out again.
-- Durability is batched: records are fsynced at most `fsync_ms` after they are written, and on
-  `flush()`/`stop()`. `append(..., durable=True)` returns a ticket whose `wait()` returns the seq only
+- Durability is batched: records are fsynced at most `fsync_ms` after they are written, at once
+  when the reorder buffer has nothing left to write after them (the end of a burst, or a lone
+  event), and on `flush()`/`stop()`. `append(..., durable=True)` returns a ticket whose `wait()` returns the seq only
   once its record is fsynced (what `tracecap note` acknowledges); a batch holding such a ticket is
   fsynced as soon as it is written.
 - Ordering across sources: each event is held in a reorder buffer until `reorder_ms` has passed since
@@ -382,16 +383,18 @@ class Journal:
                         self._cond.wait(self._next_wait(dirty_since))
                         batch = self._take_releasable()
                 stopping, sync_now = self._stopping, self._sync_now
+                drained = not self._heap
             try:
                 with self._io_lock:
                     if batch or self._held_batch:
                         self._write_batch(batch)
                         if dirty_since is None:
                             dirty_since = time.monotonic()
-                    # A durable ticket (an acknowledgement someone waits on) is synced at once;
-                    # everything else waits out the batching interval.
+                    # A durable ticket (an acknowledgement someone waits on) is synced at once,
+                    # and so is the end of a burst (nothing left waiting to be written: no later
+                    # record would share the fsync); the rest waits out the batching interval.
                     if dirty_since is not None and (
-                            stopping or sync_now or self._pending_tickets
+                            stopping or sync_now or self._pending_tickets or (batch and drained)
                             or time.monotonic() - dirty_since >= self.fsync_s):
                         self._sync()
                         dirty_since = None
