@@ -287,15 +287,15 @@ class ProcessWatcher:
         if is_own_process(pid, argv, self._own, self._parents):
             self._own.add(pid)
             return
-        # A shell's fork seen before it execs looks exactly like its shell: track it as a
-        # candidate (an exec turns it into the real program; `_finish` drops it if none came).
-        fork = parent_root is not None and is_shell_fork(name, argv, parent_root.name,
-                                                         parent_root.argv)
+        # A shell's or an editor's fork seen before it execs (vim's `:!make`) looks exactly like
+        # its parent: track it as a candidate (an exec turns it into the real program; `_finish`
+        # drops it if none came).
+        fork = parent_root is not None and is_unexeced_fork(name, argv, parent_root)
         if not fork and self._register_root(pid, name, argv, has_tty, parent_root):
             return
         if parent_root is None or not track:
             return
-        if parent_root.kind == "editor" and editor_name(name, argv) == parent_root.name:
+        if not fork and parent_root.kind == "editor" and editor_name(name, argv) == parent_root.name:
             return  # an editor's own helper (Electron renderer, vim job): part of the editor
         if parent_root.kind == "shell" and parent_root.session is None:
             # The hook writes its spool file at the shell's first command, which may come after
@@ -425,11 +425,19 @@ class ProcessWatcher:
 
     def _finish(self, t: _Tracked, now_ns: int, finished: list[dict[str, Any]]) -> None:
         self._tracked.pop(t.pid, None)
-        if is_shell_fork(t.name, t.argv, t.root.name, t.root.argv):
+        if is_unexeced_fork(t.name, t.argv, t.root):
             return
         if not executable_selected(t.exe, t.name, self.settings.allow, self.settings.deny):
             return
         finished.append(invocation_data(t, now_ns, self._clock_skew))
+
+
+def is_unexeced_fork(name: str, argv: list[str], root: _Root) -> bool:
+    """A root's own fork that has not exec'd (or never did): a shell's subshell or pipeline stage,
+    an editor's child on its way to running a command."""
+    if root.kind == "editor":
+        return list(argv) == list(root.argv)
+    return is_shell_fork(name, argv, root.name, root.argv)
 
 
 def _last_pid() -> int | None:
