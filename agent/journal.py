@@ -7,9 +7,9 @@ order to readers (the bundler, `tracecap log`). Promises:
   be handed out again.
 - Durability is batched: records are fsynced at most `fsync_ms` after they are written, at once
   when the reorder buffer has nothing left to write after them (the end of a burst, or a lone
-  event), and on `flush()`/`stop()`. `append(..., durable=True)` returns a ticket whose `wait()` returns the seq only
-  once its record is fsynced (what `tracecap note` acknowledges); a batch holding such a ticket is
-  fsynced as soon as it is written.
+  event), and on `flush()`/`stop()`. `append(..., durable=True)` returns a ticket whose `wait()`
+  returns the seq only once its record is fsynced (what `tracecap note` acknowledges); a batch
+  holding such a ticket is fsynced as soon as it is written.
 - Ordering across sources: each event is held in a reorder buffer until `reorder_ms` has passed since
   its `ts` (or since it arrived, whichever comes first), and the buffer releases in `ts` order. So
   two events whose `ts` differ and that both reach the journal within `reorder_ms` of happening get

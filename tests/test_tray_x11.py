@@ -145,6 +145,7 @@ def start_tray(env: dict, home: Path) -> "Tray":
     with open(home / "tray.stderr", "wb") as err:
         proc = subprocess.Popen([TRACECAP, "tray", "--interval", "0.5"], env=env, stdout=err,
                                 stderr=err, stdin=subprocess.DEVNULL)
+
     def said() -> str:
         return (home / "tray.stderr").read_text(errors="replace")
 
@@ -171,18 +172,18 @@ class Tray:
 
     def docked(self) -> bool:
         """In trayer's panel at the top right, at full size, inside a window of the tray."""
-        out = subprocess.run(["xwininfo", "-id", self.wid], env=self.env, capture_output=True,
-                             text=True, timeout=15).stdout
-        x, y, w, h = self.geometry()
-        return ("Map State: IsViewable" in out and x >= SCREEN[0] - 100 and y < PANEL_HEIGHT
-                and min(w, h) >= 16 and "(the root window)" not in _parent(self.env, self.wid))
+        field = self._xwininfo("-children", "-stats")
+        x, y, w, h = _geometry(field)
+        return (field["Map State"] == "IsViewable" and x >= SCREEN[0] - 100 and y < PANEL_HEIGHT
+                and min(w, h) >= 16 and "(the root window)" not in field["Parent window id"])
 
     def geometry(self) -> tuple[int, int, int, int]:
-        out = subprocess.run(["xwininfo", "-id", self.wid], env=self.env, capture_output=True,
-                             text=True, timeout=15).stdout
-        field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
-        return (int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"]),
-                int(field["Width"]), int(field["Height"]))
+        return _geometry(self._xwininfo())
+
+    def _xwininfo(self, *options: str) -> dict[str, str]:
+        out = subprocess.run(["xwininfo", *options, "-id", self.wid], env=self.env,
+                             capture_output=True, text=True, timeout=15).stdout
+        return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
     def screenshot(self, out: Path) -> tuple[int, int, int]:
         """The tray area, cropped, enlarged; returns the colour at the icon's centre.
@@ -231,10 +232,9 @@ class Tray:
         return self.proc.poll() is None
 
 
-def _parent(env: dict, wid: str) -> str:
-    out = subprocess.run(["xwininfo", "-children", "-id", wid], env=env, capture_output=True,
-                         text=True, timeout=15).stdout
-    return next((line for line in out.splitlines() if "Parent window id" in line), "")
+def _geometry(field: dict[str, str]) -> tuple[int, int, int, int]:
+    return (int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"]),
+            int(field["Width"]), int(field["Height"]))
 
 
 def _keep(shot: Path) -> None:
