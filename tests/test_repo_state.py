@@ -249,3 +249,32 @@ def test_chain_breaks_and_omitted_diffs_say_why(world):
     wait_for(d, lambda e: saved(e, "a.py", "after = 1"))
     rebuilt = replay(repo, settle(d), str(repo), tmp / "again")
     assert tree(rebuilt) == tree(repo)
+
+
+def test_at_content_level_metadata_states_and_saves_carry_no_content(tmp_path):
+    from redaction import Redactor
+
+    from agent.sources.files import FilesSource
+    from agent.sources.git import GitSource
+    from agent.sources.git_state import RepoStates
+    from tests.test_files_helpers import Recorder, Running, init_repo, make_context
+
+    repo = init_repo(tmp_path / "src" / "app", {"a.py": "a = 1\n"})
+    (repo / "a.py").write_text("a = 2\n")
+    redactor = Redactor.from_policy({"content": "metadata"}, hmac_key=b"k" * 32)
+    shared, rec = RepoStates(), Recorder()
+    policy = {"capture": {"roots": [str(tmp_path / "src")], "debounce_ms": 100}}
+    sources = []
+    for name, cls in (("git", GitSource), ("files", FilesSource)):
+        ctx = make_context(tmp_path, policy, rec, name, redactor=redactor)
+        ctx.repo_states = shared
+        sources.append(cls(ctx))
+    with Running(sources[0]) as g, Running(sources[1]) as f:
+        g.wait_ready(lambda: shared.current(repo) is not None)
+        f.wait_ready(lambda: repo in sources[1].repos)
+        (repo / "a.py").write_text("a = 3\n")
+        rec.wait_for(lambda ev: any(k == "file.save" for k, _, _ in ev))
+    (state,) = rec.data("repo.state")
+    assert state["diff_omitted"] == "metadata" and "diff" not in state
+    (save,) = rec.data("file.save")
+    assert save["chain_break"] == "metadata" and "diff" not in save
