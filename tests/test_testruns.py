@@ -62,7 +62,7 @@ def test_surefire_report():
 def test_pytest_report_and_as_data():
     data = parse_junit(PYTEST).as_data()
     assert data["passed"] == 1 and data["failed"] == 1 and data["skipped"] == 0
-    assert data["failures"][0]["name"] == "test_m::test_bad"
+    assert data["failures"][0]["name"] == "test_m.py::test_bad"  # named as in `tests`
     assert "assert 1 == 2" in data["failures"][0]["message"]
 
 
