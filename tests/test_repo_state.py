@@ -231,6 +231,14 @@ def test_chain_breaks_and_omitted_diffs_say_why(world):
     git(repo, "commit", "-qm", "again", "--allow-empty")
     evs = wait_for(d, lambda e: len(states(e, repo)) == 3)
     assert states(evs, repo)[2]["data"]["diff_omitted"] == "redacted"
+    # A save of a file whose change that state left out: its base is unknown to a replay.
+    with open(repo / "b.py", "a") as f:
+        f.write("c = 3\n")
+    evs = wait_for(d, lambda e: saved(e, "b.py", "c = 3"))
+    after = states(evs, repo)[2]["seq"]
+    first_b = next(e["data"] for e in evs if e["kind"] == "file.save" and e["seq"] > after
+                   and e["data"]["path"] == "b.py")
+    assert first_b["chain_break"] == "unknown_base"
     (repo / "big.txt").write_text("y" * 10_000 + "\n")
     git(repo, "checkout", "-q", "--", "b.py")
     git(repo, "commit", "-qm", "third", "--allow-empty")

@@ -588,7 +588,10 @@ class FilesSource:
 
     def _redact(self, text: str) -> _Content:
         result = self.ctx.redactor.redact_text(text)
-        return _Content(result.text, redacted_lines(text, result.findings, self._line_key), None)
+        findings = getattr(result, "findings", None)
+        if findings is None:  # a redactor that does not say where: any line may have changed
+            return _Content(result.text, CLEAN if result.text == text else Redacted(None, b""), None)
+        return _Content(result.text, redacted_lines(text, findings, self._line_key), None)
 
     def _base(self, repo: _Repo, rel: str, state: RepoState | None) -> _Base:
         """What the save of `rel` diffs against. Within a state's chain: the version captured
