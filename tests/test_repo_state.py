@@ -286,3 +286,21 @@ def test_at_content_level_metadata_states_and_saves_carry_no_content(tmp_path):
     assert state["diff_omitted"] == "metadata" and "diff" not in state
     (save,) = rec.data("file.save")
     assert save["chain_break"] == "metadata" and "diff" not in save
+
+
+def test_before_the_first_commit_the_index_is_diffed_against_the_empty_tree(tmp_path):
+    from agent.sources.git_state import read_repo_state
+    from tests.test_files_helpers import make_redactor
+
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.py").write_text("a = 1\n")
+    (repo / "untracked.py").write_text("u = 1\n")
+    git(repo, "add", "a.py")
+    data, state = read_repo_state(repo, "main", make_redactor(), 1 << 20, 1)
+    assert data["head"] is None and data["branch"] == "main"
+    assert "+a = 1" in data["diff"] and "untracked" not in data["diff"]
+    assert list(state.sections) == ["a.py"]
+    data, _ = read_repo_state(tmp_path / "not-a-repo", None, make_redactor(), 1 << 20, 1)
+    assert data["diff_omitted"] == "error" and "diff" not in data
