@@ -337,3 +337,27 @@ def test_a_version_gone_from_the_cache_is_replaced_by_heads_blob_not_the_state(t
     events = [{"seq": i + 1, "kind": k, "data": d} for i, (k, d, _) in enumerate(rec.events)]
     rebuilt = replay(repo, events, str(repo), tmp_path / "rebuilt")
     assert tree(rebuilt) == tree(repo)
+
+
+def test_a_repo_that_appears_under_the_roots_gets_a_state_and_another_after_its_first_commit(tmp_path):
+    from agent.sources.git import GitSource
+    from tests.test_files_helpers import Recorder, Running, make_context
+
+    (tmp_path / "src").mkdir()
+    rec = Recorder()
+    src = GitSource(make_context(tmp_path, {"capture": {"roots": [str(tmp_path / "src")]}}, rec, "git"))
+    with Running(src) as r:
+        r.wait_ready(lambda: src._watcher is not None and src.roles)
+        repo = tmp_path / "src" / "late"
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        rec.wait_for(lambda ev: any(k == "repo.state" for k, _, _ in ev))
+        (repo / "a.py").write_text("a = 1\n")
+        git(repo, "add", "a.py")
+        git(repo, "commit", "-qm", "first")
+        head = git(repo, "rev-parse", "HEAD").strip()
+        rec.wait_for(lambda ev: any(k == "repo.state" and d["head"] == head for k, d, _ in ev))
+    kinds = [k for k, _, _ in rec.events]
+    assert kinds.index("git.commit") < len(kinds) - 1 - kinds[::-1].index("repo.state")
+    first = rec.data("repo.state")[0]
+    assert first["repo"] == str(repo) and first["head"] is None and first["diff"] == ""

@@ -284,8 +284,13 @@ class GitSource:
         writes a reflog entry before it moves the ref the entry is about: wait (briefly) until
         HEAD is where the entry says, so the state is not of the moment before."""
         deadline = time.monotonic() + HEAD_SETTLE_S
-        while expect is not None and time.monotonic() < deadline:
-            if not (repo.dirs.git_dir / "HEAD.lock").exists() and head_sha(repo.dirs) == expect:
+        while time.monotonic() < deadline:
+            # A repo seen the moment `git init` made its .git is not one to git until HEAD,
+            # objects and refs exist.
+            ready = (repo.dirs.git_dir / "HEAD").exists() and (repo.dirs.common_dir / "objects").is_dir() \
+                and (repo.dirs.common_dir / "refs").is_dir()
+            if ready and (expect is None or (not (repo.dirs.git_dir / "HEAD.lock").exists()
+                                             and head_sha(repo.dirs) == expect)):
                 break
             time.sleep(0.01)
 
