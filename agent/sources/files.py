@@ -521,8 +521,9 @@ class FilesSource:
         ts = max(st.st_mtime_ns, st.st_ctime_ns) if src is not None else st.st_mtime_ns
         if self.states is not None:
             # A file written before the last repo.state but saved after it (the debounce window)
-            # still sorts after the state, which its diff chains from.
-            ts = self.states.stamp_after(repo.root, ts)
+            # still sorts after the state, which its diff chains from; an mtime in the future
+            # (`touch -d`, an unpacked archive) must not sort a save after a later state.
+            ts = self.states.stamp_after(repo.root, min(ts, time.time_ns()))
         self.ctx.emit("file.save", data, ts=ts)
 
     def _note_saved(self, key: tuple[Path, str], state: RepoState | None) -> None:
