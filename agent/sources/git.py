@@ -33,8 +33,8 @@ from agent.repos import (CaptureSettings, GitDirs, RepoIgnore, discover_repos, g
 from agent.sources.base import SourceContext
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
-from agent.sources.git_state import RepoStates
 from agent.sources.git_reflog import branch_after, classify, commit_message, parse_reflog
+from agent.sources.git_state import RepoStates
 
 
 HEAD_SETTLE_S = 2.0  # how long a state waits for HEAD to reach the reflog's last entry
@@ -287,8 +287,9 @@ class GitSource:
         while time.monotonic() < deadline:
             # A repo seen the moment `git init` made its .git is not one to git until HEAD,
             # objects and refs exist.
-            ready = (repo.dirs.git_dir / "HEAD").exists() and (repo.dirs.common_dir / "objects").is_dir() \
-                and (repo.dirs.common_dir / "refs").is_dir()
+            common = repo.dirs.common_dir
+            ready = (repo.dirs.git_dir / "HEAD").exists() and (common / "objects").is_dir() \
+                and (common / "refs").is_dir()
             if ready and (expect is None or (not (repo.dirs.git_dir / "HEAD.lock").exists()
                                              and head_sha(repo.dirs) == expect)):
                 break
