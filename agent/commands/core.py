@@ -126,6 +126,13 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def pause_line(until: str | None) -> str:
+    """`paused until 2026-…`, or `paused until resumed` (describe_pause already says "until")."""
+    if not until:
+        return "paused"
+    return f"paused {until}" if until == "until resumed" else f"paused until {until}"
+
+
 def render_status(st: dict[str, Any]) -> str:
     lines = []
     if st["capturing"]:
@@ -133,7 +140,7 @@ def render_status(st: dict[str, Any]) -> str:
     else:
         lines.append(f"tracecap {st['version']}: not recording: {st['reason']}")
     if st.get("paused_until"):
-        lines.append(f"  paused until {st['paused_until']}")
+        lines.append("  " + pause_line(st["paused_until"]))
     lines.append("sources:")
     for name, state in st["sources"].items():
         lines.append(f"  {name:<7} {state}")
@@ -182,7 +189,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
     elif args.op == "opt-out":
         print("opted out: capture is off; nothing more is recorded until you opt in again")
     elif args.op == "pause":
-        print(f"paused {('until ' + st['paused_until']) if st.get('paused_until') else ''}".rstrip())
+        print(pause_line(st.get("paused_until")))
     else:
         print("resumed: capture is " + ("on" if st["capturing"] else f"off ({st['reason']})"))
     return 0
