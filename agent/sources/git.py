@@ -3,7 +3,9 @@
 Takes the policy's `[capture]` roots, repo_depth and exclude; gives `git.commit` (repo, sha, branch,
 message: the commit's full message, redacted by emit; parent, action), `git.checkout` (repo, from,
 to, old, new) and `git.ref` (repo, ref, old, new, action: merge, rebase, reset, pull, branch,
-rename, fetch, push, stash, ...). `repo` is the work tree's absolute root.
+rename, fetch, push, stash, ...) and `repo.state` (see git_state) when a repository is first
+seen and after the events of each batch of HEAD reflog entries. `repo` is the work tree's
+absolute root.
 
 Promises:
 - Read from the reflogs (`logs/HEAD` of each work tree, `logs/refs/...` of each repository),
@@ -31,6 +33,7 @@ from agent.repos import (CaptureSettings, GitDirs, RepoIgnore, discover_repos, g
 from agent.sources.base import SourceContext
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
+from agent.sources.git_state import RepoStates
 from agent.sources.git_reflog import branch_after, classify, commit_message, parse_reflog
 
 
@@ -67,6 +70,7 @@ class GitSource:
         self.logs: dict[str, _Log] = {}
         self.roles: dict[str, object] = {}  # watched dir -> ("discovery", level) | ("git", _Repo)
         self._watcher: InotifyWatcher | None = None
+        self.states: RepoStates = ctx.repo_states if ctx.repo_states is not None else RepoStates()
 
     def run(self, stop: threading.Event) -> None:
         self._watcher = InotifyWatcher()
@@ -121,6 +125,7 @@ class GitSource:
         if dirs.common_dir != dirs.git_dir:
             self._watch(dirs.common_dir, ("git", repo))
             self._follow_tree(dirs.common_dir / "logs", since, at_end=initial)
+        self._announce(repo)
 
     def _follow_tree(self, d: Path, since: float, at_end: bool) -> None:
         """Watch a logs directory and everything below it; follow each log in it. Logs found
@@ -260,10 +265,26 @@ class GitSource:
             return
         if any(part.startswith(".") or part.endswith(".lock") for part in log.name.split("/")):
             return  # git's scratch names (refs/.tmp-renamed-log): followed for the offset only
+        moved = False
         for entry in entries:
             if entry.ts < int(log.since):
                 continue
             self._entry(repo, log.name, entry)
+            moved = moved or log.name == "HEAD"
+        if moved:
+            # One state after the entries read together: a rebase's steps make one, not one each.
+            self._announce(repo)
+
+    def _announce(self, repo: _Repo) -> None:
+        """Emit the repo's `repo.state` (after the git events that moved HEAD, if any)."""
+        def emit(data: dict) -> bool:
+            if not self.ctx.capturing():
+                return False
+            self.ctx.emit("repo.state", data)
+            return True
+
+        self.states.announce(repo.root, read_head_branch(repo.dirs.git_dir), self.ctx.redactor,
+                             self.settings.max_file_bytes, emit)
 
     def _entry(self, repo: _Repo, log_name: str, entry) -> None:
         if not repo.branch_known:
