@@ -165,6 +165,7 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
         elif kind == "repo.state":
             if ev["data"].get("head") != last_commit:
                 raise _Skip("head_moved")
+            track.committed()
     if at_start is None:
         at_start = track.snapshot()
     at_end = track.snapshot()
@@ -208,7 +209,8 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
         problem, source, hints = _problem_from_tests(span), "tests", ""
 
     span_evs = [e for e in evs if span.start["seq"] <= e["seq"] <= span.end_seq]
-    notes = [n for n in tl.notes if span.start["seq"] <= n["seq"] <= span.end_seq]
+    notes = [n for n in tl.notes if span.start["seq"] <= n["seq"] <= span.end_seq
+             and tl.note_repo.get(n["seq"]) == span.repo]
     steps = sorted(span_evs + [n for n in notes if n["seq"] not in {e["seq"] for e in span_evs}],
                    key=lambda e: e["seq"])
     active = _active_seconds(span_evs, tl.activity, span.start["ts"], evs[end_i - 1]["ts"])

@@ -118,6 +118,13 @@ class TreeTrack:
         self.head_len: dict[str, int] = {}
         self.broken: dict[str, str] = {}
         self.all_broken: str | None = None
+        self.head_is_current = False
+
+    def committed(self) -> None:
+        """HEAD moved by a commit and the chain goes on: the working tree did not change, and a
+        save's "head" (the new HEAD's blob, when the state shows no change to the file) is the
+        file as it stands."""
+        self.head_is_current = True
 
     # --- building
     def _state(self, path: str) -> FileState:
@@ -195,6 +202,8 @@ class TreeTrack:
             self.broken[path] = "no_diff"
             return
         base = data.get("base", "previous")
+        if base == "head" and self.head_is_current:
+            base = "previous"
         if base == "head":
             self._state(path)
             self.files[path] = head_state(path)

@@ -8,7 +8,8 @@ The rule, per repository, in `seq` order:
 - A span opens at the first failing `test.run` (exit not 0, with failed tests) after the previous
   span's end, and closes at the first later run that exits 0 and passes a test that failed since
   it opened. A failing run never followed by such a run makes no span (counted as `unfinished`).
-- Its start is the task's beginning: the last `user.note` before the failing run; else the last
+- Its start is the task's beginning: the last `user.note` before the failing run (a note belongs
+  to the repository of the next command or save after it); else the last
   commit, checkout, ref move or `repo.state` of that repository; else the first event after the
   last idle gap (IDLE_GAP_S without an event of that repository); never before the previous span.
 - Its end is the passing run, moved to the `git.commit` of that repository that follows within
@@ -39,6 +40,7 @@ class Timeline:
     start_of: dict[int, dict]  # test.run or shell.end seq -> its shell.start event
     by_repo: dict[str, list[dict]]
     notes: list[dict]
+    note_repo: dict[int, str | None]  # a note belongs to the repository the next command or save is in
     barriers: list[tuple[int, int, str]]  # (first seq, last seq, reason) of spans without capture
     activity: list[dict]
 
@@ -135,7 +137,14 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
         barriers.append((paused_at, last, "paused"))
     if stopped_at is not None:
         barriers.append((stopped_at, last, "daemon_stopped"))
-    return Timeline(device, events, repo_of, start_of, by_repo, notes, barriers, activity)
+    note_repo: dict[int, str | None] = {}
+    following: str | None = None
+    for ev in reversed(events):
+        if ev["kind"] == "user.note":
+            note_repo[ev["seq"]] = following
+        elif ev["seq"] in repo_of and ev["kind"] in ("shell.start", "file.save", "test.run"):
+            following = repo_of[ev["seq"]]
+    return Timeline(device, events, repo_of, start_of, by_repo, notes, note_repo, barriers, activity)
 
 
 def test_ids(run: dict, outcomes: tuple[str, ...]) -> set[str]:
@@ -209,10 +218,11 @@ def find_spans(tl: Timeline) -> tuple[list[Span], int]:
 
 def _task_start(tl: Timeline, evs: list[dict], first: dict, floor: int) -> tuple[dict, str]:
     note = None
+    first_repo = tl.repo_of.get(first["seq"])
     for n in tl.notes:
         if n["seq"] >= first["seq"]:
             break
-        if n["seq"] > floor:
+        if n["seq"] > floor and tl.note_repo.get(n["seq"]) == first_repo:
             note = n
     if note is not None:
         return note, "note"

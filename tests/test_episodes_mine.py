@@ -219,10 +219,11 @@ def test_a_commit_in_the_middle_is_followed_through():
     t.cmd("python -m pytest -q", exit=1, tests=FAIL)
     t.save("calc.py", FIXED)
     t.commit("d" * 40, "wip", HEAD)
-    t.save("test_calc.py", NEW_TEST)
+    t.save("test_calc.py", NEW_TEST, base="head")  # the new HEAD's blob: the file as it stands
     t.cmd("python -m pytest -q", exit=0, tests=PASS)
     inst = mine_device("d", t.events).instances[0]
     assert inst["base_commit"] == HEAD and "+    return a + b" in inst["patch"]
+    assert "+def test_add_negative" in inst["test_patch"]
 
 
 def test_tests_run_in_a_subdirectory_keep_its_cwd():
@@ -276,3 +277,15 @@ def test_every_sample_event_file_mines_without_error():
     events = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
     r = mine_device("sample", events)
     assert r.instances == []  # no repo.state in these older events: nothing to rebuild
+
+
+def test_a_note_belongs_to_the_repository_worked_in_next():
+    t = started()
+    t.repo = "/home/ana/src/lib"
+    t.state("e" * 40, "")
+    t.note("lib: tidy the docs")
+    t.cmd("git status")
+    t.repo = "/home/ana/src/app"
+    loop(t, note=None, commit=None)
+    inst = mine_device("d", t.events).instances[0]
+    assert inst["meta"]["problem_source"] == "tests" and "tidy" not in json.dumps(inst["trajectory"])
