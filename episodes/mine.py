@@ -208,12 +208,11 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     else:
         problem, source, hints = _problem_from_tests(span), "tests", ""
 
-    span_evs = [e for e in evs if span.start["seq"] <= e["seq"] <= span.end_seq]
+    span_evs = evs[bisect.bisect_left(seqs, span.start["seq"]):end_i]
     notes = [n for n in tl.notes if span.start["seq"] <= n["seq"] <= span.end_seq
              and tl.note_repo.get(n["seq"]) == span.repo]
-    steps = sorted(span_evs + [n for n in notes if n["seq"] not in {e["seq"] for e in span_evs}],
-                   key=lambda e: e["seq"])
-    active = _active_seconds(span_evs, tl.activity, span.start["ts"], evs[end_i - 1]["ts"])
+    steps = sorted(span_evs + notes, key=lambda e: e["seq"])
+    active = _active_seconds(span_evs, tl.activity_ts, span.start["ts"], evs[end_i - 1]["ts"])
     actors = {"human": 0, "agent": 0}
     sessions = set()
     for e in span_evs:
@@ -286,8 +285,9 @@ def _problem_from_tests(span: segment.Span) -> str:
     return "\n".join(lines)
 
 
-def _active_seconds(span_evs: list[dict], activity: list[dict], t0: int, t1: int) -> float:
-    times = sorted([e["ts"] for e in span_evs] + [a["ts"] for a in activity if t0 <= a["ts"] <= t1])
+def _active_seconds(span_evs: list[dict], activity_ts: list[int], t0: int, t1: int) -> float:
+    inside = activity_ts[bisect.bisect_left(activity_ts, t0):bisect.bisect_right(activity_ts, t1)]
+    times = sorted([e["ts"] for e in span_evs] + inside)
     total = 0
     for a, b in zip(times, times[1:]):
         total += min(b - a, ACTIVE_GAP_S * 10**9)

@@ -340,14 +340,24 @@ def diff_file(path: str, a: FileState, b: FileState, tree: Tree) -> str:
             top = max(a.tail, b.tail)
             a_refs.extend(range(a.tail, top))
             b_refs.extend(range(b.tail, top))
-        ka = [_key(tree, a, r) for r in a_refs]
-        kb = [_key(tree, b, r) for r in b_refs]
-        at_end = a.tail is None or tree.head_len.get(a.origin) == max(a.tail, b.tail)
+        # Only the part between the common head and tail is compared; CONTEXT lines around it are
+        # kept for the hunks' context.
+        lo = 0
+        n = min(len(a_refs), len(b_refs))
+        while lo < n and a_refs[lo] == b_refs[lo]:
+            lo += 1
+        hi = 0
+        while hi < n - lo and a_refs[-1 - hi] == b_refs[-1 - hi]:
+            hi += 1
+        lo = max(0, lo - CONTEXT)
+        hi = max(0, hi - CONTEXT)
+        ka = [_key(tree, a, r) for r in a_refs[lo:len(a_refs) - hi]]
+        kb = [_key(tree, b, r) for r in b_refs[lo:len(b_refs) - hi]]
     else:
         ka = _full_text(tree, a, path)
         kb = _full_text(tree, b, path)
-        at_end = True
-    hunks = _hunks_between(path, ka, kb, at_end)
+        lo = 0
+    hunks = _hunks_between(path, ka, kb, lo)
     if not hunks:
         return ""
     return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n" + "".join(hunks)
@@ -358,9 +368,10 @@ def _key(tree: Tree, st: FileState, ref):
     return t if t is not None else (st.origin, ref)
 
 
-def _hunks_between(path: str, ka: list, kb: list, at_end: bool) -> list[str]:
+def _hunks_between(path: str, ka: list, kb: list, offset: int = 0) -> list[str]:
     """Hunks from `ka` to `kb` (str: known text; tuple: a HEAD line never shown, same on both
-    sides). Context is up to CONTEXT known lines; an unknown line cuts it."""
+    sides), both starting at line `offset` of the file. Context is up to CONTEXT known lines; an
+    unknown line cuts it."""
     ops = difflib.SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes()
     changes = [op for op in ops if op[0] != "equal"]
     if not changes:
@@ -396,7 +407,8 @@ def _hunks_between(path: str, ka: list, kb: list, at_end: bool) -> list[str]:
             body.extend(_line(k, "+") for k in kb[y1:y2])
             pos = x2
         body.extend(_line(k, " ") for k in ka[i2:a_hi])
-        out.append(f"@@ -{_range(a_lo, a_hi - a_lo)} +{_range(b_lo, b_hi - b_lo)} @@\n" + "".join(body))
+        out.append(f"@@ -{_range(offset + a_lo, a_hi - a_lo)} +{_range(offset + b_lo, b_hi - b_lo)} @@\n"
+                   + "".join(body))
     return out
 
 

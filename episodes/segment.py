@@ -42,7 +42,7 @@ class Timeline:
     notes: list[dict]
     note_repo: dict[int, str | None]  # a note belongs to the repository the next command or save is in
     barriers: list[tuple[int, int, str]]  # (first seq, last seq, reason) of spans without capture
-    activity: list[dict]
+    activity_ts: list[int]  # input windows with some input, sorted
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
     starts_by_id: dict[str, dict] = {}
     last_start: dict[tuple[Any, str], dict] = {}
     notes: list[dict] = []
-    activity: list[dict] = []
+    activity: list[int] = []
     barriers: list[tuple[int, int, str]] = []
     paused_at: int | None = None
     stopped_at: int | None = None
@@ -116,7 +116,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             notes.append(ev)
         elif kind == "input.activity":
             if any(data.get(k) for k in ("keys", "clicks", "scrolls")):
-                activity.append(ev)
+                activity.append(ev["ts"])
         elif kind in BARRIERS:
             barriers.append((seq, seq, BARRIERS[kind]))
         elif kind == "agent.pause":
@@ -144,7 +144,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             note_repo[ev["seq"]] = following
         elif ev["seq"] in repo_of and ev["kind"] in ("shell.start", "file.save", "test.run"):
             following = repo_of[ev["seq"]]
-    return Timeline(device, events, repo_of, start_of, by_repo, notes, note_repo, barriers, activity)
+    return Timeline(device, events, repo_of, start_of, by_repo, notes, note_repo, barriers, sorted(activity))
 
 
 def test_ids(run: dict, outcomes: tuple[str, ...]) -> set[str]:
