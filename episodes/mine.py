@@ -260,7 +260,7 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
         "test_cmd": passing["data"].get("cmd", ""),
         "difficulty": difficulty(active),
         "meta": meta,
-        "trajectory": trajectory.build(span.repo, name, problem, steps, tl.start_of,
+        "trajectory": trajectory.build(span.repo, name, problem, steps, tl.start_of, tl.end_of,
                                        span.start["seq"] if span.start_kind == "note" else None),
     }
     return {k: inst[k] for k in INSTANCE_KEYS}

@@ -38,6 +38,7 @@ class Timeline:
     events: list[dict]
     repo_of: dict[int, str]  # seq -> repository root, for events that happened in one
     start_of: dict[int, dict]  # test.run or shell.end seq -> its shell.start event
+    end_of: dict[int, dict]  # shell.start seq -> its shell.end event
     by_repo: dict[str, list[dict]]
     notes: list[dict]
     note_repo: dict[int, str | None]  # a note belongs to the repository the next command or save is in
@@ -82,6 +83,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
     cache: dict[str, str | None] = {}
     repo_of: dict[int, str] = {}
     start_of: dict[int, dict] = {}
+    end_of: dict[int, dict] = {}
     by_repo: dict[str, list[dict]] = {r: [] for r in sorted(roots)}
     starts_by_id: dict[str, dict] = {}
     last_start: dict[tuple[Any, str], dict] = {}
@@ -106,6 +108,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             start = starts_by_id.get(data.get("id"))
             if start is not None:
                 start_of[seq] = start
+                end_of[start["seq"]] = ev
                 repo = repo_of.get(start["seq"])
         elif kind == "test.run":
             start = last_start.get((ev.get("session"), data.get("cmd")))
@@ -144,7 +147,7 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             note_repo[ev["seq"]] = following
         elif ev["seq"] in repo_of and ev["kind"] in ("shell.start", "file.save", "test.run"):
             following = repo_of[ev["seq"]]
-    return Timeline(device, events, repo_of, start_of, by_repo, notes, note_repo, barriers, sorted(activity))
+    return Timeline(device, events, repo_of, start_of, end_of, by_repo, notes, note_repo, barriers, sorted(activity))
 
 
 def test_ids(run: dict, outcomes: tuple[str, ...]) -> set[str]:

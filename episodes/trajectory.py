@@ -75,19 +75,18 @@ def _outcomes(run: dict) -> dict[str, Any]:
     return out
 
 
-def build(repo: str, repo_name: str, problem: str, span_events: list[dict],
-          start_of: dict[int, dict], first_note_seq: int | None) -> dict[str, Any]:
+def build(repo: str, repo_name: str, problem: str, span_events: list[dict], start_of: dict[int, dict],
+          end_of: dict[int, dict], first_note_seq: int | None) -> dict[str, Any]:
+    """`start_of`: test.run seq -> its shell.start; `end_of`: shell.start seq -> its shell.end (a
+    command that closes the span, such as the commit, ends after it)."""
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": f"You are a software engineer working in the repository {repo_name}. "
                                       f"Use the shell and edit tools to complete the task."},
         {"role": "user", "content": problem},
     ]
-    ends: dict[str, dict] = {}
     runs: dict[int, dict] = {}
     for ev in span_events:
-        if ev["kind"] == "shell.end" and isinstance(ev["data"].get("id"), str):
-            ends[ev["data"]["id"]] = ev
-        elif ev["kind"] == "test.run" and ev["seq"] in start_of:
+        if ev["kind"] == "test.run" and ev["seq"] in start_of:
             runs[start_of[ev["seq"]]["seq"]] = ev
     actor = "human"
     for ev in span_events:
@@ -97,7 +96,7 @@ def build(repo: str, repo_name: str, problem: str, span_events: list[dict],
             actor = data.get("actor") if data.get("actor") in ("human", "agent") else actor
             args = {"command": data.get("cmd", ""), "cwd": rel_cwd(repo, data.get("cwd", repo))}
             result: dict[str, Any] = {}
-            end = ends.get(data.get("id"))
+            end = end_of.get(seq)
             result["exit"] = end["data"].get("exit") if end else None
             result["duration_ms"] = end["data"].get("duration_ms") if end else None
             run = runs.get(seq)

@@ -289,3 +289,14 @@ def test_a_note_belongs_to_the_repository_worked_in_next():
     loop(t, note=None, commit=None)
     inst = mine_device("d", t.events).instances[0]
     assert inst["meta"]["problem_source"] == "tests" and "tidy" not in json.dumps(inst["trajectory"])
+
+
+def test_the_closing_command_has_its_exit_code():
+    t = started()
+    loop(t, commit=None)
+    t.ev("shell.start", "shell", {"id": "c9", "cmd": "git commit -qam fix", "cwd": t.repo, "shell": "bash",
+                                  "actor": "human"}, session=t.session)
+    t.commit("b" * 40, "fix", HEAD)  # the commit lands before its command ends
+    t.ev("shell.end", "shell", {"id": "c9", "exit": 0, "duration_ms": 900}, session=t.session)
+    msgs = mine_device("d", t.events).instances[0]["trajectory"]["messages"]
+    assert json.loads(msgs[-1]["content"]) == {"duration_ms": 900, "exit": 0}

@@ -76,7 +76,7 @@ def mined(tmp_path_factory):
 
 def test_mine_prints_what_it_found(mined):
     root, _, out = mined
-    assert "found 1 episodes: kept 1, skipped 0" in out and "wrote 1 task to" in out
+    assert "found 1 episode: kept 1, skipped 0" in out and "wrote 1 task to" in out
     inst = json.loads((root / "tasks.jsonl").read_text())
     assert json.loads(inst["FAIL_TO_PASS"]) == ["test_calc.py::test_add"]
 

@@ -104,7 +104,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     where = "standard output" if args.out == "-" else args.out
     _say(args, f"read {events} events of {devices} device{'s' if devices != 1 else ''}")
     why = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
-    _say(args, f"found {len(instances) + len(skipped)} episodes: kept {len(instances)}, skipped {len(skipped)}"
+    found = len(instances) + len(skipped)
+    _say(args, f"found {found} episode{'s' if found != 1 else ''}: kept {len(instances)}, skipped {len(skipped)}"
                + (f" ({why})" if why else ""))
     for s in skipped:
         _say(args, f"  skipped {s.repo} seq {s.first_seq}-{s.last_seq}: {s.reason}")
@@ -178,6 +179,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                "invalid": counts["invalid"], "error": counts["error"], "out": args.out}, indent=2))
     else:
         where = "standard output" if args.out == "-" else args.out
-        _say(args, f"validated {len(done)} tasks in {repo} ({args.runs} runs each): {counts['valid']} valid, "
+        _say(args, f"validated {len(done)} task{'s' if len(done) != 1 else ''} in {repo} ({args.runs} runs each): {counts['valid']} valid, "
                    f"{counts['invalid']} invalid, {counts['error']} error; wrote {where}")
     return 1 if counts["error"] else 0
