@@ -223,7 +223,9 @@ def test_validate_on_a_fresh_clone_and_apply_by_hand(captured, tmp_path):
     assert t.returncode == 0 and "4 passed" in t.stdout, t.stdout
 
 
-def test_datasets_reads_the_mined_file(captured):
+def test_datasets_reads_the_mined_file(captured, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local file: never ask the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     root, _, _, _ = captured
     ds = datasets.load_dataset("json", data_files=str(root / "tasks.jsonl"), split="train",

@@ -115,7 +115,9 @@ def test_the_patches_apply_by_hand_and_load_with_swe_bench_types(mined, tmp_path
     assert r.returncode == 0 and "3 passed" in r.stdout
 
 
-def test_datasets_loads_the_file(mined):
+def test_datasets_loads_the_file(mined, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local file: never ask the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     root, _, _ = mined
     ds = datasets.load_dataset("json", data_files=str(root / "tasks.jsonl"), split="train",
@@ -161,6 +163,17 @@ def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path):
     assert list(scratch.iterdir()) == [] and not (tmp_path / "o.jsonl").exists()
     assert len(git(clone, "worktree", "list").splitlines()) == 1
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][:2] == ["sleep", "97.5"]]
+
+
+def test_a_run_over_the_time_limit_is_an_error(mined, tmp_path):
+    root, clone, _ = mined
+    t0 = time.monotonic()
+    r = tracecap("episodes", "validate", str(root / "tasks.jsonl"), "--repo", str(clone), "--timeout", "1",
+                 "--test-cmd", f"sleep 30 && {PYTEST}", "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and time.monotonic() - t0 < 25
+    v = json.loads((tmp_path / "o.jsonl").read_text())["validation"]
+    assert (v["status"], v["reason"]) == ("error", "the tests ran longer than the 1 s limit")
+    assert len(git(clone, "worktree", "list").splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
