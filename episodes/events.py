@@ -6,8 +6,11 @@ time (`read_devices`), duplicates of a `seq` dropped. What is read:
 - an export directory (it holds `manifest.json`): `<device>/<YYYY-MM-DD>.jsonl` or `.parquet`,
   the device id taken from the manifest (the directory name when the manifest does not list it);
 - a JSON-lines file, one event per line as `tracecap log --json` and `bundle decrypt` print them
-  (blank lines skipped); `-` is standard input. Such events carry no device id: a `device` key on
-  the line wins, else the device is `local` for standard input and the file's name otherwise.
+  (blank lines skipped); `-` is standard input. Such events carry no device id: the device is
+  `local` for standard input and the file's name (up to its first dot) otherwise.
+
+`kinds` keeps only the events a reader needs (Parquet rows are filtered on their `kind` column
+before their data is parsed).
 
 Promises: a path that does not exist, a line that is not a JSON object with an integer `seq`, or a
 Parquet file without pyarrow raise `EventsError` naming the file, the line and the fix, before any
@@ -28,21 +31,37 @@ class EventsError(Exception):
 Device = tuple[str, list[dict]]
 
 
-def read_devices(paths: Iterable[str], stdin: TextIO | None = None) -> Iterator[Device]:
-    """(device id, events in seq order) per device, devices in a stable order."""
-    plan: dict[str, list[tuple[str, Path | None]]] = {}
-    order: list[str] = []
+Source = tuple[str, "Path | None"]  # ("jsonl" | "parquet" | "stdin", path)
+
+
+def plan_devices(paths: Iterable[str]) -> list[tuple[str, list[Source]]]:
+    """(device id, the files holding its events) per device, in a stable order; checks that every
+    path exists and is of a known kind."""
+    plan: dict[str, list[Source]] = {}
     for raw in paths:
         for device, source in _sources(raw):
-            if device not in plan:
-                plan[device] = []
-                order.append(device)
-            plan[device].append(source)
-    for device in order:
-        events: list[dict] = []
-        for kind, path in plan[device]:
-            events.extend(_read(kind, path, device, stdin))
-        yield device, _ordered(events)
+            plan.setdefault(device, []).append(source)
+    return list(plan.items())
+
+
+def read_device(sources: list[Source], stdin: TextIO | None = None,
+                kinds: frozenset[str] | None = None) -> tuple[list[dict], int]:
+    """(events in seq order, events read) of one device; with `kinds`, only those kinds are kept."""
+    events: list[dict] = []
+    read = 0
+    for kind, path in sources:
+        for ev in _read(kind, path, stdin, kinds):
+            read += 1
+            if ev is not None:
+                events.append(ev)
+    return _ordered(events), read
+
+
+def read_devices(paths: Iterable[str], stdin: TextIO | None = None,
+                 kinds: frozenset[str] | None = None) -> Iterator[Device]:
+    """(device id, events in seq order) per device, devices in a stable order."""
+    for device, sources in plan_devices(paths):
+        yield device, read_device(sources, stdin, kinds)[0]
 
 
 def _sources(raw: str) -> list[tuple[str, tuple[str, Path | None]]]:
@@ -72,9 +91,11 @@ def _sources(raw: str) -> list[tuple[str, tuple[str, Path | None]]]:
     return [(path.name.split(".")[0] or "local", ("jsonl", path))]
 
 
-def _read(kind: str, path: Path | None, device: str, stdin: TextIO | None) -> Iterator[dict]:
+def _read(kind: str, path: Path | None, stdin: TextIO | None,
+          kinds: frozenset[str] | None) -> Iterator[dict | None]:
+    """Each line's event, or None for a line skipped by `kinds`."""
     if kind == "parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, kinds)
         return
     name = "standard input" if path is None else str(path)
     try:
@@ -95,7 +116,7 @@ def _read(kind: str, path: Path | None, device: str, stdin: TextIO | None) -> It
                                   f"and a `kind`); pass events as `tracecap log --json` prints them")
             if not isinstance(ev.get("data"), dict):
                 ev["data"] = {}
-            yield ev
+            yield ev if kinds is None or ev["kind"] in kinds else None
     except UnicodeDecodeError:
         raise EventsError(f"{name} is not UTF-8 text; pass a JSON-lines file of events") from None
     finally:
@@ -103,7 +124,7 @@ def _read(kind: str, path: Path | None, device: str, stdin: TextIO | None) -> It
             stream.close()
 
 
-def _read_parquet(path: Path) -> Iterator[dict]:
+def _read_parquet(path: Path, kinds: frozenset[str] | None) -> Iterator[dict | None]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -117,6 +138,9 @@ def _read_parquet(path: Path) -> Iterator[dict]:
     loads = json.loads
     for seq, ts, kind, source, session, data in zip(cols["seq"], cols["ts"], cols["kind"], cols["source"],
                                                      cols["session"], cols["data"]):
+        if kinds is not None and kind not in kinds:
+            yield None
+            continue
         yield {"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source, "session": session,
                "data": loads(data)}
 

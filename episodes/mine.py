@@ -47,6 +47,13 @@ TEST_GLOBS = ("test_*.py", "*_test.py", "conftest.py", "*_test.go", "*.test.[jt]
               "test_*.rb", "*Test.php", "*Tests.cs", "*_test.exs")
 
 
+# The kinds mining reads; the rest of an export (tool invocations, window focus, ...) is skipped.
+MINED_KINDS = frozenset({
+    "file.save", "repo.state", "shell.start", "shell.end", "test.run", "git.commit", "git.checkout",
+    "git.ref", "user.note", "input.activity", "agent.gap", "agent.forget", "agent.pause", "agent.resume",
+    "agent.stop", "agent.start"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Skipped:
     device: str
@@ -108,6 +115,15 @@ def iso(ts_ns: int) -> str:
 def instance_line(inst: dict[str, Any]) -> str:
     """One JSON line: fixed key order, compact, UTF-8 kept."""
     return json.dumps({k: inst[k] for k in inst}, ensure_ascii=False, separators=(",", ":"))
+
+
+def mine_sources(device: str, sources: list, stdin=None) -> tuple[MineResult, int]:
+    """Read one device's files (see `episodes.events`) and mine them: (result, lines read). A
+    process pool maps this over the devices of an export."""
+    from episodes.events import read_device
+
+    events, read = read_device(sources, stdin, MINED_KINDS)
+    return mine_device(device, events), read
 
 
 def mine_device(device: str, events: list[dict]) -> MineResult:

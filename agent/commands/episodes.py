@@ -29,6 +29,8 @@ def register(sub) -> None:
     mine.add_argument("--events", required=True, nargs="+", metavar="PATH",
                       help="a `tracecap export` directory, a JSON-lines file of events, or - for stdin")
     mine.add_argument("--out", required=True, metavar="FILE", help="where to write the tasks (- for stdout)")
+    mine.add_argument("--jobs", type=int, default=None, metavar="N",
+                      help="devices mined in parallel (default: the number of CPUs, at most 8)")
     mine.add_argument("--json", action="store_true", help="print the summary as JSON")
     mine.set_defaults(func=cmd_mine)
 
@@ -70,29 +72,40 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from episodes.events import EventsError, read_devices
-    from episodes.mine import instance_line, mine_device
+    from episodes.events import EventsError, plan_devices
+    from episodes.mine import instance_line, mine_sources
     from schemas.validate import EventValidator
 
     if args.events.count("-") > 1:
         raise UsageError("--events names - (standard input) more than once; give it once")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give at least 1")
     checker = EventValidator(json.loads(EPISODE_SCHEMA.read_text(encoding="utf-8")))
-    instances, skipped, unfinished, events, devices = [], [], 0, 0, 0
+    instances, skipped, unfinished, events = [], [], 0, 0
     try:
-        for device, evs in read_devices(args.events):
-            devices += 1
-            events += len(evs)
-            result = mine_device(device, evs)
-            for inst in result.instances:
-                errors = checker.errors(inst)
-                if errors:  # a bug of ours, never silently shipped: say which field
-                    raise RuntimeFailure(f"task {inst['instance_id']} does not match schemas/episode.schema.json "
-                                         f"({errors[0]}); please report it")
-            instances += result.instances
-            skipped += result.skipped
-            unfinished += result.unfinished
+        plan = plan_devices(args.events)
+        jobs = min(args.jobs or min(os.cpu_count() or 1, 8), len(plan))
+        uses_stdin = any(kind == "stdin" for _, sources in plan for kind, _ in sources)
+        if jobs > 1 and not uses_stdin:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(jobs) as pool:
+                results = list(pool.map(mine_sources, [d for d, _ in plan], [s for _, s in plan]))
+        else:
+            results = [mine_sources(device, sources) for device, sources in plan]
     except EventsError as exc:
         raise UsageError(str(exc)) from None
+    devices = len(plan)
+    for result, read in results:  # in the plan's order: the output does not depend on --jobs
+        events += read
+        for inst in result.instances:
+            errors = checker.errors(inst)
+            if errors:  # a bug of ours, never silently shipped: say which field
+                raise RuntimeFailure(f"task {inst['instance_id']} does not match schemas/episode.schema.json "
+                                     f"({errors[0]}); please report it")
+        instances += result.instances
+        skipped += result.skipped
+        unfinished += result.unfinished
     _write(args.out, (instance_line(i) for i in instances))
     reasons = collections.Counter(s.reason for s in skipped)
     if args.json:
