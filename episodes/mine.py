@@ -19,7 +19,8 @@ For each span `segment.find_spans` returns:
   activity), each gap counted up to ACTIVE_GAP_S.
 
 Skip reasons: gap, forget, paused, daemon_stopped (capture was off inside the span),
-no_repo_state, head_moved, chain_break:<reason> (a file the task needs could not be rebuilt),
+no_repo_state, head_moved, chain_restarted (a `repo.state` for the same HEAD inside the span),
+chain_break:<reason> (a file the task needs could not be rebuilt),
 content_unknown (a diff would need lines no event showed), no_change_outside_tests.
 """
 from __future__ import annotations
@@ -169,6 +170,7 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     track.repo_state(state["data"].get("diff"), state["data"].get("diff_omitted"))
     at_start = None
     last_commit: str | None = None
+    current_head = head
     end_i = bisect.bisect_right(seqs, span.end_seq)
     for ev in evs[state_i + 1:end_i]:
         if at_start is None and ev["seq"] > start_seq:
@@ -179,8 +181,11 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
         elif kind == "git.commit":
             last_commit = ev["data"].get("sha")
         elif kind == "repo.state":
+            if ev["data"].get("head") == current_head:
+                raise _Skip("chain_restarted")  # the tree was announced again (e.g. a reset): no chain across it
             if ev["data"].get("head") != last_commit:
                 raise _Skip("head_moved")
+            current_head = ev["data"]["head"]
             track.committed()
     if at_start is None:
         at_start = track.snapshot()

@@ -129,8 +129,8 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             paused_at = None
         elif kind == "agent.stop":
             stopped_at = seq
-        elif kind == "agent.start" and stopped_at is not None:
-            barriers.append((stopped_at, seq, "daemon_stopped"))
+        elif kind == "agent.start":  # after a stop, or after a crash that wrote none
+            barriers.append((seq if stopped_at is None else stopped_at, seq, "daemon_stopped"))
             stopped_at = None
         if repo is not None:
             repo_of[seq] = repo

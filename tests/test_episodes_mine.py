@@ -117,6 +117,8 @@ def test_no_passing_run_makes_no_episode():
     (lambda t: t.ev("agent.forget", "agent", {"count": 2, "from": 1, "to": 2}), "forget"),
     (lambda t: (t.ev("agent.pause", "agent", {"reason": "user"}), t.ev("agent.resume", "agent", {})), "paused"),
     (lambda t: (t.ev("agent.stop", "agent", {"reason": "signal"}), t.ev("agent.start", "agent", {})), "daemon_stopped"),
+    (lambda t: t.ev("agent.start", "agent", {}), "daemon_stopped"),  # a crash writes no stop
+    (lambda t: t.state(HEAD, ""), "chain_restarted"),
 ])
 def test_capture_off_inside_the_span_skips_it(inject, reason):
     t = started()

@@ -234,3 +234,16 @@ def test_restrict(cmd, ids, want):
 def test_grade(before, after, status, f2p, p2p):
     got = grade(before, after)
     assert (got[0], got[2], got[3]) == (status, f2p, p2p)
+
+
+def test_parallel_mining_writes_the_same_bytes(tmp_path):
+    from bench.episodes import write_export
+
+    write_export(tmp_path / "export", engineers=3, tasks=2)
+    outs = []
+    for jobs in ("1", "3"):
+        out = tmp_path / f"tasks-{jobs}.jsonl"
+        r = tracecap("episodes", "mine", "--events", str(tmp_path / "export"), "--jobs", jobs, "--out", str(out))
+        assert r.returncode == 0 and "found 6 episodes: kept 6, skipped 0" in r.stdout, r.stdout + r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 6
