@@ -19,7 +19,8 @@ For each span `segment.find_spans` returns:
   activity), each gap counted up to ACTIVE_GAP_S.
 
 Skip reasons: gap, forget, paused, daemon_stopped (capture was off inside the span),
-no_repo_state, head_moved, chain_restarted (a `repo.state` for the same HEAD inside the span),
+no_repo_state, head_moved, chain_restarted (a `repo.state` of the same HEAD inside the span that
+describes another tree, e.g. after a reset),
 chain_break:<reason> (a file the task needs could not be rebuilt),
 content_unknown (a diff would need lines no event showed), no_change_outside_tests.
 """
@@ -182,7 +183,10 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
             last_commit = ev["data"].get("sha")
         elif kind == "repo.state":
             if ev["data"].get("head") == current_head:
-                raise _Skip("chain_restarted")  # the tree was announced again (e.g. a reset): no chain across it
+                # The tree announced again: go on when it is the tree followed so far (checkout -b).
+                if not track.same_tree(ev["data"].get("diff"), ev["data"].get("diff_omitted")):
+                    raise _Skip("chain_restarted")
+                continue
             if ev["data"].get("head") != last_commit:
                 raise _Skip("head_moved")
             current_head = ev["data"]["head"]

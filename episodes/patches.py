@@ -180,6 +180,30 @@ class TreeTrack:
             except ChainBroken as exc:
                 self.broken[exc.path] = exc.reason
 
+    def same_tree(self, diff: str | None, omitted: str | None) -> bool:
+        """Does a new `repo.state` of the same HEAD describe the tree this track holds? (It does
+        after `checkout -b`; not after a reset that changed files.) Files created since HEAD and
+        never added to the index are left out of the comparison: `git diff HEAD` omits them."""
+        fresh = TreeTrack()
+        fresh.head_text, fresh.head_len = self.head_text, self.head_len
+        fresh.repo_state(diff, omitted)
+        if fresh.all_broken or fresh.broken or self.all_broken:
+            return False
+        tree = self.snapshot()
+        for path in sorted(set(self.files) | set(fresh.files)):
+            mine = self.files.get(path) or self.initial.get(path) or head_state(path)
+            theirs = fresh.files.get(path)
+            if theirs is None:
+                if not self.initial.get(path, head_state(path)).exists:
+                    continue  # untracked since it was made
+                theirs = head_state(path)
+            try:
+                if mine != theirs and diff_file(path, mine, theirs, tree):
+                    return False
+            except Unrenderable:
+                return False
+        return True
+
     def save(self, data: dict) -> None:
         """One `file.save` event's data."""
         path = data.get("path")

@@ -118,7 +118,7 @@ def test_no_passing_run_makes_no_episode():
     (lambda t: (t.ev("agent.pause", "agent", {"reason": "user"}), t.ev("agent.resume", "agent", {})), "paused"),
     (lambda t: (t.ev("agent.stop", "agent", {"reason": "signal"}), t.ev("agent.start", "agent", {})), "daemon_stopped"),
     (lambda t: t.ev("agent.start", "agent", {}), "daemon_stopped"),  # a crash writes no stop
-    (lambda t: t.state(HEAD, ""), "chain_restarted"),
+    (lambda t: t.state(HEAD, ""), "chain_restarted"),  # a reset: README's change is gone
 ])
 def test_capture_off_inside_the_span_skips_it(inject, reason):
     t = started()
@@ -302,3 +302,17 @@ def test_the_closing_command_has_its_exit_code():
     t.ev("shell.end", "shell", {"id": "c9", "exit": 0, "duration_ms": 900}, session=t.session)
     msgs = mine_device("d", t.events).instances[0]["trajectory"]["messages"]
     assert json.loads(msgs[-1]["content"]) == {"duration_ms": 900, "exit": 0}
+
+
+def test_a_new_branch_inside_a_task_keeps_its_chain():
+    t = started()
+    t.note("fix add")
+    t.cmd("python -m pytest -q", exit=1, tests=FAIL)
+    t.save("calc.py", FIXED)
+    t.save("util.py", "x = 1\n")  # untracked: git diff HEAD leaves it out
+    t.state(HEAD, unified("# app\n", "# app\nwip\n", "README.md") + unified(CALC, FIXED, "calc.py"), branch="fix")
+    t.save("test_calc.py", NEW_TEST, base="head")
+    t.cmd("python -m pytest -q", exit=0, tests=PASS)
+    inst = mine_device("d", t.events).instances[0]
+    assert "+    return a + b" in inst["patch"] and "+def test_add_negative" in inst["test_patch"]
+    assert "b/util.py" in inst["patch"]
