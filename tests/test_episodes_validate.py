@@ -143,7 +143,8 @@ def test_a_patch_that_fixes_nothing_is_invalid_and_a_missing_commit_an_error(min
     assert "0 valid, 1 invalid, 1 error" in r.stdout
 
 
-def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path, sig):
     root, clone, _ = mined
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -156,7 +157,7 @@ def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path):
             p.info["cmdline"] and p.info["cmdline"][:2] == ["sleep", "97.5"] for p in psutil.process_iter(["cmdline"])):
         time.sleep(0.1)
     assert list(scratch.glob("tracecap-validate-*")), "no worktree was made"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted; temporary worktrees removed" in err and "Traceback" not in err

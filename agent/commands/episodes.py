@@ -5,7 +5,7 @@ clone; gives one task instance per line in `--out` and a short summary on stdout
 `--out -` writes the tasks to stdout). Promises: unreadable input, a bad `--repo` or bad numbers
 end in exit 2 with one sentence; `--out` is written whole or not at all (a temporary file renamed
 at the end); `validate` exits 1 when some task could not be checked (status "error"), 130 on Ctrl-C
-after removing its worktrees. The `episodes` package loads only when a subcommand runs.
+or SIGTERM after removing its worktrees and killing the tests it started. The `episodes` package loads only when a subcommand runs.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -169,6 +170,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     repo = args.repo.resolve()
     done = []
+
+    def stop(signum, frame):  # SIGTERM cleans up like Ctrl-C: worktrees and test processes go
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         for inst in tasks:
             checked = validate_instance(inst, repo, args.runs, args.test_cmd, args.timeout)
@@ -183,6 +189,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("tracecap: interrupted; temporary worktrees removed, nothing written", file=sys.stderr)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     from episodes.mine import instance_line
 
     _write(args.out, (instance_line(i) for i in done))
