@@ -119,7 +119,7 @@ class TestReport:
     passed: int
     failed: int
     skipped: int
-    failures: tuple[tuple[str, str], ...]  # (name, message), at most MAX_FAILURES
+    failures: tuple[tuple[str, str], ...]  # (test id, message), at most MAX_FAILURES
     tests: tuple[tuple[str, str], ...] = ()  # (test id, outcome), at most MAX_TESTS
     tests_truncated: bool = False
 
@@ -234,7 +234,7 @@ def parse_junit(raw: bytes, *, pytest: bool | None = None,
         if outcome in ("failed", "error"):
             failed += 1
             if len(failures) < MAX_FAILURES:
-                failures.append((f"{cls}::{name}" if cls else name, _truncate(message)))
+                failures.append((test_id, _truncate(message)))
         elif outcome == "skipped":
             skipped += 1
         else:

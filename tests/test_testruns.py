@@ -62,7 +62,7 @@ def test_surefire_report():
 def test_pytest_report_and_as_data():
     data = parse_junit(PYTEST).as_data()
     assert data["passed"] == 1 and data["failed"] == 1 and data["skipped"] == 0
-    assert data["failures"][0]["name"] == "test_m::test_bad"
+    assert data["failures"][0]["name"] == "test_m.py::test_bad"  # named as in `tests`
     assert "assert 1 == 2" in data["failures"][0]["message"]
 
 
@@ -136,3 +136,22 @@ def test_tests_are_bounded_and_a_repeated_id_keeps_the_worse_outcome():
     assert len(merged.tests) == testruns.MAX_TESTS and merged.tests_truncated
     small = parse_junit(SUREFIRE)
     assert not small.tests_truncated and "tests_truncated" not in small.as_data()
+
+
+def test_a_real_pytest_run_of_more_tests_than_listed_is_flagged(tmp_path):
+    import subprocess
+    import sys
+
+    from agent.sources.shell import read_reports
+
+    (tmp_path / "test_many.py").write_text(
+        "import pytest\n@pytest.mark.parametrize('i', range(1001))\ndef test_i(i):\n    assert i != 7\n")
+    report = tmp_path / "r.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                    "-o", "junit_family=xunit1", "test_many.py"], cwd=tmp_path, capture_output=True,
+                   timeout=120)
+    r = read_reports([report], str(tmp_path), pytest=True)
+    assert (r.passed, r.failed) == (1000, 1)
+    assert len(r.tests) == testruns.MAX_TESTS and r.tests_truncated
+    assert r.tests[7] == ("test_many.py::test_i[7]", "failed")
+    assert r.tests[-1] == ("test_many.py::test_i[999]", "passed")

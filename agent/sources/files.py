@@ -25,7 +25,8 @@ Promises:
   saved when its content differs from its cached version, else from HEAD. Unchanged files make no
   event; the versions a file went through while events were lost are what the gap stands for.
 - One logical save is one event whatever the editor did (see files_coalesce), after `debounce_ms`
-  of quiet on that file. `ts` is the file's mtime.
+  of quiet on that file. `ts` is the file's mtime (for a move, its ctime: when it moved), or just
+  after the repo's last `repo.state` if that is later.
 - Nothing raw is kept: the cache of previous versions (bounded by `diff_cache_bytes`, LRU) holds
   only redacted text, and every diff is made from redacted text. Binary files, files over
   `max_file_bytes`, symlinks, and paths the redactor forbids content for are metadata only. Without
@@ -36,6 +37,18 @@ Promises:
   "head"): no event ever describes an edit made while paused as a step of its own, and a receiver
   can still rebuild every file from the events.
 - Replay: applying each event's diff to its base, in `seq` order, rebuilds every captured text file.
+- The chain (with the git source's `repo.state`, see git_state): the first save of a file after a
+  repo's state diffs against what that state implies for it (HEAD's blob at the state's head with
+  the state's diff of the file applied: `base` "previous"; unchanged: "head"; untracked: "empty"),
+  each later one against the version captured before it; so a clone at the state's head, its diff,
+  then the repo's saves in `seq` order rebuild the working tree. Reading a file and emitting its
+  save happen under the repository's lock that the state is announced under, and a save's `ts`
+  is later than the state's, so the journal orders each save wholly before or after a state. A
+  save after which the chain no longer holds for its file says why in `chain_break`: "binary",
+  "too_large", "never_capture", "metadata" (no diff), "redacted" (redaction changed a line the
+  diff shows, or a redacted line outside it changed), "overflow_rescan" (a save found by the
+  rescan after lost events), "unknown_base" (the state left that file's diff out, or what it
+  implies could not be rebuilt). The next state restarts the chain.
 """
 from __future__ import annotations
 
@@ -497,7 +510,14 @@ class FilesSource:
             self._forget_version((repo.root, src))
         self._stamp((repo.root, rel), st)
         self.emitted += 1
-        self.ctx.emit("file.save", data, ts=st.st_mtime_ns)
+        # A rename keeps the file's mtime, which may predate capture (and be dropped as having
+        # happened while capture was off); its ctime is when it moved.
+        ts = max(st.st_mtime_ns, st.st_ctime_ns) if src is not None else st.st_mtime_ns
+        if self.states is not None:
+            # A file written before the last repo.state but saved after it (the debounce window)
+            # still sorts after the state, which its diff chains from.
+            ts = self.states.stamp_after(repo.root, ts)
+        self.ctx.emit("file.save", data, ts=ts)
 
     def _stamp(self, key: tuple[Path, str], st: os.stat_result) -> None:
         """Remember size and mtime as captured, so a rescan can skip the file cheaply; the
@@ -568,7 +588,10 @@ class FilesSource:
 
     def _redact(self, text: str) -> _Content:
         result = self.ctx.redactor.redact_text(text)
-        return _Content(result.text, redacted_lines(text, result.findings, self._line_key), None)
+        findings = getattr(result, "findings", None)
+        if findings is None:  # a redactor that does not say where: any line may have changed
+            return _Content(result.text, CLEAN if result.text == text else Redacted(None, b""), None)
+        return _Content(result.text, redacted_lines(text, findings, self._line_key), None)
 
     def _base(self, repo: _Repo, rel: str, state: RepoState | None) -> _Base:
         """What the save of `rel` diffs against. Within a state's chain: the version captured

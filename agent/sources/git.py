@@ -37,6 +37,9 @@ from agent.sources.git_state import RepoStates
 from agent.sources.git_reflog import branch_after, classify, commit_message, parse_reflog
 
 
+HEAD_SETTLE_S = 2.0  # how long a state waits for HEAD to reach the reflog's last entry
+
+
 class _Log:
     """One reflog file being followed."""
 
@@ -265,22 +268,31 @@ class GitSource:
             return
         if any(part.startswith(".") or part.endswith(".lock") for part in log.name.split("/")):
             return  # git's scratch names (refs/.tmp-renamed-log): followed for the offset only
-        moved = False
+        moved_to = None
         for entry in entries:
             if entry.ts < int(log.since):
                 continue
             self._entry(repo, log.name, entry)
-            moved = moved or log.name == "HEAD"
-        if moved:
+            if log.name == "HEAD":
+                moved_to = entry.new
+        if moved_to is not None:
             # One state after the entries read together: a rebase's steps make one, not one each.
-            self._announce(repo)
+            self._announce(repo, moved_to)
 
-    def _announce(self, repo: _Repo) -> None:
-        """Emit the repo's `repo.state` (after the git events that moved HEAD, if any)."""
-        def emit(data: dict) -> bool:
+    def _announce(self, repo: _Repo, expect: str | None = None) -> None:
+        """Emit the repo's `repo.state` (after the git events that moved HEAD, if any). git
+        writes a reflog entry before it moves the ref the entry is about: wait (briefly) until
+        HEAD is where the entry says, so the state is not of the moment before."""
+        deadline = time.monotonic() + HEAD_SETTLE_S
+        while expect is not None and time.monotonic() < deadline:
+            if not (repo.dirs.git_dir / "HEAD.lock").exists() and head_sha(repo.dirs) == expect:
+                break
+            time.sleep(0.01)
+
+        def emit(data: dict, ts: int) -> bool:
             if not self.ctx.capturing():
                 return False
-            self.ctx.emit("repo.state", data)
+            self.ctx.emit("repo.state", data, ts=ts)
             return True
 
         self.states.announce(repo.root, read_head_branch(repo.dirs.git_dir), self.ctx.redactor,
@@ -305,6 +317,30 @@ class GitSource:
         # Reflog times have one-second precision; read promptly, now is the better clock.
         ts = now if abs(now - entry.ts * 10**9) < 5 * 10**9 else entry.ts * 10**9
         self.ctx.emit(kind, data, ts=ts)
+
+
+def head_sha(dirs: GitDirs) -> str | None:
+    """The commit HEAD names, read from the files (HEAD, the branch's ref file, packed-refs)."""
+    try:
+        head = (dirs.git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head
+    ref = head[len("ref: "):]
+    try:
+        return (dirs.common_dir / ref).read_text(encoding="utf-8").strip()
+    except OSError:
+        pass
+    try:
+        packed = (dirs.common_dir / "packed-refs").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in packed.splitlines():
+        sha, _, name = line.partition(" ")
+        if name == ref:
+            return sha
+    return None
 
 
 def read_head_branch(git_dir: Path) -> str | None:

@@ -29,6 +29,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
@@ -153,6 +154,7 @@ class RepoState:
     sections: dict[str, str]  # changed path -> its section of the emitted diff
     changed: frozenset[str]  # every path with an uncommitted change, also when the diff is omitted
     omitted: str | None  # the diff_omitted reason, or None when the diff was emitted
+    ts: int = 0  # the event's `ts`: a save made from this state must have a later one
 
 
 def _git(root: Path, *args: str, limit: int | None = None) -> tuple[int, bytes]:
@@ -291,20 +293,26 @@ class RepoStates:
         with self._guard:
             return self._states.get(root)
 
-    def forget(self, root: Path) -> None:
-        with self._guard:
-            self._states.pop(root, None)
+    def stamp_after(self, root: Path, ts: int) -> int:
+        """`ts` for an event of `root` emitted now: later than the repo's last state."""
+        state = self.current(root)
+        return ts if state is None or ts > state.ts else state.ts + 1
 
     def announce(self, root: Path, branch: str | None, redactor: Any, max_bytes: int,
-                 emit: Callable[[dict[str, Any]], bool]) -> RepoState | None:
-        """Compute the state of `root`, hand it to `emit` (which returns whether it was
-        emitted) and, when it was, make it the state later saves diff against."""
+                 emit: Callable[[dict[str, Any], int], bool]) -> RepoState | None:
+        """Compute the state of `root`, hand it and its `ts` to `emit` (which returns whether it
+        was emitted) and, when it was, make it the state later saves diff against.
+
+        The journal orders events by `ts` (within its reorder window), so `ts` is taken after
+        every save made before the state was emitted, and the files source stamps each save made
+        after it later than this `ts` (`stamp_after`)."""
         with self.lock(root):
             with self._guard:
                 self._epoch += 1
                 epoch = self._epoch
             data, state = read_repo_state(root, branch, redactor, max_bytes, epoch)
-            if not emit(data):
+            state = dataclasses.replace(state, ts=time.time_ns())
+            if not emit(data, state.ts):
                 return None
             with self._guard:
                 self._states[root] = state
