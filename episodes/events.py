@@ -9,8 +9,8 @@ time (`read_devices`), duplicates of a `seq` dropped. What is read:
   (blank lines skipped); `-` is standard input. Such events carry no device id: the device is
   `local` for standard input and the file's name (up to its first dot) otherwise.
 
-`kinds` keeps only the events a reader needs (Parquet rows are filtered on their `kind` column
-before their data is parsed).
+`kinds` keeps only the events a reader needs: a line whose compact envelope names another kind is
+skipped before JSON parsing, Parquet rows are filtered on their `kind` column first.
 
 Promises: a path that does not exist, a line that is not a JSON object with an integer `seq`, or a
 Parquet file without pyarrow raise `EventsError` naming the file, the line and the fix, before any
@@ -106,6 +106,9 @@ def _read(kind: str, path: Path | None, stdin: TextIO | None,
         for n, line in enumerate(stream, 1):
             if not line.strip():
                 continue
+            if kinds is not None and _skippable(line, kinds):
+                yield None
+                continue
             try:
                 ev = json.loads(line)
             except ValueError:
@@ -122,6 +125,16 @@ def _read(kind: str, path: Path | None, stdin: TextIO | None,
     finally:
         if path is not None:
             stream.close()
+
+
+def _skippable(line: str, kinds: frozenset[str]) -> bool:
+    """A line whose envelope (compact, keys in the contract's order, as export and `tracecap log
+    --json` write it) names a kind not wanted: skipped without parsing. Anything else is parsed."""
+    at = line.find('"kind":"', 0, 120)
+    if at < 0 or line.find('"data"', 0, at) >= 0:
+        return False
+    end = line.find('"', at + 8, at + 80)
+    return end > 0 and line[at + 8:end] not in kinds
 
 
 def _read_parquet(path: Path, kinds: frozenset[str] | None) -> Iterator[dict | None]:

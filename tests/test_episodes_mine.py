@@ -316,3 +316,31 @@ def test_a_new_branch_inside_a_task_keeps_its_chain():
     inst = mine_device("d", t.events).instances[0]
     assert "+    return a + b" in inst["patch"] and "+def test_add_negative" in inst["test_patch"]
     assert "b/util.py" in inst["patch"]
+
+
+@pytest.mark.parametrize("line, skipped", [
+    ('{"v":1,"seq":1,"ts":2,"kind":"tool.invocation","source":"tools","session":null,"data":{}}', True),
+    ('{"v":1,"seq":1,"ts":2,"kind":"file.save","source":"files","session":null,"data":{}}', False),
+    ('{"data":{"kind":"app.focus"},"kind":"file.save","v":1}', False),  # not the envelope's order: parsed
+    ('{"v": 1, "seq": 1, "kind": "tool.invocation"}', False),  # not compact: parsed, then dropped
+])
+def test_lines_of_unwanted_kinds_are_skipped_unparsed(line, skipped):
+    from episodes.events import _skippable
+
+    assert _skippable(line, frozenset({"file.save"})) is skipped
+
+
+def test_reading_keeps_only_the_mined_kinds(tmp_path):
+    from episodes.events import plan_devices, read_device
+    from episodes.mine import MINED_KINDS
+
+    t = started()
+    loop(t)
+    t.ev("tool.invocation", "tools", {"exe": "/usr/bin/ls"})
+    t.ev("app.focus", "input", {"app": "code"})
+    path = tmp_path / "laptop.jsonl"
+    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in reversed(t.events)))
+    ((device, sources),) = plan_devices([str(path)])
+    events, read = read_device(sources, None, MINED_KINDS)
+    assert device == "laptop" and read == len(t.events) and len(events) == len(t.events) - 2
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
