@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.commands.episodes import EPISODE_SCHEMA
 from episodes.validate import grade, restrict
+from schemas.validate import EventValidator
 from tests.daemon_harness import TRACECAP
 from tests.episode_trace import Trace, unified
 from tests.test_episodes_mine import CALC, FIXED, NEW_TEST, TEST
@@ -94,6 +96,7 @@ def test_validate_observes_and_replays(mined):
     assert json.loads(inst["FAIL_TO_PASS"]) == ["test_calc.py::test_add", "test_calc.py::test_add_negative"]
     assert json.loads(inst["PASS_TO_PASS"]) == ["test_calc.py::test_sub"]
     assert v["replay"]["status"] == "match"
+    assert EventValidator(json.loads(EPISODE_SCHEMA.read_text())).errors(inst) == []
     assert git(clone, "status", "--porcelain") == "" and len(git(clone, "worktree", "list").splitlines()) == 1
 
 
