@@ -240,6 +240,28 @@ def test_grade(before, after, status, f2p, p2p):
     assert (got[0], got[2], got[3]) == (status, f2p, p2p)
 
 
+def test_mine_reads_a_parquet_export(mined, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from collector.export import parquet_schema
+
+    root, _, _ = mined
+    events = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+    (tmp_path / "export" / "laptop-7").mkdir(parents=True)
+    rows = {"device": ["laptop-7"] * len(events), "v": [1] * len(events), "seq": [e["seq"] for e in events],
+            "ts": [e["ts"] for e in events], "kind": [e["kind"] for e in events],
+            "source": [e["source"] for e in events], "session": [e["session"] for e in events],
+            "data": [json.dumps(e["data"]) for e in events]}
+    pq.write_table(pa.Table.from_pydict(rows, schema=parquet_schema()), tmp_path / "export" / "laptop-7" / "2026-11-01.parquet")
+    (tmp_path / "export" / "manifest.json").write_text(json.dumps({"per_device": []}))
+    r = tracecap("episodes", "mine", "--events", str(tmp_path / "export"), "--out", str(tmp_path / "t.jsonl"))
+    assert r.returncode == 0 and "kept 1" in r.stdout, r.stdout + r.stderr
+    a = json.loads((tmp_path / "t.jsonl").read_text())
+    b = json.loads((root / "tasks.jsonl").read_text())
+    assert a["meta"]["device"] == "laptop-7" and (a["patch"], a["test_patch"]) == (b["patch"], b["test_patch"])
+
+
 def test_parallel_mining_writes_the_same_bytes(tmp_path):
     from bench.episodes import write_export
 
