@@ -204,7 +204,8 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     run_ids = set()
     for run in span.runs:
         run_ids |= segment.test_ids(run, ("passed", "failed", "error", "skipped"))
-    test_files = {prefix + t.split("::")[0] for t in run_ids | span.failing}
+    # Ids are relative to pytest's rootdir: the directory the tests ran in, or the repository's root.
+    test_files = {p + t.split("::")[0] for t in run_ids | span.failing for p in {prefix, ""}}
     try:
         base = patches.diff_trees(None, at_start)
         changes = patches.diff_trees(at_start, at_end)

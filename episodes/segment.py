@@ -5,9 +5,9 @@ it happened in) and `find_spans(timeline)`: per repository, the spans in which t
 later pass. Pure: no I/O, no clock.
 
 The rule, per repository, in `seq` order:
-- A span opens at the first failing `test.run` (exit not 0, with failed tests) after the previous
-  span's end, and closes at the first later run that exits 0 and passes a test that failed since
-  it opened. A failing run never followed by such a run makes no span (counted as `unfinished`).
+- A span opens at the first `test.run` with a failed test after the previous span's end, and
+  closes at the first later run that fails no test and passes one that failed since it opened
+  (per-test outcomes decide; runs without them: exit status and failure names). A failing run never followed by such a run makes no span (counted as `unfinished`).
 - Its start is the task's beginning: the last `user.note` before the failing run (a note belongs
   to the repository of the next command or save after it); else the last
   commit, checkout, ref move or `repo.state` of that repository; else the first event after the
@@ -162,15 +162,22 @@ def test_ids(run: dict, outcomes: tuple[str, ...]) -> set[str]:
 
 
 def _failing(run: dict) -> bool:
+    """Some test failed. Per-test outcomes decide, not the exit status: a line such as
+    `cd tests && pytest; cd ..` exits 0 whatever pytest said."""
+    if isinstance(run["data"].get("tests"), list):
+        return bool(test_ids(run, FAILED))
     return run["data"].get("exit") not in (0, None) and bool(test_ids(run, FAILED))
 
 
 def _passes(run: dict, failing: set[str], first: dict) -> set[str]:
+    """The tests of `failing` this run passes, when it fails none (else the empty set)."""
     data = run["data"]
+    if isinstance(data.get("tests"), list):
+        if test_ids(run, FAILED) or data.get("tests_truncated"):
+            return set()
+        return failing & test_ids(run, ("passed",))
     if data.get("exit") != 0:
         return set()
-    if isinstance(data.get("tests"), list):
-        return failing & test_ids(run, ("passed",))
     # No per-test outcomes (an older agent): a clean rerun of the same command passed them.
     if data.get("failed", 0) == 0 and data.get("cmd") == first["data"].get("cmd"):
         return set(failing)

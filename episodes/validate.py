@@ -127,6 +127,19 @@ def worktree(repo: Path, commit: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True, timeout=120)
 
 
+def run_dir(tree: Path, cwd: str, ids: set[str]) -> str:
+    """Where to run the tests: the directory they ran in, or the nearest directory above it
+    (up to the repository's root) that holds every test file the ids name. pytest names tests
+    relative to its rootdir, which is above the working directory when an ini file says so."""
+    files = {i.split("::")[0] for i in ids if "::" in i}
+    parts = [] if cwd in (".", "") else cwd.strip("/").split("/")
+    for k in range(len(parts), -1, -1):
+        here = "/".join(parts[:k]) or "."
+        if all((tree / here / f).is_file() for f in files):
+            return here
+    return cwd
+
+
 def _apply(tree: Path, patch: str, what: str, reverse: bool = False) -> None:
     if not patch:
         return
@@ -217,19 +230,19 @@ def validate_instance(inst: dict[str, Any], repo: Path, runs: int, test_cmd: str
         if _git(repo, "cat-file", "-e", f"{base}^{{commit}}", check=False).returncode != 0:
             raise _InstanceError(f"base_commit {base[:12]} is not in {repo}; fetch it there first")
         meta = inst.get("meta") or {}
-        cwd = meta.get("test_cwd") or "."
-        prefix = "" if cwd == "." else cwd.rstrip("/") + "/"
         recorded = set(json.loads(inst.get("FAIL_TO_PASS") or "[]")) | set(json.loads(inst.get("PASS_TO_PASS") or "[]"))
-        files = {p[len(prefix):] for p in patch_paths(inst.get("test_patch", "")) if p.startswith(prefix)
-                 and p.endswith(".py")}
-        ids = sorted(files | {i for i in recorded if i.split("::")[0] not in files})
-        command = restrict(cmd, ids)
-        validation["command"] = command
         befores, afters = [], []
         with worktree(repo, base) as tree:
             scratch = tree.parent
             _apply(tree, inst.get("base_patch", ""), "base_patch")
             _apply(tree, inst.get("test_patch", ""), "test_patch")
+            cwd = run_dir(tree, meta.get("test_cwd") or ".", recorded)
+            prefix = "" if cwd == "." else cwd.rstrip("/") + "/"
+            files = {p[len(prefix):] for p in patch_paths(inst.get("test_patch", "")) if p.startswith(prefix)
+                     and p.endswith(".py")}
+            ids = sorted(files | {i for i in recorded if i.split("::")[0] not in files})
+            command = restrict(cmd, ids)
+            validation["command"] = command if cwd == "." else f"cd {shlex.quote(cwd)} && {command}"
             for _ in range(runs):
                 befores.append(run_tests(tree, cwd, command, timeout, scratch))
                 _apply(tree, inst.get("patch", ""), "patch")

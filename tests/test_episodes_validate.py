@@ -273,3 +273,17 @@ def test_parallel_mining_writes_the_same_bytes(tmp_path):
         assert r.returncode == 0 and "found 6 episodes: kept 6, skipped 0" in r.stdout, r.stdout + r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and len(outs[0].splitlines()) == 6
+
+
+@pytest.mark.parametrize("cwd, ids, want", [
+    ("tests", {"tests/test_a.py::test_x"}, "."),  # rootdir above the cwd (an ini file at the root)
+    ("tests", {"test_a.py::test_x"}, "tests"),
+    (".", {"tests/test_a.py::test_x"}, "."),
+    ("pkg/tests", {"missing.py::t"}, "pkg/tests"),  # nothing fits: where they ran
+])
+def test_run_dir(tmp_path, cwd, ids, want):
+    from episodes.validate import run_dir
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("")
+    assert run_dir(tmp_path, cwd, ids) == want
