@@ -123,7 +123,8 @@ class TreeTrack:
     def committed(self) -> None:
         """HEAD moved by a commit and the chain goes on: the working tree did not change, and a
         save's "head" (the new HEAD's blob, when the state shows no change to the file) is the
-        file as it stands."""
+        file as it stands, for a file followed so far; a file first seen after the commit breaks
+        the chain (`unknown_base`)."""
         self.head_is_current = True
 
     # --- building
@@ -216,7 +217,10 @@ class TreeTrack:
                 self.broken[data["from"]] = str(data["chain_break"])
             return
         if op == "delete":
-            self._state(path)
+            if path not in self.files:
+                # Never seen in this chain: most likely a file git does not track (a tracked file
+                # deleted before the state is in its diff). Taken as untracked: no change.
+                self.initial.setdefault(path, absent_state(path))
             self.files[path] = absent_state(path)
             return
         if op == "move" and isinstance(data.get("from"), str):
@@ -226,6 +230,11 @@ class TreeTrack:
             self.broken[path] = "no_diff"
             return
         base = data.get("base", "previous")
+        if self.head_is_current and base != "empty" and path not in self.files:
+            # First seen after a commit the chain went through: its base is the new HEAD's blob (and
+            # the new state's diff), and what the commit did to the file no event says.
+            self.broken[path] = "unknown_base"
+            return
         if base == "head" and self.head_is_current:
             base = "previous"
         if base == "head":

@@ -7,7 +7,9 @@ later pass. Pure: no I/O, no clock.
 The rule, per repository, in `seq` order:
 - A span opens at the first `test.run` with a failed test after the previous span's end, and
   closes at the first later run that fails no test and passes one that failed since it opened
-  (per-test outcomes decide; runs without them: exit status and failure names). A failing run never followed by such a run makes no span (counted as `unfinished`).
+  (per-test outcomes decide; runs without them: exit status and failure names). A note for the
+  repository before that run starts the task over from the note (the first attempt counts as
+  unfinished). A failing run never followed by such a run makes no span (counted as `unfinished`).
 - Its start is the task's beginning: the last `user.note` before the failing run (a note belongs
   to the repository of the next command or save after it); else the last
   commit, checkout, ref move or `repo.state` of that repository; else the first event after the
@@ -191,6 +193,7 @@ def find_spans(tl: Timeline) -> tuple[list[Span], int]:
     for repo in sorted(tl.by_repo):
         evs = tl.by_repo[repo]
         runs = [e for e in evs if e["kind"] == "test.run"]
+        notes = [n["seq"] for n in tl.notes if tl.note_repo.get(n["seq"]) == repo]
         floor = 0
         i = 0
         while i < len(runs):
@@ -200,9 +203,15 @@ def find_spans(tl: Timeline) -> tuple[list[Span], int]:
             first = runs[i]
             failing = test_ids(first, FAILED)
             passing = None
+            restart = None
             j = i + 1
             while j < len(runs):
                 r = runs[j]
+                # A new note for this repository before this run: the task starts over there.
+                note = next((n for n in notes if runs[j - 1]["seq"] < n < r["seq"]), None)
+                if note is not None:
+                    restart = note
+                    break
                 if _passes(r, failing, first):
                     passing = r
                     break
@@ -211,7 +220,10 @@ def find_spans(tl: Timeline) -> tuple[list[Span], int]:
                 j += 1
             if passing is None:
                 unfinished += 1
-                break
+                if restart is None:
+                    break
+                floor, i = restart - 1, j
+                continue
             start, start_kind = _task_start(tl, evs, first, floor)
             commit = _closing_commit(evs, passing, runs[j + 1]["seq"] if j + 1 < len(runs) else None)
             end_seq = commit["seq"] if commit else passing["seq"]

@@ -10,8 +10,9 @@ For each instance, in a temporary `git worktree` of the clone (detached at `base
 the clone's own work tree): apply `base_patch` and `test_patch`, run the tests; apply `patch`,
 run them again; undo `patch`; all `runs` times. The tests run are the recorded ones plus every
 test of the files `test_patch` touches (so a new test that passes only with the patch is found),
-by the recorded `test_cmd` (or `--test-cmd`) with the pytest node ids appended and its own path
-and -k/-m selections removed; outcomes come from a small pytest plugin
+by the pytest command of the recorded `test_cmd` (or `--test-cmd`; in a line of several
+commands, the one running pytest, from the directory its `cd`s lead to) with the pytest node ids
+appended and its own paths and -k/-m selections removed; outcomes come from a small pytest plugin
 (`plugin/tracecap_outcomes.py`), so ids are pytest's own. A test is FAIL_TO_PASS when it fails,
 errors or is missing without the patch and passes with it, in every run; PASS_TO_PASS when it
 passes both ways in every run. Valid: at least one FAIL_TO_PASS, no test that passed without the
@@ -39,7 +40,6 @@ PYTEST_VALUE_OPTS = {"-c", "-o", "-p", "-W", "-n", "--rootdir", "--junitxml", "-
                      "--confcutdir", "--basetemp", "--deselect", "--ignore", "--ignore-glob",
                      "--maxfail", "--tb", "-r", "--durations", "--log-level", "--timeout", "--import-mode"}
 SELECTING_OPTS = {"-k", "-m"}
-SHELL_OPERATORS = ("&&", "||", ";", "|", "\n")
 
 
 class ValidateError(Exception):
@@ -76,13 +76,38 @@ def is_pytest(cmd: str) -> bool:
         any(a == "-m" and b == "pytest" for a, b in zip(toks, toks[1:]))
 
 
+def pytest_part(line: str) -> tuple[str, str, str]:
+    """(the commands before pytest, with their operators; the directory their `cd`s lead to,
+    relative; the simple command that runs pytest) of a shell line such as
+    `source .venv/bin/activate && cd tests && python -m pytest -q; cd ..`. What follows pytest
+    (`; cd ..`, `| tee log`) is dropped. A line of one command is ("", ".", line)."""
+    lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    try:
+        toks = list(lex)
+    except ValueError:
+        return "", ".", line
+    before: list[str] = []
+    segment: list[str] = []
+    where = "."
+    for t in toks + [";"]:
+        if t and all(c in "();<>|&" for c in t):
+            if segment and is_pytest(shlex.join(segment)):
+                return " ".join(before), where, shlex.join(segment)
+            if segment and segment[0] == "cd" and len(segment) == 2:
+                where = os.path.normpath(os.path.join(where, segment[1]))
+            before += [shlex.join(segment), t] if segment else [t]
+            segment = []
+        else:
+            segment.append(t)
+    return "", ".", line
+
+
 def restrict(cmd: str, ids: list[str]) -> str:
-    """`cmd` running only `ids`: its positional paths and -k/-m selections dropped, ids appended.
-    A line with several commands keeps its text and gets the ids at its end."""
-    quoted = " ".join(shlex.quote(i) for i in ids)
-    if any(op in cmd for op in SHELL_OPERATORS):
-        return f"{cmd} {quoted}".rstrip()
+    """A pytest command running only `ids`: its positional paths and -k/-m selections dropped,
+    ids appended."""
     toks = shlex.split(cmd)
+    quoted = " ".join(shlex.quote(i) for i in ids)
     at = next((k for k, t in enumerate(toks) if os.path.basename(t) in ("pytest", "py.test", "pytest-3")), None)
     if at is None:
         at = next(k + 1 for k, (a, b) in enumerate(zip(toks, toks[1:])) if a == "-m" and b == "pytest")
@@ -236,12 +261,17 @@ def validate_instance(inst: dict[str, Any], repo: Path, runs: int, test_cmd: str
             scratch = tree.parent
             _apply(tree, inst.get("base_patch", ""), "base_patch")
             _apply(tree, inst.get("test_patch", ""), "test_patch")
-            cwd = run_dir(tree, meta.get("test_cwd") or ".", recorded)
-            prefix = "" if cwd == "." else cwd.rstrip("/") + "/"
-            files = {p[len(prefix):] for p in patch_paths(inst.get("test_patch", "")) if p.startswith(prefix)
-                     and p.endswith(".py")}
-            ids = sorted(files | {i for i in recorded if i.split("::")[0] not in files})
-            command = restrict(cmd, ids)
+            before, subdir, segment = pytest_part(cmd)
+            cwd = os.path.normpath(meta.get("test_cwd") or ".")
+            where = os.path.normpath(os.path.join(cwd, subdir))  # where pytest itself runs
+            if where.startswith("..") or cwd.startswith(".."):
+                raise _InstanceError(f"the test command runs outside the repository ({cmd!r}); pass --test-cmd")
+            # Recorded ids are relative to pytest's rootdir, which may be above `where`.
+            up = os.path.relpath(run_dir(tree, where, recorded), where)
+            ids = {i if up == "." else f"{up}/{i}" for i in recorded}
+            files = {os.path.relpath(p, where) for p in patch_paths(inst.get("test_patch", "")) if p.endswith(".py")}
+            ids = sorted(files | {i for i in ids if i.split("::")[0] not in files})
+            command = f"{before} {restrict(segment, ids)}".strip()
             validation["command"] = command if cwd == "." else f"cd {shlex.quote(cwd)} && {command}"
             for _ in range(runs):
                 befores.append(run_tests(tree, cwd, command, timeout, scratch))

@@ -219,13 +219,46 @@ def test_a_commit_in_the_middle_is_followed_through():
     t = started()
     t.note("fix add")
     t.cmd("python -m pytest -q", exit=1, tests=FAIL)
-    t.save("calc.py", FIXED)
+    t.save("test_calc.py", NEW_TEST)
+    t.save("calc.py", CALC.replace("a - b\n\n", "a + b  # wip\n\n", 1))
     t.commit("d" * 40, "wip", HEAD)
-    t.save("test_calc.py", NEW_TEST, base="head")  # the new HEAD's blob: the file as it stands
+    t.save("calc.py", FIXED, base="head")  # the new HEAD's blob: the file as it stands
     t.cmd("python -m pytest -q", exit=0, tests=PASS)
     inst = mine_device("d", t.events).instances[0]
-    assert inst["base_commit"] == HEAD and "+    return a + b" in inst["patch"]
+    assert inst["base_commit"] == HEAD and "+    return a + b\n" in inst["patch"] and "wip" not in inst["patch"]
     assert "+def test_add_negative" in inst["test_patch"]
+
+
+def test_a_file_first_seen_after_a_commit_in_the_middle_cannot_be_rebuilt():
+    t = started()
+    t.note("fix add")
+    t.cmd("python -m pytest -q", exit=1, tests=FAIL)
+    t.save("calc.py", FIXED)
+    t.commit("d" * 40, "wip", HEAD)  # it may have changed files no save showed
+    t.save("test_calc.py", NEW_TEST, base="head")
+    t.cmd("python -m pytest -q", exit=0, tests=PASS)
+    assert [s.reason for s in mine_device("d", t.events).skipped] == ["chain_break:unknown_base"]
+
+
+def test_a_new_note_starts_the_task_over():
+    t = started()
+    t.note("first try")
+    t.cmd("python -m pytest -q", exit=1, tests=FAIL)
+    t.note("second try")
+    t.cmd("python -m pytest -q", exit=1, tests=FAIL)
+    t.save("calc.py", FIXED)
+    t.cmd("python -m pytest -q", exit=0, tests=PASS)
+    r = mine_device("d", t.events)
+    assert [i["problem_statement"] for i in r.instances] == ["second try"] and r.unfinished == 1
+
+
+def test_a_line_that_exits_0_with_failed_tests_still_fails():
+    t = started()
+    t.note("fix add")
+    t.cmd("cd . && python -m pytest -q; cd .", exit=0, tests=FAIL)
+    t.save("calc.py", FIXED)
+    t.cmd("cd . && python -m pytest -q; cd .", exit=0, tests=PASS)
+    assert len(mine_device("d", t.events).instances) == 1
 
 
 def test_tests_run_in_a_subdirectory_keep_its_cwd():

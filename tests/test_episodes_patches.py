@@ -96,11 +96,14 @@ def test_new_deleted_and_moved_files():
                                                   "--- /dev/null\n+++ b/moved.py\n@@ -0,0 +1,1 @@\n+x = 2\n"}
 
 
-def test_deleting_a_file_never_shown_cannot_be_written():
+def test_deleting_a_file_never_shown():
     t = TreeTrack()
     t.repo_state("", None)
+    t.save({"path": "scratch.py", "op": "delete", "size": 0})  # untracked, made before the state
+    assert diff_trees(None, t.snapshot()) == {}
+    t.save({"path": "a.py", "op": "modify", "base": "previous", "diff": "--- a/a.py\n+++ b/a.py\n@@ -1,2 +1,2 @@\n-x\n+y\n z\n"})
     start = t.snapshot()
-    t.save({"path": "old.py", "op": "delete", "size": 0})
+    t.save({"path": "a.py", "op": "delete", "size": 0})  # tracked, its whole text never shown
     with pytest.raises(Unrenderable):
         diff_trees(start, t.snapshot())
 

@@ -221,10 +221,22 @@ def test_mine_reads_stdin_and_an_export_directory(mined, tmp_path):
     ("pytest -x tests/test_calc.py -k add", ["tests/test_calc.py::test_add"], "pytest -x tests/test_calc.py::test_add"),
     ("pytest -p no:cacheprovider tests", ["t.py::b[1 2]"], "pytest -p no:cacheprovider 't.py::b[1 2]'"),
     ("pytest -madd --tb short x.py", ["x.py::c"], "pytest --tb short x.py::c"),
-    ("cd sub && pytest -q", ["t.py::a"], "cd sub && pytest -q t.py::a"),
 ])
 def test_restrict(cmd, ids, want):
     assert restrict(cmd, ids) == want
+
+
+@pytest.mark.parametrize("line, want", [
+    ("python -m pytest -q", ("", ".", "python -m pytest -q")),
+    ("cd tests && python3 -m pytest -q test_cart.py; cd ..", ("cd tests &&", "tests", "python3 -m pytest -q test_cart.py")),
+    ("cd a && cd ../b && pytest -x | tee log.txt", ("cd a && cd ../b &&", "b", "pytest -x")),
+    ("source '.venv/bin/activate' && pytest 'x y.py'", ("source .venv/bin/activate &&", ".", "pytest 'x y.py'")),
+    ("PYTHONPATH=. pytest -q", ("", ".", "PYTHONPATH=. pytest -q")),
+])
+def test_the_pytest_part_of_a_line(line, want):
+    from episodes.validate import pytest_part
+
+    assert pytest_part(line) == want
 
 
 @pytest.mark.parametrize("before, after, status, f2p, p2p", [
