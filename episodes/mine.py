@@ -151,7 +151,7 @@ class _Skip(Exception):
 
 def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     evs = tl.by_repo[span.repo]
-    seqs = [e["seq"] for e in evs]
+    seqs = tl.seqs[span.repo]
     # The chain starts at the last repo.state at or before the start, or at a HEAD move between
     # the start and the first failing run (the task then starts there).
     first_fail = bisect.bisect_left(seqs, span.first_fail["seq"])

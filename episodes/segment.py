@@ -42,6 +42,7 @@ class Timeline:
     start_of: dict[int, dict]  # test.run or shell.end seq -> its shell.start event
     end_of: dict[int, dict]  # shell.start seq -> its shell.end event
     by_repo: dict[str, list[dict]]
+    seqs: dict[str, list[int]]  # by_repo's seqs, for bisection
     notes: list[dict]
     note_repo: dict[int, str | None]  # a note belongs to the repository the next command or save is in
     barriers: list[tuple[int, int, str]]  # (first seq, last seq, reason) of spans without capture
@@ -149,7 +150,9 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
             note_repo[ev["seq"]] = following
         elif ev["seq"] in repo_of and ev["kind"] in ("shell.start", "file.save", "test.run"):
             following = repo_of[ev["seq"]]
-    return Timeline(device, events, repo_of, start_of, end_of, by_repo, notes, note_repo, barriers, sorted(activity))
+    seqs = {r: [e["seq"] for e in evs] for r, evs in by_repo.items()}
+    return Timeline(device, events, repo_of, start_of, end_of, by_repo, seqs, notes, note_repo, barriers,
+                    sorted(activity))
 
 
 def test_ids(run: dict, outcomes: tuple[str, ...]) -> set[str]:
