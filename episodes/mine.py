@@ -10,7 +10,9 @@ For each span `segment.find_spans` returns:
   `repo.state`): `base_commit` is its `head`, `base_patch` its diff plus the saves up to the start;
 - `patch` and `test_patch` are the changes from the start to the end (the passing run or the
   closing commit), split by `is_test_path`; a commit in between does not change the working tree
-  and is followed through, any other HEAD move skips the span (`head_moved`);
+  and is followed through (a file first seen after it breaks the chain: what the commit did to it
+  is unknown), any other HEAD move skips the span (`head_moved`), and so does a `repo.state` of
+  the same HEAD describing another tree (`chain_restarted`);
 - the problem statement is the note the task started with; else the closing commit's message;
   else one written from the failing tests and their messages;
 - `FAIL_TO_PASS`: tests that failed in the span and pass in the passing run; `PASS_TO_PASS`: tests
@@ -19,9 +21,8 @@ For each span `segment.find_spans` returns:
   activity), each gap counted up to ACTIVE_GAP_S.
 
 Skip reasons: gap, forget, paused, daemon_stopped (capture was off inside the span),
-no_repo_state, head_moved, chain_restarted (a `repo.state` of the same HEAD inside the span that
-describes another tree, e.g. after a reset),
-chain_break:<reason> (a file the task needs could not be rebuilt),
+no_repo_state, head_moved, chain_restarted, chain_break:<reason> (a file the task needs could not
+be rebuilt: the capture side's reason, or no_diff, diff_mismatch, unknown_base, unreadable_diff),
 content_unknown (a diff would need lines no event showed), no_change_outside_tests.
 """
 from __future__ import annotations

@@ -11,13 +11,13 @@ The rule, per repository, in `seq` order:
   repository before that run starts the task over from the note (the first attempt counts as
   unfinished). A failing run never followed by such a run makes no span (counted as `unfinished`).
 - Its start is the task's beginning: the last `user.note` before the failing run (a note belongs
-  to the repository of the next command or save after it); else the last
-  commit, checkout, ref move or `repo.state` of that repository; else the first event after the
-  last idle gap (IDLE_GAP_S without an event of that repository); never before the previous span.
+  to the repository of the next command or save after it); else the last commit, checkout, ref
+  move or `repo.state` of that repository; else the first event after the last idle gap
+  (IDLE_GAP_S without an event of that repository); never before the previous span.
 - Its end is the passing run, moved to the `git.commit` of that repository that follows within
   COMMIT_WINDOW_S, before any other test run, when there is one (the closing commit).
-- A span with an `agent.gap`, `agent.forget`, a pause or a daemon stop inside it is returned with
-  that reason in `excluded` (the caller skips it).
+- A span with an `agent.gap`, `agent.forget`, a pause or a daemon stop or start inside it is
+  returned with that reason in `excluded` (the caller skips it).
 
 A `test.run` belongs to the repository holding the cwd of its command (the `shell.start` of the
 same session and command before it); a shell command to the one holding its cwd; saves, git events
