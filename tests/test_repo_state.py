@@ -304,3 +304,60 @@ def test_before_the_first_commit_the_index_is_diffed_against_the_empty_tree(tmp_
     assert list(state.sections) == ["a.py"]
     data, _ = read_repo_state(tmp_path / "not-a-repo", None, make_redactor(), 1 << 20, 1)
     assert data["diff_omitted"] == "error" and "diff" not in data
+
+
+def test_a_version_gone_from_the_cache_is_replaced_by_heads_blob_not_the_state(tmp_path):
+    from agent.sources.files import FilesSource
+    from agent.sources.git import GitSource
+    from agent.sources.git_state import RepoStates
+    from tests.test_files_helpers import Recorder, Running, init_repo, make_context
+
+    body = "".join(f"line {i}\n" for i in range(40))  # over the cache's 64 bytes
+    repo = init_repo(tmp_path / "src" / "app", {"a.py": body})
+    (repo / "a.py").write_text(body + "uncommitted\n")
+    shared, rec = RepoStates(), Recorder()
+    policy = {"capture": {"roots": [str(tmp_path / "src")], "debounce_ms": 100,
+                          "diff_cache_bytes": 64}}
+    sources = []
+    for name, cls in (("git", GitSource), ("files", FilesSource)):
+        ctx = make_context(tmp_path, policy, rec, name)
+        ctx.repo_states = shared
+        sources.append(cls(ctx))
+    with Running(sources[0]) as g, Running(sources[1]) as f:
+        g.wait_ready(lambda: shared.current(repo) is not None)
+        f.wait_ready(lambda: repo in sources[1].repos)
+        for n in (1, 2):
+            with open(repo / "a.py", "a") as fh:
+                fh.write(f"edit {n}\n")
+            rec.wait_for(lambda ev: sum(k == "file.save" for k, _, _ in ev) == n)
+    saves = rec.data("file.save")
+    assert [s["base"] for s in saves] == ["previous", "head"]  # the first from the state's tree
+    added = [ln for ln in saves[0]["diff"].splitlines() if ln[:1] == "+" and ln[:3] != "+++"]
+    assert added == ["+edit 1"]  # the step, not the whole uncommitted change
+    events = [{"seq": i + 1, "kind": k, "data": d} for i, (k, d, _) in enumerate(rec.events)]
+    rebuilt = replay(repo, events, str(repo), tmp_path / "rebuilt")
+    assert tree(rebuilt) == tree(repo)
+
+
+def test_a_repo_that_appears_under_the_roots_gets_a_state_and_another_after_its_first_commit(tmp_path):
+    from agent.sources.git import GitSource
+    from tests.test_files_helpers import Recorder, Running, make_context
+
+    (tmp_path / "src").mkdir()
+    rec = Recorder()
+    src = GitSource(make_context(tmp_path, {"capture": {"roots": [str(tmp_path / "src")]}}, rec, "git"))
+    with Running(src) as r:
+        r.wait_ready(lambda: src._watcher is not None and src.roles)
+        repo = tmp_path / "src" / "late"
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        rec.wait_for(lambda ev: any(k == "repo.state" for k, _, _ in ev))
+        (repo / "a.py").write_text("a = 1\n")
+        git(repo, "add", "a.py")
+        git(repo, "commit", "-qm", "first")
+        head = git(repo, "rev-parse", "HEAD").strip()
+        rec.wait_for(lambda ev: any(k == "repo.state" and d["head"] == head for k, d, _ in ev))
+    kinds = [k for k, _, _ in rec.events]
+    assert kinds.index("git.commit") < len(kinds) - 1 - kinds[::-1].index("repo.state")
+    first = rec.data("repo.state")[0]
+    assert first["repo"] == str(repo) and first["head"] is None and first["diff"] == ""

@@ -108,6 +108,11 @@ class FilesSource:
         self.states: RepoStates | None = ctx.repo_states
         self._line_key = self.states.line_key if self.states is not None else os.urandom(32)
         self._rescanned: set[str] = set()  # paths queued by an overflow rescan, not yet saved
+        # The state epoch of each file's last save (oldest dropped past _MAX_STAMPS; the floor is
+        # the newest epoch dropped): a file saved since a state, whose version has left the cache,
+        # must not diff against what the state implies, which the trace has moved past.
+        self._saved_in: dict[tuple[Path, str], int] = {}
+        self._saved_floor = 0
 
     # ---------------------------------------------------------------- lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -504,6 +509,7 @@ class FilesSource:
         if touched.path in self._rescanned:
             self._rescanned.discard(touched.path)
             chain_break = chain_break or "overflow_rescan"
+        self._note_saved((repo.root, rel), state)
         if chain_break is not None:
             data["chain_break"] = chain_break
         if src is not None:
@@ -515,9 +521,21 @@ class FilesSource:
         ts = max(st.st_mtime_ns, st.st_ctime_ns) if src is not None else st.st_mtime_ns
         if self.states is not None:
             # A file written before the last repo.state but saved after it (the debounce window)
-            # still sorts after the state, which its diff chains from.
-            ts = self.states.stamp_after(repo.root, ts)
+            # still sorts after the state, which its diff chains from; an mtime in the future
+            # (`touch -d`, an unpacked archive) must not sort a save after a later state.
+            ts = self.states.stamp_after(repo.root, min(ts, time.time_ns()))
         self.ctx.emit("file.save", data, ts=ts)
+
+    def _note_saved(self, key: tuple[Path, str], state: RepoState | None) -> None:
+        self._saved_in.pop(key, None)
+        self._saved_in[key] = state.epoch if state is not None else 0
+        if len(self._saved_in) > _MAX_STAMPS:
+            oldest = next(iter(self._saved_in))
+            self._saved_floor = max(self._saved_floor, self._saved_in.pop(oldest))
+
+    def _saved_since(self, key: tuple[Path, str], state: RepoState) -> bool:
+        epoch = self._saved_in.get(key)
+        return epoch >= state.epoch if epoch is not None else self._saved_floor >= state.epoch
 
     def _stamp(self, key: tuple[Path, str], st: os.stat_result) -> None:
         """Remember size and mtime as captured, so a rescan can skip the file cheaply; the
@@ -554,6 +572,8 @@ class FilesSource:
         self._forget_version((repo.root, rel))
         if not known:
             return  # made and removed within the window: a scratch file, not a save
+        if self.states is not None:
+            self._note_saved((repo.root, rel), self.states.current(repo.root))
         self.emitted += 1
         self.ctx.emit("file.save", {"repo": str(repo.root), "path": rel, "op": "delete", "size": 0})
 
@@ -612,6 +632,10 @@ class FilesSource:
             return dataclasses.replace(self._text_base("head", repo.catfile.head_blob(rel), None),
                                        chain_break="unknown_base")
         blob = self._blob_at(repo, state.head, rel)
+        if self._saved_since(key, state):
+            # Saved since the state, and that version is gone (evicted, or not text): HEAD's blob
+            # is a base a replay can find whatever its tree holds.
+            return self._text_base("head", blob, "unknown_base")
         section = state.sections.get(rel)
         if section is None:
             return self._text_base("head", blob, "unknown_base")

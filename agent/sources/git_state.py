@@ -189,9 +189,7 @@ def read_repo_state(root: Path, branch: str | None, redactor: Any, max_bytes: in
                     epoch: int) -> tuple[dict[str, Any], RepoState]:
     """The `repo.state` data of the work tree at `root` and the state it implies."""
     data: dict[str, Any] = {"repo": str(root), "remote": None, "head": None, "branch": branch}
-    changed: frozenset[str] = frozenset()
-    paths: list[str] = []
-    diff, omitted = "", None
+    diff, omitted, sections, changed = "", "error", {}, frozenset()
     try:
         rc, out = _git(root, "config", "--get", "remote.origin.url")
         if rc == 0:
@@ -202,35 +200,46 @@ def read_repo_state(root: Path, branch: str | None, redactor: Any, max_bytes: in
         against = head or _empty_tree(root)
         if against is None:
             raise OSError("no HEAD and no empty tree")
-        rc, numstat = _git(root, "diff", *_DIFF_ARGS, "--numstat", "-z", against, "--")
-        if rc != 0:
-            raise OSError("git diff --numstat failed")
-        paths, binary = _numstat_paths(numstat)
-        changed = frozenset(paths)
-        omitted = _content_omitted(redactor, root, paths, binary)
-        if omitted is None and paths:
-            rc, raw = _git(root, "diff", *_DIFF_ARGS, against, "--", limit=max_bytes)
-            if rc != 0:
-                raise OSError("git diff failed")
-            diff, omitted = _check_diff(raw, redactor)
+        # A file changed between the two git runs makes their lists disagree: once more, then
+        # say so rather than guess.
+        for _ in range(2):
+            diff, omitted, sections, changed = _read_diff(root, against, redactor, max_bytes)
+            if omitted != "error":
+                break
     except OverflowError:
         diff, omitted = "", "too_large"
     except (OSError, ValueError, subprocess.SubprocessError):
         diff, omitted = "", "error"
-    sections: dict[str, str] = {}
-    if omitted is None:
-        found = split_sections(diff, paths)
-        if found is None or any(section_is_binary(s) for s in found.values()):
-            # The tree changed between the two git runs: say so rather than guess.
-            omitted = "binary" if found and any(section_is_binary(s) for s in found.values()) else "error"
-            changed = changed | frozenset(found or ())
-        else:
-            sections = found
     if omitted is None:
         data["diff"] = diff
     else:
         data["diff_omitted"] = omitted
     return data, RepoState(epoch, data["head"], sections, changed, omitted)
+
+
+def _read_diff(root: Path, against: str, redactor: Any, max_bytes: int
+               ) -> tuple[str, str | None, dict[str, str], frozenset[str]]:
+    """(diff, why it is omitted or None, its sections by path, the changed paths)."""
+    rc, numstat = _git(root, "diff", *_DIFF_ARGS, "--numstat", "-z", against, "--", limit=max_bytes)
+    if rc != 0:
+        raise OSError("git diff --numstat failed")
+    paths, binary = _numstat_paths(numstat)
+    changed = frozenset(paths)
+    omitted = _content_omitted(redactor, root, paths, binary)
+    if omitted is not None or not paths:
+        return "", omitted, {}, changed
+    rc, raw = _git(root, "diff", *_DIFF_ARGS, against, "--", limit=max_bytes)
+    if rc != 0:
+        raise OSError("git diff failed")
+    diff, omitted = _check_diff(raw, redactor)
+    if omitted is not None:
+        return "", omitted, {}, changed
+    sections = split_sections(diff, paths)
+    if sections is None:
+        return "", "error", {}, changed
+    if any(section_is_binary(s) for s in sections.values()):
+        return "", "binary", {}, changed
+    return diff, None, sections, changed
 
 
 def _numstat_paths(raw: bytes) -> tuple[list[str], bool]:
