@@ -271,6 +271,9 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
         "files": sorted(code),
         "test_files": sorted(tests),
         "base_files": sorted(base),
+        "patch_added": sum(_changed(d, "+") for d in code.values()),
+        "patch_removed": sum(_changed(d, "-") for d in code.values()),
+        "extensions": sorted({p.rsplit(".", 1)[1] for p in code if "." in p.rsplit("/", 1)[-1]}),
     }
     inst = {
         "instance_id": f"{name.replace('/', '__').strip('_') or 'repo'}-{digest[:12]}",
@@ -291,6 +294,12 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
                                        span.start["seq"] if span.start_kind == "note" else None),
     }
     return {k: inst[k] for k in INSTANCE_KEYS}
+
+
+def _changed(diff: str, sign: str) -> int:
+    """Lines a diff adds ("+") or removes ("-"), headers left out."""
+    head = sign * 3 + " "
+    return sum(1 for line in diff.splitlines() if line.startswith(sign) and not line.startswith(head))
 
 
 def _problem_from_tests(span: segment.Span) -> str:

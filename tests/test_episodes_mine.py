@@ -60,6 +60,7 @@ def test_the_loop_makes_one_instance_with_every_field():
     meta = inst["meta"]
     assert meta["closing_commit"] == "b" * 40 and meta["start"] == "note" and meta["actor"] == "human"
     assert (meta["edits"], meta["test_runs"], meta["files"], meta["test_files"]) == (2, 2, ["calc.py"], ["test_calc.py"])
+    assert (meta["patch_added"], meta["patch_removed"], meta["extensions"]) == (1, 1, ["py"])
     assert inst["created_at"].endswith("Z") and list(inst)[:3] == ["instance_id", "repo", "base_commit"]
     assert EventValidator(json.loads(EPISODE_SCHEMA.read_text())).errors(inst) == []
 
