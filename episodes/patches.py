@@ -384,13 +384,16 @@ def diff_file(path: str, a: FileState, b: FileState, tree: Tree) -> str:
             hi += 1
         lo = max(0, lo - CONTEXT)
         hi = max(0, hi - CONTEXT)
-        ka = [_key(tree, a, r) for r in a_refs[lo:len(a_refs) - hi]]
-        kb = [_key(tree, b, r) for r in b_refs[lo:len(b_refs) - hi]]
+        a_mid, b_mid = a_refs[lo:len(a_refs) - hi], b_refs[lo:len(b_refs) - hi]
+        ka = [_key(tree, a, r) for r in a_mid]
+        kb = [_key(tree, b, r) for r in b_mid]
+        ops = _anchored_opcodes(a_mid, b_mid, ka, kb)
     else:
         ka = _full_text(tree, a, path)
         kb = _full_text(tree, b, path)
         lo = 0
-    hunks = _hunks_between(path, ka, kb, lo)
+        ops = difflib.SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes()
+    hunks = _hunks_between(path, ka, kb, ops, lo)
     if not hunks:
         return ""
     return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n" + "".join(hunks)
@@ -401,11 +404,29 @@ def _key(tree: Tree, st: FileState, ref):
     return t if t is not None else (st.origin, ref)
 
 
-def _hunks_between(path: str, ka: list, kb: list, offset: int = 0) -> list[str]:
+def _anchored_opcodes(a_refs: list, b_refs: list, ka: list, kb: list) -> list[tuple]:
+    """difflib-style opcodes from `a_refs` to `b_refs`. HEAD lines (ints) kept on both sides are
+    anchors: edits never reorder them, so they pair up in order; only the stretches between two
+    anchors are matched by difflib, on their keys (text where known)."""
+    common = {r for r in a_refs if isinstance(r, int)} & {r for r in b_refs if isinstance(r, int)}
+    a_at = [k for k, r in enumerate(a_refs) if r in common] if common else []
+    b_at = [k for k, r in enumerate(b_refs) if r in common] if common else []
+    ops: list[tuple] = []
+    pa = pb = 0
+    for ia, jb in zip(a_at + [len(a_refs)], b_at + [len(b_refs)]):
+        if ia > pa or jb > pb:
+            sm = difflib.SequenceMatcher(None, ka[pa:ia], kb[pb:jb], autojunk=False)
+            ops.extend((t, i1 + pa, i2 + pa, j1 + pb, j2 + pb) for t, i1, i2, j1, j2 in sm.get_opcodes())
+        if ia < len(a_refs):
+            ops.append(("equal", ia, ia + 1, jb, jb + 1))
+        pa, pb = ia + 1, jb + 1
+    return ops
+
+
+def _hunks_between(path: str, ka: list, kb: list, ops: list[tuple], offset: int = 0) -> list[str]:
     """Hunks from `ka` to `kb` (str: known text; tuple: a HEAD line never shown, same on both
-    sides), both starting at line `offset` of the file. Context is up to CONTEXT known lines; an
-    unknown line cuts it."""
-    ops = difflib.SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes()
+    sides) by the opcodes `ops`, both starting at line `offset` of the file. Context is up to
+    CONTEXT known lines; an unknown line cuts it."""
     changes = [op for op in ops if op[0] != "equal"]
     if not changes:
         return []
