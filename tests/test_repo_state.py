@@ -72,7 +72,8 @@ A_PY = "TOKEN = 'SECRET-abc123'\n" + "".join(f"x{i} = {i}\n" for i in range(10))
 
 
 @pytest.fixture
-def world(tmp_path, daemon_factory):
+def world(request, tmp_path, daemon_factory):
+    """A repo under the roots and a daemon to start; `request.param`: the files backend."""
     src = tmp_path / "src"
     repo = src / "app"
     (repo / "tests").mkdir(parents=True)
@@ -91,7 +92,8 @@ def world(tmp_path, daemon_factory):
                       'max_file_bytes = "4KiB"\n'
                       '[redaction]\nrules = [{ name = "test-secret", pattern = "SECRET-[A-Za-z0-9]+", '
                       'action = "replace" }]\n[upload]\ninterval = "1h"\n')
-    d = daemon_factory(policy=policy)
+    backend = getattr(request, "param", "inotify")
+    d = daemon_factory(policy=policy, extra_env={"TRACECAP_FILES_BACKEND": backend})
 
     def start():
         d.start()
@@ -146,6 +148,7 @@ def settle(d, quiet: float = 1.0) -> list[dict]:
     return d.events()
 
 
+@pytest.mark.parametrize("world", ["inotify", "watchdog"], indirect=True)
 def test_states_and_saves_rebuild_the_working_tree(world):
     start, repo, tmp = world
     # Uncommitted work before the daemon starts: a tracked change and a staged new file.
