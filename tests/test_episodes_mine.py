@@ -378,3 +378,14 @@ def test_reading_keeps_only_the_mined_kinds(tmp_path):
     events, read = read_device(sources, None, MINED_KINDS)
     assert device == "laptop" and read == len(t.events) and len(events) == len(t.events) - 2
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
+def test_a_clean_run_over_the_listing_bound_closes_the_task():
+    t = started()
+    t.note("fix add")
+    t.cmd("python -m pytest -q", exit=1, tests=FAIL)
+    t.save("calc.py", FIXED)
+    t.cmd("python -m pytest -q", exit=0, tests=[(f"test_big.py::test_{k}", "passed") for k in range(5)])
+    t.events[-1]["data"]["tests_truncated"] = True
+    inst = mine_device("d", t.events).instances[0]
+    assert json.loads(inst["FAIL_TO_PASS"]) == ["test_calc.py::test_add"]
