@@ -11,9 +11,9 @@ The rule, per repository, in `seq` order:
   repository before that run starts the task over from the note (the first attempt counts as
   unfinished). A failing run never followed by such a run makes no span (counted as `unfinished`).
 - Its start is the task's beginning: the last `user.note` before the failing run (a note belongs
-  to the repository of the next command or save after it); else the last commit, checkout, ref
-  move or `repo.state` of that repository; else the first event after the last idle gap
-  (IDLE_GAP_S without an event of that repository); never before the previous span.
+  to the repository of the next command or save after it); else whichever came last of the last
+  commit, checkout, ref move or `repo.state` of that repository and the first event after its
+  last idle gap (IDLE_GAP_S without an event of that repository); never before the previous span.
 - Its end is the passing run, moved to the `git.commit` of that repository that follows within
   COMMIT_WINDOW_S, before any other test run, when there is one (the closing commit).
 - A span with an `agent.gap`, `agent.forget`, a pause or a daemon stop or start inside it is
@@ -257,19 +257,23 @@ def _task_start(tl: Timeline, evs: list[dict], first: dict, floor: int) -> tuple
             note = n
     if note is not None:
         return note, "note"
-    before = [e for e in evs if floor < e["seq"] < first["seq"]]
-    for e in reversed(before):
+    before = [e for e in evs if floor < e["seq"] < first["seq"]] + [first]
+    found: tuple[dict, str] | None = None
+    for e in reversed(before[:-1]):
         kind = e["kind"]
         if kind == "repo.state":
-            return e, "repo_state"
+            found = e, "repo_state"
+            break
         if kind in ("git.commit", "git.checkout", "git.ref"):
-            return e, kind.split(".")[1]
+            found = e, kind.split(".")[1]
+            break
+    # Whichever came last: that HEAD event, or the first event after the last idle gap.
     for a, b in zip(reversed(before[:-1]), reversed(before)):
         if b["ts"] - a["ts"] > IDLE_GAP_S * 10**9:
-            return b, "idle"
-    if before:
-        return before[0], "first_event"
-    return first, "first_event"
+            if found is None or b["seq"] > found[0]["seq"]:
+                found = b, "idle"
+            break
+    return found or (before[0], "first_event")
 
 
 def _closing_commit(evs: list[dict], passing: dict, next_run_seq: int | None) -> dict | None:

@@ -389,3 +389,14 @@ def test_a_clean_run_over_the_listing_bound_closes_the_task():
     t.events[-1]["data"]["tests_truncated"] = True
     inst = mine_device("d", t.events).instances[0]
     assert json.loads(inst["FAIL_TO_PASS"]) == ["test_calc.py::test_add"]
+
+
+def test_without_note_or_commit_the_task_starts_after_the_last_idle_gap():
+    t = started()
+    t.save("util.py", "a = 1\n")
+    t.cmd("ls")
+    t.save("calc.py", CALC + "# later\n", dt=45 * 60)  # back after 45 minutes
+    loop(t, note=None, commit=None)
+    inst = mine_device("d", t.events).instances[0]
+    assert inst["meta"]["start"] == "idle" and inst["meta"]["seq_first"] == 5  # the save after the gap
+    assert "b/util.py" in inst["base_patch"] and "# later" in inst["patch"] and "-# later" in inst["patch"]
