@@ -175,7 +175,7 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     current_head = head
     end_i = bisect.bisect_right(seqs, span.end_seq)
     for ev in evs[state_i + 1:end_i]:
-        if at_start is None and ev["seq"] > start_seq:
+        if at_start is None and ev["seq"] >= start_seq:  # the start event is the task's first step
             at_start = track.snapshot()
         kind = ev["kind"]
         if kind == "file.save":
