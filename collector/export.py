@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from collector.storage import BundleRow, BundleStore
-from schemas.bundle import BundleError, open_bundle, read_header
+from schemas.bundle import MAX_HEADER_SIZE, BundleError, open_bundle, read_header
 from schemas.keys import OrgPrivateKey
 
 ROW_GROUP = 50_000
+HEADER_BYTES = MAX_HEADER_SIZE + 64  # preamble and header: all `read_header` reads
 EVENT_KEYS = ("v", "seq", "ts", "kind", "source", "session", "data")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}$")
 
@@ -318,7 +319,7 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
         plan.append((device_id, rows))
     if total and not readable:
         names = ", ".join(sorted(key_ids))
-        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.root}; "
+        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.describe()}; "
                           f"use the org.key whose org.pub the devices encrypt to")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +386,7 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
 def _precheck(store: BundleStore, row: BundleRow, key_ids: set[str]) -> str | None:
     """Why the bundle cannot be exported with these keys (header only), or None."""
     try:
-        with open(store.object_path(row.digest), "rb") as f:
+        with store.open_object(row.digest, limit=HEADER_BYTES) as f:
             header = read_header(f)
     except OSError as exc:
         return f"its stored object cannot be read ({exc.strerror})"
@@ -403,7 +404,7 @@ def _device_events(store: BundleStore, rows: Sequence[BundleRow], keys: Sequence
 
     def stream(row: BundleRow) -> Iterator[tuple[str, dict]]:
         try:
-            with open(store.object_path(row.digest), "rb") as f:
+            with store.open_object(row.digest) as f:
                 for ev in open_bundle(f, keys):
                     yield row.bundle_id, ev
         except OSError as exc:
