@@ -11,7 +11,8 @@ on the same name and a second copy is never made.
   conditional put (`If-None-Match: *`): 412 means the object is already there (the same bytes,
   since the name is their hash), and the store checks the body against its SHA-256 before it
   keeps it. Endpoint, credentials and region come from `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
-  `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`. Uploads are received into a private local directory.
+  `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`. Uploads are received into a private local directory
+  (`$TMPDIR/tracecap-collector-<pid>-*`; those of collectors no longer running are removed).
 
 Promises: `put` returns only once the object is durable (fsynced, or acknowledged by the store);
 any failure to reach the store raises `StorageUnavailable` (the upload is answered 503 and sent
@@ -116,6 +117,24 @@ class LocalBlobs:
         pass
 
 
+_TMP_PREFIX = "tracecap-collector-"
+
+
+def _remove_stale_temp_dirs(parent: Path) -> None:
+    """Upload directories of collectors that died (kill -9, power loss) hold only uploads that
+    were never acknowledged; remove those whose process is gone."""
+    for d in parent.glob(f"{_TMP_PREFIX}*-*"):
+        pid = d.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live collector
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """'s3://bucket/some/prefix' -> ('bucket', 'some/prefix'); StorageConfigError if not."""
     parts = urllib.parse.urlsplit(url)
@@ -172,7 +191,8 @@ class S3Blobs:
         except bexc.BotoCoreError as exc:
             raise StorageConfigError(f"--blobs {url}: the S3 endpoint cannot be reached ({exc}); "
                                      f"check AWS_ENDPOINT_URL") from None
-        self.tmp = Path(tempfile.mkdtemp(prefix="tracecap-collector-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
+        _remove_stale_temp_dirs(self.tmp.parent)
 
     def describe(self) -> str:
         return self.url
