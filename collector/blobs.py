@@ -188,6 +188,9 @@ class S3Blobs:
             what = {404: "does not exist", 403: "refuses these credentials"}.get(code, f"answered {code}")
             raise StorageConfigError(f"--blobs {url}: bucket {self.bucket!r} {what}; create it or check "
                                      f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+        except bexc.NoCredentialsError:
+            raise StorageConfigError(f"--blobs {url}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
+                                     f"AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a store other than AWS)") from None
         except bexc.BotoCoreError as exc:
             raise StorageConfigError(f"--blobs {url}: the S3 endpoint cannot be reached ({exc}); "
                                      f"check AWS_ENDPOINT_URL") from None

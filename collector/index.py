@@ -308,6 +308,12 @@ class PostgresIndex:
         except psycopg.ProgrammingError as exc:
             raise StorageConfigError(f"--index {self._shown} is not a PostgreSQL URL ({exc}); use "
                                      f"postgresql://USER@HOST:PORT/DB") from None
+        try:  # one plain connection first: its error says why (refused, auth, no such database)
+            psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True).close()
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StorageConfigError(f"--index {self._shown}: PostgreSQL cannot be reached ({reason}); check "
+                                     f"the URL, the server and its pg_hba.conf") from None
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max_connections, timeout=timeout, open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
@@ -409,8 +415,15 @@ class PostgresIndex:
                       key=lambda s: s.device_id)
 
 
+def check_index_url(url: str) -> None:
+    """StorageConfigError unless `url` has a form `open_index` takes (nothing is opened)."""
+    if "://" in url and not url.startswith(("postgresql://", "postgres://", "sqlite://")):
+        raise StorageConfigError(f"--index {redact_url(url)!r} is neither postgresql://… nor sqlite:///PATH")
+
+
 def open_index(url: str) -> BundleIndex:
     """`postgresql://…` (or `postgres://…`), `sqlite:///PATH`, or a plain SQLite file path."""
+    check_index_url(url)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresIndex(url)
     if url.startswith("sqlite://"):
@@ -418,6 +431,4 @@ def open_index(url: str) -> BundleIndex:
         if not path:
             raise StorageConfigError(f"--index {url!r}: name the file, sqlite:///PATH")
         return SQLiteIndex(Path(path))
-    if "://" in url:
-        raise StorageConfigError(f"--index {redact_url(url)!r} is neither postgresql://… nor sqlite:///PATH")
     return SQLiteIndex(Path(url))

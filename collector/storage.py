@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from collector.blobs import BlobStore, LocalBlobs, open_blobs
-from collector.index import MAX_INDEX_INT, BundleIndex, DeviceSummary, SQLiteIndex, open_index
+from collector.index import MAX_INDEX_INT, BundleIndex, DeviceSummary, SQLiteIndex, check_index_url, open_index
 from collector.records import (BundleRow, Refused, Stored, StorageConfigError, StorageUnavailable,
                                valid_bundle_id)
 from schemas.bundle import BundleError, BundleSignatureError, verify_bundle
@@ -166,6 +166,7 @@ class BundleStore:
 def open_store(blobs_url: str, index_url: str) -> BundleStore:
     """A store from `--blobs` and `--index` URLs; `StorageConfigError` in one sentence if either
     cannot be used."""
+    check_index_url(index_url)
     blobs = open_blobs(blobs_url)
     try:
         index = open_index(index_url)

@@ -111,10 +111,11 @@ def cmd_collector_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--max-bundle-bytes: {exc}") from None
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    store = _open_store(args, create=True)  # fail early, in one sentence, on a bad store
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     log = logging.getLogger("tracecap.collector")
-    store = _open_store(args, create=True)  # fail early, in one sentence, on a bad store
     try:
         sock = bind(host, port)
     except OSError as exc:
