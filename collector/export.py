@@ -301,31 +301,19 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
             raise ExportError("Parquet export needs pyarrow; install it (pip install 'tracecap[parquet]') "
                               "or use --format jsonl") from None
     validator, schema_name = load_event_validator()
-    key_ids = {k.key_id for k in keys}
-
-    plan: list[tuple[str, list[BundleRow]]] = []
-    unreadable: list[tuple[str, str]] = []
-    readable = total = 0
-    for device_id in store.device_ids():
-        rows = []
-        for row in store.bundles(device_id):
-            total += 1
-            reason = _precheck(store, row, key_ids)
-            if reason:
-                unreadable.append((row.bundle_id, reason))
-            else:
-                rows.append(row)
-                readable += 1
-        plan.append((device_id, rows))
-    if total and not readable:
-        names = ", ".join(sorted(key_ids))
-        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.describe()}; "
-                          f"use the org.key whose org.pub the devices encrypt to")
+    plan, unreadable, total, readable = plan_export(store, keys)
 
     out.mkdir(parents=True, exist_ok=True)
     bar = _Progress(progress, readable)
     devices: list[DeviceExport] = []
     invalid_f: TextIO | None = None
+
+    def on_invalid(record: dict) -> None:
+        nonlocal invalid_f
+        if invalid_f is None:
+            invalid_f = open(out / "_invalid.jsonl", "w", encoding="utf-8", newline="\n")
+        invalid_f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
     try:
         for device_id, rows in plan:
             dev = DeviceExport(device_id, device_dir_name(device_id))
@@ -334,33 +322,8 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
                 continue
             (out / dev.directory).mkdir(exist_ok=True)
             writers: dict[str, Any] = {}
-            prev_seq = 0
-            prev_ev: dict | None = None
             try:
-                for bundle_id, ev in _device_events(store, rows, keys, unreadable, bar, lambda: dev.events):
-                    seq = ev.get("seq") if isinstance(ev, dict) else None
-                    if seq == prev_seq:
-                        dev.duplicates += 1
-                        dev.conflicts += ev != prev_ev
-                        continue
-                    gap = _ranges_between(prev_seq, seq)
-                    if gap:
-                        dev.gaps.append(gap)
-                    prev_seq, prev_ev = seq, ev
-                    if dev.first_seq is None:
-                        dev.first_seq = seq
-                    dev.last_seq = seq
-                    error = first_error(validator, ev)
-                    if error is None and type(ev.get("ts")) is not int:
-                        error = "ts: not an integer"  # the day file needs it, whatever the schema says
-                    if error is not None:
-                        if invalid_f is None:
-                            invalid_f = open(out / "_invalid.jsonl", "w", encoding="utf-8", newline="\n")
-                        invalid_f.write(json.dumps({"device": device_id, "bundle_id": bundle_id, "seq": seq,
-                                                    "error": error, "event": ev},
-                                                   ensure_ascii=False, separators=(",", ":")) + "\n")
-                        dev.invalid += 1
-                        continue
+                for ev in checked_events(store, rows, keys, dev, validator, unreadable, bar, on_invalid):
                     day = utc_day(ev["ts"])
                     rel = f"{dev.directory}/{day}.{fmt}"
                     w = writers.get(rel)
@@ -381,6 +344,63 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
     manifest = json.dumps(summary.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     (out / "manifest.json").write_text(manifest, encoding="utf-8")
     return summary
+
+
+def plan_export(store: BundleStore, keys: Sequence[OrgPrivateKey]
+                ) -> tuple[list[tuple[str, list[BundleRow]]], list[tuple[str, str]], int, int]:
+    """(each device's bundles the keys can open, the unreadable ones with why, bundles in all,
+    readable bundles); `ExportError` if the keys open none."""
+    key_ids = {k.key_id for k in keys}
+    plan: list[tuple[str, list[BundleRow]]] = []
+    unreadable: list[tuple[str, str]] = []
+    readable = total = 0
+    for device_id in store.device_ids():
+        rows = []
+        for row in store.bundles(device_id):
+            total += 1
+            reason = _precheck(store, row, key_ids)
+            if reason:
+                unreadable.append((row.bundle_id, reason))
+            else:
+                rows.append(row)
+                readable += 1
+        plan.append((device_id, rows))
+    if total and not readable:
+        names = ", ".join(sorted(key_ids))
+        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.describe()}; "
+                          f"use the org.key whose org.pub the devices encrypt to")
+    return plan, unreadable, total, readable
+
+
+def checked_events(store: BundleStore, rows: Sequence[BundleRow], keys: Sequence[OrgPrivateKey],
+                   dev: DeviceExport, validator, unreadable: list[tuple[str, str]], bar: "_Progress",
+                   on_invalid: Callable[[dict], None]) -> Iterator[dict]:
+    """The device's events once each, in seq order, valid against the event schema. Counts
+    duplicates, conflicts, gaps, the seq range and invalid events into `dev` (the caller counts
+    what it writes); each invalid event goes to `on_invalid` as an `_invalid.jsonl` record."""
+    prev_seq = 0
+    prev_ev: dict | None = None
+    for bundle_id, ev in _device_events(store, rows, keys, unreadable, bar, lambda: dev.events):
+        seq = ev.get("seq") if isinstance(ev, dict) else None
+        if seq == prev_seq:
+            dev.duplicates += 1
+            dev.conflicts += ev != prev_ev
+            continue
+        gap = _ranges_between(prev_seq, seq)
+        if gap:
+            dev.gaps.append(gap)
+        prev_seq, prev_ev = seq, ev
+        if dev.first_seq is None:
+            dev.first_seq = seq
+        dev.last_seq = seq
+        error = first_error(validator, ev)
+        if error is None and type(ev.get("ts")) is not int:
+            error = "ts: not an integer"  # the day file needs it, whatever the schema says
+        if error is not None:
+            on_invalid({"device": dev.device_id, "bundle_id": bundle_id, "seq": seq, "error": error, "event": ev})
+            dev.invalid += 1
+            continue
+        yield ev
 
 
 def _precheck(store: BundleStore, row: BundleRow, key_ids: set[str]) -> str | None:
