@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from collector.iceberg import covered, union_ranges
+from collector.iceberg import covered, covers, union_ranges
 from schemas.keys import generate_org_keypair, write_org_keypair
 from tests.fleet_services import S3_BUCKET, Backend
 from tests.test_collector_support import BASE_TS, DAY_NS, REPO, Device, ingest, make_event, run_cli
@@ -26,6 +26,14 @@ from tests.test_collector_support import BASE_TS, DAY_NS, REPO, Device, ingest, 
 ])
 def test_covered(ranges, seq, inside):
     assert covered(ranges, seq) is inside
+
+
+@pytest.mark.parametrize("ranges,first,last,inside", [
+    ([], 1, 1, False), ([(1, 5)], 1, 5, True), ([(1, 5)], 2, 6, False), ([(1, 5), (7, 9)], 4, 8, False),
+    ([(1, 5), (7, 9)], 7, 9, True),
+])
+def test_covers(ranges, first, last, inside):
+    assert covers(ranges, first, last) is inside
 
 
 @pytest.mark.parametrize("a,b,union", [
