@@ -307,7 +307,9 @@ class IcebergSummary:
         }
 
     def describe(self) -> str:
-        if self.events:
+        if not self.bundles:
+            lines = [f"no bundles in the store; nothing appended to {self.table}"]
+        elif self.events:
             sizes = sorted(self.file_bytes.values())
             lines = [f"appended {self.events} events from {sum(1 for d in self.devices if d.events)} devices to "
                      f"{self.table} (snapshot {self.snapshot_id}) in {len(self.files)} files "
