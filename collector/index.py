@@ -292,7 +292,7 @@ def redact_url(url: str) -> str:
 class PostgresIndex:
     """`tracecap_devices` and `tracecap_bundles` in a PostgreSQL database, shared by collectors."""
 
-    def __init__(self, url: str, max_connections: int = 16, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, max_connections: int = 16, timeout: float = 3.0) -> None:
         try:
             import psycopg
             import psycopg_pool
@@ -317,6 +317,9 @@ class PostgresIndex:
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=max_connections, timeout=timeout, open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
+            # Give up a failing reconnection loop soon: its backoff doubles, and a database back
+            # after a minute would otherwise wait for the next try; a new request starts afresh.
+            reconnect_timeout=8.0,
             kwargs={"connect_timeout": max(1, int(timeout))}, name="tracecap-index")
         try:
             self.pool.open(wait=True, timeout=timeout)

@@ -115,7 +115,10 @@ def test_database_down_is_503_with_retry_after_and_the_retry_is_stored(fleet, po
             assert cl.get(f"/v1/devices/{dev.device_id}").status_code == 503
         finally:
             postgres.start()
-        r = cl.put(f"/v1/bundles/{second[1].header.bundle_id}", content=second[0])
+        deadline = time.monotonic() + 20  # as the agent does: again after Retry-After
+        while (r := cl.put(f"/v1/bundles/{second[1].header.bundle_id}", content=second[0])).status_code == 503:
+            assert time.monotonic() < deadline, "the collector did not recover after PostgreSQL came back"
+            time.sleep(0.5)
         assert r.status_code == 201, r.text  # the object was already put: indexed now, stored once
         report = cl.get(f"/v1/devices/{dev.device_id}").json()
     assert report["ok"] and report["last_contiguous_seq"] == 6
@@ -127,7 +130,7 @@ def test_outages_mid_stream_lose_and_double_nothing(fleet, seaweedfs, postgres):
     """Daemon-like uploaders (done only on 2xx; on 503 wait Retry-After, on a connection error a
     moment, then send again) through two collectors while S3, then PostgreSQL, go away and return."""
     devices = [Device(f"outage-ws-{i}", [ORG_PUB]) for i in range(4)]
-    plans = {d.device_id: [d.seal(10) for _ in range(25)] for d in devices}
+    plans = {d.device_id: [d.seal(10) for _ in range(16)] for d in devices}
     acked: dict[str, int] = {}
     saw_503 = []
     errors: list[str] = []
@@ -162,7 +165,7 @@ def test_outages_mid_stream_lose_and_double_nothing(fleet, seaweedfs, postgres):
         for t in threads:
             t.start()
         try:
-            for service, at in ((seaweedfs, 20), (postgres, 55)):
+            for service, at in ((seaweedfs, 12), (postgres, 36)):
                 deadline = time.monotonic() + 60
                 while len(acked) < at and time.monotonic() < deadline:
                     time.sleep(0.05)
@@ -174,9 +177,9 @@ def test_outages_mid_stream_lose_and_double_nothing(fleet, seaweedfs, postgres):
                 t.join(timeout=170)
     assert errors == []
     assert saw_503, "no upload met an outage"
-    assert len(acked) == 100 and set(acked.values()) == {1}
+    assert len(acked) == 64 and set(acked.values()) == {1}
     assert sorted(r[0] for r in fleet.index_rows()) == sorted(acked)
-    assert len(fleet.object_digests()) == 100
+    assert len(fleet.object_digests()) == 64
     p = run_cli("collector", "verify", *fleet.args(), env=fleet.env(), timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "4 devices, 0 with gaps" in p.stdout
