@@ -40,7 +40,7 @@ import uuid
 from bisect import bisect_right
 from typing import Any, Iterator, Sequence, TextIO
 
-from collector.export import (DeviceExport, ExportError, _Progress, checked_events, device_dir_name,
+from collector.export import (DeviceExport, _Progress, checked_events, device_dir_name,
                               load_event_validator, plan_export)
 from collector.storage import BundleStore
 from schemas.keys import OrgPrivateKey
@@ -55,6 +55,14 @@ _LOCK_KEY = 0x7472_6163_6963_6562  # pg_advisory_lock key for "one Iceberg expor
 
 class IcebergConfigError(Exception):
     """A catalog, warehouse or table argument that cannot be used; `str()` is one sentence."""
+
+
+class IcebergWriteError(Exception):
+    """The export failed at run time (warehouse, catalog, a concurrent writer, a lost state file);
+    nothing was appended. `str()` is one sentence."""
+
+
+MAX_INVALID_LISTED = 1000  # invalid events listed in the summary; all are counted
 
 
 def arrow_schema():
@@ -332,7 +340,6 @@ def export_iceberg(store: BundleStore, keys: Sequence[OrgPrivateKey], *, catalog
     try:
         import pyarrow  # noqa: F401
         from pyiceberg.catalog.sql import SqlCatalog
-        from pyiceberg.exceptions import CommitFailedException
     except ImportError:
         raise IcebergConfigError("Iceberg export needs the fleet extra; install it with "
                                  "pip install 'tracecap[fleet]'") from None
@@ -355,58 +362,81 @@ def export_iceberg(store: BundleStore, keys: Sequence[OrgPrivateKey], *, catalog
         except Exception as exc:
             raise IcebergConfigError(f"cannot open Iceberg table {table} in catalog {catalog.split('@')[-1]} "
                                      f"with warehouse {warehouse}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-        state = _read_state(tbl)
-        export_id = uuid.uuid4().hex
-        files = _DayFiles(tbl, export_id)
-        devices: list[DeviceExport] = []
-        invalid_records: list[dict] = []
-        already = 0
-        new_state = dict(state)
-        bar = _Progress(progress, readable)
         try:
-            for device_id, rows in plan:
-                dev = DeviceExport(device_id, device_dir_name(device_id))
-                devices.append(dev)
-                done = state.get(device_id, [])
-                written: list[tuple[int, int]] = []
-                # Bundles wholly inside what the table holds are not even opened: a re-run costs
-                # one pass over the index.
-                fresh = [r for r in rows if not covers(done, r.first_seq, r.last_seq)]
-                for r in rows:
-                    if covers(done, r.first_seq, r.last_seq):
-                        already += r.count
-                        bar.step(dev.events)
-                for ev in checked_events(store, fresh, keys, dev, validator, unreadable, bar, invalid_records.append):
-                    if done and covered(done, ev["seq"]):
-                        already += 1
-                        continue
-                    files.add(device_id, ev)
-                    dev.events += 1
-                    if written and ev["seq"] == written[-1][1] + 1:
-                        written[-1] = (written[-1][0], ev["seq"])
-                    else:
-                        written.append((ev["seq"], ev["seq"]))
-                if written:
-                    new_state[device_id] = union_ranges(done, written)
-            paths = files.finish()
-        finally:
-            bar.close()
-        snapshot_id = tbl.current_snapshot().snapshot_id if tbl.current_snapshot() else None
-        sizes: dict[str, int] = {}
-        if paths:
-            for loc in paths:
-                with tbl.io.new_input(loc).open() as f:
-                    sizes[loc] = f.seek(0, 2)
-            state_location = _write_state(tbl, warehouse, table, export_id, new_state)
-            summary_props = {STATE_PROPERTY: state_location, "tracecap.export-id": export_id,
-                             "tracecap.events": str(sum(d.events for d in devices))}
-            try:
-                with tbl.transaction() as tx:
-                    tx.add_files(paths, snapshot_properties=summary_props, check_duplicate_files=False)
-            except CommitFailedException as exc:
-                raise ExportError(f"another writer changed {table} during this export ({exc}); nothing was "
-                                  f"appended, run the export again") from None
-            snapshot_id = tbl.current_snapshot().snapshot_id
+            state = _read_state(tbl)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IcebergWriteError(f"the export state that {table}'s current snapshot names ({STATE_PROPERTY}) cannot "
+                              f"be read ({exc}); restore it from the warehouse, as without it the export "
+                              f"cannot tell which events the table holds") from None
+        try:
+            return _append(store, keys, plan, unreadable, total, readable, tbl, state, table, warehouse,
+                           validator, schema_name, progress)
+        except OSError as exc:
+            raise IcebergWriteError(f"writing to {warehouse} failed ({exc}); nothing was appended to {table}, "
+                                    f"run the export again") from None
+
+
+def _append(store, keys, plan, unreadable, total, readable, tbl, state, table, warehouse, validator,
+            schema_name, progress) -> IcebergSummary:
+    """Under the export lock: write the events the table does not hold, then one commit."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    export_id = uuid.uuid4().hex
+    files = _DayFiles(tbl, export_id)
+    devices: list[DeviceExport] = []
+    invalid_records: list[dict] = []
+
+    def keep_invalid(record: dict) -> None:
+        if len(invalid_records) < MAX_INVALID_LISTED:
+            invalid_records.append(record)
+
+    already = 0
+    new_state = dict(state)
+    bar = _Progress(progress, readable)
+    try:
+        for device_id, rows in plan:
+            dev = DeviceExport(device_id, device_dir_name(device_id))
+            devices.append(dev)
+            done = state.get(device_id, [])
+            written: list[tuple[int, int]] = []
+            # Bundles wholly inside what the table holds are not even opened: a re-run costs
+            # one pass over the index.
+            fresh = [r for r in rows if not covers(done, r.first_seq, r.last_seq)]
+            for r in rows:
+                if covers(done, r.first_seq, r.last_seq):
+                    already += r.count
+                    bar.step(dev.events)
+            for ev in checked_events(store, fresh, keys, dev, validator, unreadable, bar, keep_invalid):
+                if done and covered(done, ev["seq"]):
+                    already += 1
+                    continue
+                files.add(device_id, ev)
+                dev.events += 1
+                if written and ev["seq"] == written[-1][1] + 1:
+                    written[-1] = (written[-1][0], ev["seq"])
+                else:
+                    written.append((ev["seq"], ev["seq"]))
+            if written:
+                new_state[device_id] = union_ranges(done, written)
+        paths = files.finish()
+    finally:
+        bar.close()
+    snapshot_id = tbl.current_snapshot().snapshot_id if tbl.current_snapshot() else None
+    sizes: dict[str, int] = {}
+    if paths:
+        for loc in paths:
+            with tbl.io.new_input(loc).open() as f:
+                sizes[loc] = f.seek(0, 2)
+        state_location = _write_state(tbl, warehouse, table, export_id, new_state)
+        summary_props = {STATE_PROPERTY: state_location, "tracecap.export-id": export_id,
+                         "tracecap.events": str(sum(d.events for d in devices))}
+        try:
+            with tbl.transaction() as tx:
+                tx.add_files(paths, snapshot_properties=summary_props, check_duplicate_files=False)
+        except CommitFailedException as exc:
+            raise IcebergWriteError(f"another writer changed {table} during this export ({exc}); nothing was "
+                              f"appended, run the export again") from None
+        snapshot_id = tbl.current_snapshot().snapshot_id
     return IcebergSummary(table=table, snapshot_id=snapshot_id, devices=devices, bundles=total,
                           unreadable=sorted(unreadable), schema=schema_name, already=already,
                           files=dict(files.file_rows), file_bytes=sizes, invalid_records=invalid_records)

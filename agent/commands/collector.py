@@ -184,13 +184,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _open_store(args, create=False) as store:
         try:
             if iceberg:
-                from collector.iceberg import IcebergConfigError, export_iceberg
+                from collector.iceberg import IcebergConfigError, IcebergWriteError, export_iceberg
 
                 try:
                     summary = export_iceberg(store, keys, catalog=args.catalog, warehouse=args.warehouse,
                                              table=args.table or DEFAULT_TABLE, progress=progress)
                 except IcebergConfigError as exc:
                     raise UsageError(str(exc)) from None
+                except IcebergWriteError as exc:
+                    raise RuntimeFailure(str(exc)) from None
             else:
                 summary = export_store(store, keys, args.out, args.format, progress=progress)
         except ExportError as exc:
