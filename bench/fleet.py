@@ -25,13 +25,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
 
-from bench.collector import TOKEN, seal_device
+from bench.collector import TOKEN, seal_device, upload_all
 from schemas.keys import generate_org_keypair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,38 +60,6 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def upload(urls: list[str], plans: dict[str, list[tuple[str, bytes]]]) -> tuple[float, list[float], list[str]]:
-    """One thread and keep-alive connection per device, one bundle at a time; device i sends to
-    urls[i % len(urls)]."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    start = threading.Barrier(len(plans) + 1)
-
-    def device(url: str, bundles: list[tuple[str, bytes]]) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
-            client.get("/v1/health")
-            start.wait(timeout=60)
-            for bundle_id, raw in bundles:
-                t0 = time.perf_counter()
-                try:
-                    r = client.put(f"/v1/bundles/{bundle_id}", content=raw)
-                except httpx.HTTPError as exc:
-                    errors.append(f"{bundle_id}: {type(exc).__name__}")
-                    continue
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 201:
-                    errors.append(f"{bundle_id}: {r.status_code} {r.text[:100]}")
-
-    threads = [threading.Thread(target=device, args=(urls[i % len(urls)], b)) for i, b in enumerate(plans.values())]
-    for t in threads:
-        t.start()
-    start.wait(timeout=60)
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join(timeout=900)
-    return time.perf_counter() - t0, latencies, errors
-
-
 def figures(total: int, wall: float, latencies: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return total / wall, q[49] * 1000, q[98] * 1000
@@ -114,7 +80,7 @@ def bench_uploads(args, tmp: Path, s3, pg) -> list[str]:
             store = ["--blobs", f"s3://traces/bench-{os.urandom(4).hex()}", "--index", pg.create_database()]
             procs = [start_collector(store, tmp / f"fleet-{i}.log", s3.env()) for i in range(2)]
         try:
-            wall, lat, errors = upload([url for _, url in procs], plans)
+            wall, lat, errors = upload_all([url for _, url in procs], plans)
         finally:
             for proc, _ in procs:
                 stop(proc)

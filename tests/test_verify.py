@@ -59,17 +59,11 @@ def test_forgotten_counts():
 
 
 def _store_with(tmp_path, lose_one: bool) -> tuple:
-    data = tmp_path / "data"
-    with BundleStore(data) as store:
-        dev = Device("ws-1", [ORG_PUB])
-        other = Device("ws-2", [ORG_PUB])
-        for i in range(4):
-            raw, sealed = dev.seal(3)
-            if not (lose_one and i == 2):
-                ingest(store, raw, sealed.header.bundle_id)
-            raw, sealed = other.seal(2)
-            ingest(store, raw, sealed.header.bundle_id)
-    return data, dev
+    from tests.fleet_services import Backend
+
+    backend = Backend("local", tmp_path)
+    _fill(backend, lose_one)
+    return backend.data, None
 
 
 def test_verify_exit_0_on_a_clean_store(tmp_path):
