@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from bench.collector import TOKEN, seal_device, upload_all
 from schemas.keys import generate_org_keypair
 
