@@ -11,16 +11,17 @@ Table layout: the Parquet export's columns, plus `event_time`, and partitioned b
     kind string, source string, session string (optional), data string (JSON)
     partition: day(event_time)
 
-Exactly once, at (device, seq): each commit records in its snapshot summary
-`tracecap.exported`, the location of a small state file (zstd-compressed JSON, under
-`<warehouse>/_tracecap/<NS.NAME>/`, outside the table's own directory so table maintenance never
-removes it) listing, per device, the seq ranges the table holds. An export reads the state of the
-table's current snapshot, appends only events outside those ranges, and commits data files and
-the new state in one Iceberg commit. Around all of it one writer at a time holds a lock (a
-PostgreSQL advisory lock on the catalog database, or a file lock beside the SQLite catalog),
-and the commit itself asserts that the table's snapshot is still the one the state was read from,
-so a writer that bypassed the lock makes this commit fail rather than double rows. An export that
-crashes before its commit leaves only unreferenced files; the next run appends the same events.
+Exactly once, at (device, seq): the table property `tracecap.exported` names a small state file
+(zstd-compressed JSON, under `<warehouse>/_tracecap/<NS.NAME>/`, outside the table's own
+directory so table maintenance never removes it) listing, per device, the seq ranges the table
+holds; each commit also records it in its snapshot summary, for history. An export holds a lock
+for the whole run, so one writer appends at a time (a PostgreSQL advisory lock on the catalog
+database, or a file lock beside the SQLite catalog); it reads the state, appends only events
+outside those ranges, checks just before committing that the table still names the state it
+read, and commits the data files and the new state in one Iceberg commit. A commit by another
+kind of writer in between (a compaction, someone's own append) does not touch tracecap's rows or
+state, so pyiceberg's rebase of the append onto it is harmless. An export that crashes before its
+commit leaves only unreferenced files; the next run appends the same events.
 
 Bounded memory and few large files: events stream bundle by bundle; rows are buffered per day
 partition up to `ROW_GROUP` rows and at most `MAX_BUFFERED_ROWS` in all (the largest buffer is
@@ -189,8 +190,7 @@ def export_lock(catalog_url: str) -> Iterator[None]:
 def _read_state(table) -> dict[str, list[tuple[int, int]]]:
     import zstandard
 
-    snapshot = table.current_snapshot()
-    location = snapshot.summary[STATE_PROPERTY] if snapshot is not None else None
+    location = table.properties.get(STATE_PROPERTY)
     if not location:
         return {}
     with table.io.new_input(location).open() as f:
@@ -430,8 +430,15 @@ def _append(store, keys, plan, unreadable, total, readable, tbl, state, table, w
         state_location = _write_state(tbl, warehouse, table, export_id, new_state)
         summary_props = {STATE_PROPERTY: state_location, "tracecap.export-id": export_id,
                          "tracecap.events": str(sum(d.events for d in devices))}
+        read_from = tbl.properties.get(STATE_PROPERTY)
+        tbl.refresh()
+        if tbl.properties.get(STATE_PROPERTY) != read_from:
+            raise IcebergWriteError(f"another export committed to {table} while this one ran (they did not share "
+                                    f"the export lock: the same --catalog URL gives them one); nothing was "
+                                    f"appended, run the export again")
         try:
             with tbl.transaction() as tx:
+                tx.set_properties({STATE_PROPERTY: state_location})
                 tx.add_files(paths, snapshot_properties=summary_props, check_duplicate_files=False)
         except CommitFailedException as exc:
             raise IcebergWriteError(f"another writer changed {table} during this export ({exc}); nothing was "

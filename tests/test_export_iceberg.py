@@ -218,3 +218,40 @@ def test_two_exports_at_once_add_each_row_once(tmp_path):
     events = sorted(json.loads(out)["events"] for out, _ in outs)
     assert events == [0, total]
     _no_row_twice(world, total)
+
+
+def test_commits_by_other_writers_in_between_neither_double_nor_block(tmp_path, monkeypatch):
+    """Between this export's reading of the state and its commit, first another kind of writer
+    appends (its row is kept and ours land once), then another export that did not share the lock
+    commits (this commit is refused: nothing of it lands)."""
+    import pyarrow.parquet as pq
+
+    import collector.iceberg as iceberg
+
+    world = World(Backend("local", tmp_path / "store"), tmp_path, f"sqlite:///{tmp_path / 'c.db'}",
+                  f"file://{tmp_path / 'wh'}")
+    dev = Device("ws", [world.pub])
+    world.upload([dev.seal(3)])
+    assert world.export_here().events == 3
+    real_write_state = iceberg._write_state
+
+    def foreign_append_first(table, *args):
+        tbl, rows = world.rows()  # one row appended straight through pyiceberg
+        pq.write_table(rows.slice(0, 1).cast(iceberg.arrow_schema()), tmp_path / "foreign.parquet")
+        tbl.add_files([f"file://{tmp_path / 'foreign.parquet'}"])
+        return real_write_state(table, *args)
+
+    world.upload([dev.seal(3)])
+    monkeypatch.setattr(iceberg, "_write_state", foreign_append_first)
+    assert world.export_here().events == 3
+    assert sorted(world.rows()[1]["seq"].to_pylist()) == [1, 1, 2, 3, 4, 5, 6]
+
+    def unlocked_export_first(table, *args):
+        world.rows()[0].transaction().set_properties({iceberg.STATE_PROPERTY: "s3://elsewhere"}).commit_transaction()
+        return real_write_state(table, *args)
+
+    world.upload([dev.seal(3)])
+    monkeypatch.setattr(iceberg, "_write_state", unlocked_export_first)
+    with pytest.raises(iceberg.IcebergWriteError, match="another export committed to traces.events"):
+        world.export_here()
+    assert sorted(world.rows()[1]["seq"].to_pylist()) == [1, 1, 2, 3, 4, 5, 6]
