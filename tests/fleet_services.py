@@ -199,11 +199,24 @@ class PostgresCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _started(make, start, attempts: int = 3):
+    """`start(make())`, with fresh ports on each try: a port found free can be taken by another
+    program before the server binds it."""
+    for attempt in range(attempts):
+        server = make()
+        try:
+            start(server)
+            return server
+        except (RuntimeError, subprocess.TimeoutExpired):
+            server.close()
+            if attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="session")
 def seaweedfs():
-    s3 = SeaweedFS()
+    s3 = _started(SeaweedFS, SeaweedFS.start)
     try:
-        s3.start()
         yield s3
     finally:
         s3.close()
@@ -211,9 +224,8 @@ def seaweedfs():
 
 @pytest.fixture(scope="session")
 def postgres():
-    pg = PostgresCluster()
+    pg = _started(PostgresCluster, lambda pg: pg.init().start())
     try:
-        pg.init().start()
         yield pg
     finally:
         pg.close()
