@@ -19,8 +19,9 @@ number of collectors (`--blobs s3://BUCKET/PREFIX --index postgresql://…`).
 
 Promises, on every backend:
 - Durable before acknowledged, object first: the object is stored under its content address
-  (fsynced and renamed, or a conditional put the store acknowledged) and only then indexed in a
-  transaction. A crash at any point leaves either no row, or a row whose object is whole; an
+  (fsynced, renamed and its directories fsynced; or a conditional put the store acknowledged) and
+  only then indexed in a transaction (SQLite: `synchronous=FULL`, concurrent uploads group-
+  committed; PostgreSQL: a durable commit). A crash at any point leaves either no row, or a row whose object is whole; an
   object without a row is harmless and the client's re-upload indexes it.
 - Trust on first use: the first accepted bundle from a device id pins its Ed25519 public key;
   later bundles from that id signed by another key are refused (403), and their bytes removed.
@@ -137,7 +138,8 @@ class BundleStore:
                 with contextlib.suppress(StorageUnavailable):
                     self.blobs.delete(digest)
             raise
-        return Stored(created=created, header=header, digest=digest)
+        # A lost object stored again counts as created, as it always has with `--data`.
+        return Stored(created=created or (known is not None and created_object), header=header, digest=digest)
 
     # ---- reading ---------------------------------------------------------------------------
 

@@ -93,8 +93,9 @@ def test_a_lost_object_is_stored_again_on_reupload(collector, client):
     assert put(client, raw, sealed.header.bundle_id).status_code == 201
     collector.backend.delete_object(sealed.digest)
     r = put(client, raw, sealed.header.bundle_id)
-    assert r.status_code == 200 and r.json()["stored"] == "already stored"
+    assert r.status_code == 201 and r.json()["stored"] == "created"
     assert collector.backend.object_bytes(sealed.digest) == raw
+    assert put(client, raw, sealed.header.bundle_id).status_code == 200
 
 
 def test_same_id_with_other_bytes_is_a_conflict(client):
