@@ -430,8 +430,8 @@ def open_index(url: str) -> BundleIndex:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresIndex(url)
     if url.startswith("sqlite://"):
-        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-        if not path:
-            raise StorageConfigError(f"--index {url!r}: name the file, sqlite:///PATH")
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise StorageConfigError(f"--index {url!r}: name the file, sqlite:///relative/path or sqlite:////abs/path")
+        path = urllib.parse.unquote(url[len("sqlite:///"):])  # as SQLAlchemy reads it
         return SQLiteIndex(Path(path))
     return SQLiteIndex(Path(url))
