@@ -134,13 +134,13 @@ def cmd_collector_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_collector_verify(args: argparse.Namespace) -> int:
-    from collector.storage import StorageUnavailable
+    from collector.storage import Refused, StorageUnavailable
     from collector.verify import format_report, verify_store
 
     with _open_store(args, create=False) as store:
         try:
             reports = verify_store(store, check_objects=args.check_objects or args.data is not None)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, Refused) as exc:
             raise RuntimeFailure(f"cannot verify {store.describe()}: {exc}") from None
         where = store.describe()
     ok = all(r.ok for r in reports)
@@ -159,7 +159,7 @@ def cmd_collector_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from collector.export import ExportError, export_store
-    from collector.storage import StorageUnavailable
+    from collector.storage import Refused, StorageUnavailable
     from schemas.keys import KeyFileError, load_org_private
 
     iceberg = args.format == "iceberg"
@@ -197,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 summary = export_store(store, keys, args.out, args.format, progress=progress)
         except ExportError as exc:
             raise UsageError(str(exc)) from None
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, Refused) as exc:
             raise RuntimeFailure(f"cannot export from {store.describe()}: {exc}; run it again") from None
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
