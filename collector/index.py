@@ -346,7 +346,7 @@ class PostgresIndex:
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         return StorageUnavailable(f"the index database cannot be reached ({str(exc).strip() or type(exc).__name__})")
 
-    def _run(self, fn):
+    def _run(self, fn, what: str = "read the index"):
         """Run `fn(conn)` in one transaction; reachability failures as `StorageUnavailable`."""
         psycopg = self._psycopg
         try:
@@ -356,8 +356,8 @@ class PostgresIndex:
         except (psycopg.OperationalError, self._pool_mod.PoolTimeout) as exc:
             raise self._unavailable(exc) from None
         except psycopg.Error as exc:
-            raise Refused(500, f"the collector could not index the bundle ({str(exc).strip()}); "
-                               f"send it again") from None
+            raise Refused(500, f"the collector could not {what} ({str(exc).strip()}); "
+                               f"try again") from None
 
     def lookup(self, device_id: str, bundle_id: str) -> tuple[bytes | None, str | None]:
         def q(conn):
@@ -392,7 +392,7 @@ class PostgresIndex:
             if known != digest:
                 raise _conflict(h)
             return False
-        return self._run(q)
+        return self._run(q, "index the bundle")
 
     def device_ids(self) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT device_id FROM tracecap_devices").fetchall())
