@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench.collector import TOKEN, seal_device, upload_all
-from schemas.keys import generate_org_keypair
+from schemas.keys import generate_org_keypair, write_org_keypair
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -182,6 +182,11 @@ def bench_export(args, tmp: Path) -> None:
         again = export_iceberg(store, [priv], catalog=f"sqlite:///{tmp / 'catalog.db'}",
                                warehouse=f"file://{tmp / 'warehouse'}")
         rerun_s = time.perf_counter() - t0
+    key_path, _ = write_org_keypair(tmp / "keys", priv, pub)
+    base = ["export", "--data", str(tmp / "export-store"), "--key", str(key_path)]
+    rss_iceberg = peak_rss_mb([*base, "--format", "iceberg", "--catalog", f"sqlite:///{tmp / 'catalog2.db'}",
+                               "--warehouse", f"file://{tmp / 'warehouse2'}"])
+    rss_parquet = peak_rss_mb([*base, "--format", "parquet", "--out", str(tmp / "parquet-out2")])
     parquet_files = list((tmp / "parquet-out").glob("*/*.parquet"))
     assert summary.events == total and again.events == 0
     print(f"\nexport of {total} events ({devices} devices, 3 days):")
@@ -189,9 +194,20 @@ def bench_export(args, tmp: Path) -> None:
           f"{total / parquet_s:,.0f} events/s ({parquet_s:.1f}s, {len(parquet_files)} files); "
           f"ratio {parquet_s / iceberg_s:.2f}x")
     print(f"  re-run with nothing new: {rerun_s:.1f}s, 0 rows added")
+    print(f"  peak memory of `tracecap export`: Iceberg {rss_iceberg:.0f} MB, Parquet files {rss_parquet:.0f} MB")
     for loc, rows in sorted(summary.files.items()):
         day = loc.split("event_time_day=")[1].split("/")[0]
         print(f"  partition {day}: 1 file, {rows:,} rows, {summary.file_bytes[loc] / 1e6:.1f} MB")
+
+
+def peak_rss_mb(cli_args: list[str]) -> float:
+    """Peak resident memory of one `tracecap` command, measured from a wrapper process of its own."""
+    wrapper = ("import resource, subprocess, sys; "
+               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "agent.cli", *cli_args],
+                         cwd=REPO, capture_output=True, text=True, check=True, timeout=900)
+    return int(out.stdout.strip()) / 1024
 
 
 def main() -> int:
