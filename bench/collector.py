@@ -68,15 +68,17 @@ def start_collector(data: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"the collector did not start:\n{log_path.read_text()}")
 
 
-def upload_all(url: str, plans: dict[str, list[tuple[str, bytes]]]) -> tuple[float, list[float], list[str]]:
+def upload_all(url: str | list[str], plans: dict[str, list[tuple[str, bytes]]]) -> tuple[float, list[float], list[str]]:
     """One thread and one keep-alive connection per device, one bundle at a time (the uploader's
-    pattern). Threads with httpx's sync client: on two cores its async client spends more CPU
-    per request than the collector does, and the figure would measure the client."""
+    pattern); with several collector URLs, device i sends to the i-th modulo their number.
+    Threads with httpx's sync client: on two cores its async client spends more CPU per request
+    than the collector does, and the figure would measure the client."""
+    urls = [url] if isinstance(url, str) else url
     latencies: list[float] = []
     errors: list[str] = []
     start = threading.Barrier(len(plans) + 1)
 
-    def device(bundles: list[tuple[str, bytes]]) -> None:
+    def device(url: str, bundles: list[tuple[str, bytes]]) -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
             client.get("/v1/health")  # connect before the clock starts
             start.wait(timeout=60)
@@ -91,7 +93,7 @@ def upload_all(url: str, plans: dict[str, list[tuple[str, bytes]]]) -> tuple[flo
                 if r.status_code != 201:
                     errors.append(f"{bundle_id}: {r.status_code} {r.text[:100]}")
 
-    threads = [threading.Thread(target=device, args=(b,)) for b in plans.values()]
+    threads = [threading.Thread(target=device, args=(urls[i % len(urls)], b)) for i, b in enumerate(plans.values())]
     for t in threads:
         t.start()
     start.wait(timeout=60)

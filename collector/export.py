@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from collector.storage import BundleRow, BundleStore
-from schemas.bundle import BundleError, open_bundle, read_header
+from schemas.bundle import MAX_HEADER_SIZE, BundleError, open_bundle, read_header
 from schemas.keys import OrgPrivateKey
 
 ROW_GROUP = 50_000
+HEADER_BYTES = MAX_HEADER_SIZE + 64  # preamble and header: all `read_header` reads
 EVENT_KEYS = ("v", "seq", "ts", "kind", "source", "session", "data")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}$")
 
@@ -300,31 +301,19 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
             raise ExportError("Parquet export needs pyarrow; install it (pip install 'tracecap[parquet]') "
                               "or use --format jsonl") from None
     validator, schema_name = load_event_validator()
-    key_ids = {k.key_id for k in keys}
-
-    plan: list[tuple[str, list[BundleRow]]] = []
-    unreadable: list[tuple[str, str]] = []
-    readable = total = 0
-    for device_id in store.device_ids():
-        rows = []
-        for row in store.bundles(device_id):
-            total += 1
-            reason = _precheck(store, row, key_ids)
-            if reason:
-                unreadable.append((row.bundle_id, reason))
-            else:
-                rows.append(row)
-                readable += 1
-        plan.append((device_id, rows))
-    if total and not readable:
-        names = ", ".join(sorted(key_ids))
-        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.root}; "
-                          f"use the org.key whose org.pub the devices encrypt to")
+    plan, unreadable, total, readable = plan_export(store, keys)
 
     out.mkdir(parents=True, exist_ok=True)
     bar = _Progress(progress, readable)
     devices: list[DeviceExport] = []
     invalid_f: TextIO | None = None
+
+    def on_invalid(record: dict) -> None:
+        nonlocal invalid_f
+        if invalid_f is None:
+            invalid_f = open(out / "_invalid.jsonl", "w", encoding="utf-8", newline="\n")
+        invalid_f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
     try:
         for device_id, rows in plan:
             dev = DeviceExport(device_id, device_dir_name(device_id))
@@ -333,33 +322,8 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
                 continue
             (out / dev.directory).mkdir(exist_ok=True)
             writers: dict[str, Any] = {}
-            prev_seq = 0
-            prev_ev: dict | None = None
             try:
-                for bundle_id, ev in _device_events(store, rows, keys, unreadable, bar, lambda: dev.events):
-                    seq = ev.get("seq") if isinstance(ev, dict) else None
-                    if seq == prev_seq:
-                        dev.duplicates += 1
-                        dev.conflicts += ev != prev_ev
-                        continue
-                    gap = _ranges_between(prev_seq, seq)
-                    if gap:
-                        dev.gaps.append(gap)
-                    prev_seq, prev_ev = seq, ev
-                    if dev.first_seq is None:
-                        dev.first_seq = seq
-                    dev.last_seq = seq
-                    error = first_error(validator, ev)
-                    if error is None and type(ev.get("ts")) is not int:
-                        error = "ts: not an integer"  # the day file needs it, whatever the schema says
-                    if error is not None:
-                        if invalid_f is None:
-                            invalid_f = open(out / "_invalid.jsonl", "w", encoding="utf-8", newline="\n")
-                        invalid_f.write(json.dumps({"device": device_id, "bundle_id": bundle_id, "seq": seq,
-                                                    "error": error, "event": ev},
-                                                   ensure_ascii=False, separators=(",", ":")) + "\n")
-                        dev.invalid += 1
-                        continue
+                for ev in checked_events(store, rows, keys, dev, validator, unreadable, bar, on_invalid):
                     day = utc_day(ev["ts"])
                     rel = f"{dev.directory}/{day}.{fmt}"
                     w = writers.get(rel)
@@ -382,10 +346,67 @@ def export_store(store: BundleStore, keys: Sequence[OrgPrivateKey], out: Path, f
     return summary
 
 
+def plan_export(store: BundleStore, keys: Sequence[OrgPrivateKey]
+                ) -> tuple[list[tuple[str, list[BundleRow]]], list[tuple[str, str]], int, int]:
+    """(each device's bundles the keys can open, the unreadable ones with why, bundles in all,
+    readable bundles); `ExportError` if the keys open none."""
+    key_ids = {k.key_id for k in keys}
+    plan: list[tuple[str, list[BundleRow]]] = []
+    unreadable: list[tuple[str, str]] = []
+    readable = total = 0
+    for device_id in store.device_ids():
+        rows = []
+        for row in store.bundles(device_id):
+            total += 1
+            reason = _precheck(store, row, key_ids)
+            if reason:
+                unreadable.append((row.bundle_id, reason))
+            else:
+                rows.append(row)
+                readable += 1
+        plan.append((device_id, rows))
+    if total and not readable:
+        names = ", ".join(sorted(key_ids))
+        raise ExportError(f"the org key ({names}) opens none of the {total} bundles in {store.describe()}; "
+                          f"use the org.key whose org.pub the devices encrypt to")
+    return plan, unreadable, total, readable
+
+
+def checked_events(store: BundleStore, rows: Sequence[BundleRow], keys: Sequence[OrgPrivateKey],
+                   dev: DeviceExport, validator, unreadable: list[tuple[str, str]], bar: "_Progress",
+                   on_invalid: Callable[[dict], None]) -> Iterator[dict]:
+    """The device's events once each, in seq order, valid against the event schema. Counts
+    duplicates, conflicts, gaps, the seq range and invalid events into `dev` (the caller counts
+    what it writes); each invalid event goes to `on_invalid` as an `_invalid.jsonl` record."""
+    prev_seq = 0
+    prev_ev: dict | None = None
+    for bundle_id, ev in _device_events(store, rows, keys, unreadable, bar, lambda: dev.events):
+        seq = ev.get("seq") if isinstance(ev, dict) else None
+        if seq == prev_seq:
+            dev.duplicates += 1
+            dev.conflicts += ev != prev_ev
+            continue
+        gap = _ranges_between(prev_seq, seq)
+        if gap:
+            dev.gaps.append(gap)
+        prev_seq, prev_ev = seq, ev
+        if dev.first_seq is None:
+            dev.first_seq = seq
+        dev.last_seq = seq
+        error = first_error(validator, ev)
+        if error is None and type(ev.get("ts")) is not int:
+            error = "ts: not an integer"  # the day file needs it, whatever the schema says
+        if error is not None:
+            on_invalid({"device": dev.device_id, "bundle_id": bundle_id, "seq": seq, "error": error, "event": ev})
+            dev.invalid += 1
+            continue
+        yield ev
+
+
 def _precheck(store: BundleStore, row: BundleRow, key_ids: set[str]) -> str | None:
     """Why the bundle cannot be exported with these keys (header only), or None."""
     try:
-        with open(store.object_path(row.digest), "rb") as f:
+        with store.open_object(row.digest, limit=HEADER_BYTES) as f:
             header = read_header(f)
     except OSError as exc:
         return f"its stored object cannot be read ({exc.strerror})"
@@ -403,7 +424,7 @@ def _device_events(store: BundleStore, rows: Sequence[BundleRow], keys: Sequence
 
     def stream(row: BundleRow) -> Iterator[tuple[str, dict]]:
         try:
-            with open(store.object_path(row.digest), "rb") as f:
+            with store.open_object(row.digest) as f:
                 for ev in open_bundle(f, keys):
                     yield row.bundle_id, ev
         except OSError as exc:

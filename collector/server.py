@@ -1,11 +1,12 @@
-"""The collector's HTTP API: a Starlette app over a `BundleStore`, served by uvicorn.
+"""The collector's HTTP API: a Starlette app over a `BundleStore` (any backend), served by uvicorn.
 
 Takes HTTP requests; gives JSON. Routes:
 - `PUT /v1/bundles/{id}` (bearer token): the body is one bundle. 201 stored, 200 already stored
   (same bytes), 400 malformed or the URL id is not the header's, 401 missing or wrong token,
   403 the device is pinned to another key, 409 the id is stored with other bytes, 413 too
   large, 422 the device signature does not verify, 500 the index could not be written (send
-  again). Every answer is JSON; every refusal is `{"error": "<one sentence>"}`.
+  again), 503 with `Retry-After` the object store or the index database cannot be reached (send
+  again after that many seconds). Every answer is JSON; every refusal is `{"error": "<one sentence>"}`.
 - `GET /v1/devices/{device}` (bearer token): the device's chain report (`collector.verify`), 404
   for a device with no bundles.
 - `GET /v1/health`: 200 `{"status": "ok"}`, no token needed (load balancer probes).
@@ -22,7 +23,6 @@ import hmac
 import logging
 import os
 import socket
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from collector.storage import BundleStore, Refused, valid_bundle_id
+from collector.storage import BundleStore, Refused, StorageUnavailable, valid_bundle_id
 from collector.verify import analyse_device
 
 log = logging.getLogger("tracecap.collector")
@@ -41,6 +41,11 @@ DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 
 def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+def _unavailable(exc: StorageUnavailable) -> JSONResponse:
+    return _error(503, f"{exc}; nothing was stored, send it again later",
+                  headers={"Retry-After": str(exc.retry_after)})
 
 
 def create_app(store: BundleStore, token: str | None, max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Starlette:
@@ -87,6 +92,9 @@ def create_app(store: BundleStore, token: str | None, max_bundle_bytes: int = DE
             except Refused as exc:
                 log.info("refused bundle %s: %s %s", bundle_id, exc.status, exc)
                 return _error(exc.status, str(exc))
+            except StorageUnavailable as exc:
+                log.warning("bundle %s not stored, storage unavailable: %s", bundle_id, exc)
+                return _unavailable(exc)
         except ClientDisconnect:
             log.info("client went away while sending bundle %s", bundle_id)
             return _error(400, "the client disconnected before the whole bundle arrived")
@@ -102,7 +110,10 @@ def create_app(store: BundleStore, token: str | None, max_bundle_bytes: int = DE
         if not authorized(request):
             return unauthorized(request)
         device_id = request.path_params["device_id"]
-        rows = await run_in_threadpool(store.bundles, device_id)
+        try:
+            rows = await run_in_threadpool(store.bundles, device_id)
+        except StorageUnavailable as exc:
+            return _unavailable(exc)
         if not rows:
             return _error(404, f"the collector holds no bundles from device {device_id!r}")
         return JSONResponse(analyse_device(device_id, rows).to_json())
@@ -146,11 +157,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(data_dir: Path, sock: socket.socket, token: str | None, max_bundle_bytes: int) -> None:
-    """Run the collector on `sock` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+def serve(store: BundleStore, sock: socket.socket, token: str | None, max_bundle_bytes: int) -> None:
+    """Run the collector over `store` on `sock` until SIGINT/SIGTERM (uvicorn's graceful
+    shutdown); the store is closed when the server stops."""
     import uvicorn
 
-    store = BundleStore(data_dir)
     app = create_app(store, token, max_bundle_bytes)
     config = uvicorn.Config(app, log_level=os.environ.get("TRACECAP_COLLECTOR_LOG_LEVEL", "warning"),
                             access_log=False, lifespan="on", timeout_keep_alive=30,

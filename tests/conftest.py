@@ -19,3 +19,6 @@ def daemon_factory(tmp_path):
         except Exception:
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.kill()
+
+
+from tests.fleet_services import postgres, seaweedfs  # noqa: E402,F401  (session fixtures)

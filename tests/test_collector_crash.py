@@ -1,5 +1,6 @@
 """The collector kill -9'd while storing: after a restart no half-written object is visible, the
-index matches the objects, every acknowledged bundle is there, and re-uploads succeed."""
+index matches the objects, every acknowledged bundle is there, and re-uploads succeed; on a local
+data directory and on SeaweedFS S3 + PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
@@ -13,22 +14,24 @@ import httpx
 import pytest
 
 from schemas.keys import generate_org_keypair
+from tests.fleet_services import Backend, make_backend
 from tests.test_collector_support import Collector, Device, make_event, run_cli
 
 ORG_PRIV, ORG_PUB = generate_org_keypair()
 
 
-def assert_consistent(data: Path) -> set[str]:
-    """Checks the store on disk (collector stopped); returns the indexed bundle ids."""
-    objects = [p for p in (data / "objects").rglob("*") if p.is_file()]
-    for p in objects:
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.parent.name + p.name, f"torn object {p}"
-    with sqlite3.connect(data / "index.sqlite3") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        rows = db.execute("SELECT bundle_id, digest, size FROM bundles").fetchall()
+def assert_consistent(store: Backend | Path) -> set[str]:
+    """Checks the store (collector stopped or killed); returns the indexed bundle ids."""
+    backend = store if isinstance(store, Backend) else Backend("local", store.parent)
+    objects = {d: backend.object_bytes(d) for d in backend.object_digests()}
+    for digest, raw in objects.items():
+        assert hashlib.sha256(raw).hexdigest() == digest, f"torn object {digest}"
+    if backend.kind == "local":
+        with sqlite3.connect(backend.data / "index.sqlite3") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    rows = backend.index_rows()
     for bundle_id, digest, size in rows:
-        obj = data / "objects" / digest[:2] / digest[2:]
-        assert obj.is_file() and obj.stat().st_size == size, f"indexed {bundle_id} has no whole object"
+        assert digest in objects and len(objects[digest]) == size, f"indexed {bundle_id} has no whole object"
     return {r[0] for r in rows}
 
 
@@ -82,9 +85,11 @@ def test_kill_during_a_body_leaves_no_trace_and_reupload_works(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_during_concurrent_stores_keeps_every_acknowledged_bundle(tmp_path):
+@pytest.mark.parametrize("kind", ["local", "fleet"])
+def test_kill_during_concurrent_stores_keeps_every_acknowledged_bundle(request, tmp_path, kind):
     """Uploaders that behave like the daemon's (a bundle is done only after a 2xx; on a connection
     error, wait for the collector and send it again) against a collector killed twice mid-stream."""
+    backend = make_backend(request, kind, tmp_path)
     devices = [Device(f"crash-ws-{i}", [ORG_PUB]) for i in range(4)]
     plans = {d.device_id: [d.seal(20) for _ in range(40)] for d in devices}
     acked: set[str] = set()
@@ -92,8 +97,7 @@ def test_kill_during_concurrent_stores_keeps_every_acknowledged_bundle(tmp_path)
     up = threading.Event()
     state = {"url": "", "stop": False}
     errors: list = []
-    data = tmp_path / "data"
-    c = Collector(data)
+    c = Collector(backend)
 
     def uploader(device_id: str) -> None:
         with httpx.Client(headers=c.headers(), timeout=10) as cl:
@@ -127,7 +131,7 @@ def test_kill_during_concurrent_stores_keeps_every_acknowledged_bundle(tmp_path)
             c.kill()
             with lock:
                 acked_at_kill = set(acked)
-            indexed = assert_consistent(data)
+            indexed = assert_consistent(backend)
             assert acked_at_kill <= indexed, "an acknowledged bundle is not in the index"
             c.start()
             state["url"] = c.url
@@ -141,6 +145,8 @@ def test_kill_during_concurrent_stores_keeps_every_acknowledged_bundle(tmp_path)
         c.stop()
     assert errors == []
     assert len(acked) == 160
-    assert assert_consistent(data) == acked
-    p = run_cli("collector", "verify", "--data", str(data))
+    assert assert_consistent(backend) == acked
+    assert len(backend.object_digests()) == 160
+    p = run_cli("collector", "verify", *backend.args(), env=backend.env())
     assert p.returncode == 0, p.stdout
+    assert "4 devices, 0 with gaps" in p.stdout

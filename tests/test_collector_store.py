@@ -1,17 +1,19 @@
-"""The store under concurrency (group commit, trust-on-first-use races) and the serve command's
-refusal of bad arguments."""
+"""The store under concurrency (group commit, trust-on-first-use races), on both back ends (a
+local data directory; SeaweedFS S3 + PostgreSQL), and the serve command's refusal of bad arguments."""
 from __future__ import annotations
 
 import io
 import socket
 import threading
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector.export import _Progress
 from collector.storage import BundleStore, Refused
 from collector.verify import analyse_device
 from schemas.keys import generate_org_keypair
+from tests.fleet_services import make_backend
 from tests.test_collector_support import Device, ingest, run_cli
 
 ORG_PRIV, ORG_PUB = generate_org_keypair()
@@ -36,8 +38,13 @@ def _race(store: BundleStore, uploads: list[tuple[bytes, str]]) -> list:
     return results
 
 
-def test_first_uploads_racing_with_different_keys_pin_exactly_one(tmp_path):
-    with BundleStore(tmp_path / "data") as store:
+@pytest.fixture(params=["local", "fleet"])
+def backend(request, tmp_path):
+    return make_backend(request, request.param, tmp_path)
+
+
+def test_first_uploads_racing_with_different_keys_pin_exactly_one(backend):
+    with backend.open_store() as store:
         claimants = [Device("contested", [ORG_PUB], key=Ed25519PrivateKey.generate()) for _ in range(8)]
         uploads = [(raw, sealed.header.bundle_id) for raw, sealed in (d.seal(3) for d in claimants)]
         results = _race(store, uploads)
@@ -45,20 +52,20 @@ def test_first_uploads_racing_with_different_keys_pin_exactly_one(tmp_path):
         assert len(winners) == 1 and winners[0].created
         assert sorted(r.status for r in results if isinstance(r, Refused)) == [403] * 7
         assert store.device_pub("contested") == winners[0].header.device_pub
-        objects = [p for p in (tmp_path / "data" / "objects").rglob("*") if p.is_file()]
-        assert [p.parent.name + p.name for p in objects] == [winners[0].digest]
+        assert backend.object_digests() == [winners[0].digest]
 
 
-def test_concurrent_uploads_of_one_device_all_index_in_one_chain(tmp_path):
+def test_concurrent_uploads_of_one_device_all_index_in_one_chain(backend):
     dev = Device("busy", [ORG_PUB])
     bundles = [dev.seal(4) for _ in range(24)]
-    with BundleStore(tmp_path / "data") as store:
+    with backend.open_store() as store:
         uploads = [(raw, s.header.bundle_id) for raw, s in bundles]
         results = _race(store, uploads + uploads[:6])  # six sent twice at the same time
         assert all(not isinstance(r, Refused) for r in results), results
         assert sum(r.created for r in results) == 24
         report = analyse_device("busy", store.bundles("busy"))
     assert report.ok and report.last_contiguous_seq == 96 and report.bundles == 24
+    assert len(backend.object_digests()) == 24
 
 
 def test_progress_bar_draws_on_the_given_stream_and_ends_the_line():

@@ -51,26 +51,38 @@ class Device:
 
 
 class Collector:
-    """`tracecap collector serve` in a subprocess on 127.0.0.1, a free port; stderr to a file."""
+    """`tracecap collector serve` in a subprocess on 127.0.0.1, a free port; stderr to a file.
+    `data` is a data directory, or a `tests.fleet_services.Backend` (local or S3+PostgreSQL)."""
 
-    def __init__(self, data: Path, token: str | None = "s3cret", extra: list[str] | None = None,
-                 env: dict | None = None) -> None:
-        self.data = data
+    def __init__(self, data, token: str | None = "s3cret", extra: list[str] | None = None,
+                 env: dict | None = None, name: str = "") -> None:
+        if isinstance(data, Path):
+            self.backend = None
+            self.data = data
+            self.store_args = ["--data", str(data)]
+            base_env: dict = {}
+            log_dir = data.parent
+        else:
+            self.backend = data
+            self.data = data.data
+            self.store_args = data.args()
+            base_env = data.env()
+            log_dir = data.root
         self.token = token
         self.extra = extra or []
-        self.env = env
+        self.env = {**base_env, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url = ""
-        self.log_path = data.parent / f"{data.name}-collector.log"
+        self.log_path = log_dir / f"{self.data.name}{name}-collector.log"
 
-    def start(self, timeout: float = 20.0) -> "Collector":
-        args = [sys.executable, "-m", "agent.cli", "collector", "serve", "--data", str(self.data),
-                "--listen", "127.0.0.1:0", *self.extra]
+    def start(self, timeout: float = 20.0, listen: str = "127.0.0.1:0") -> "Collector":
+        args = [sys.executable, "-m", "agent.cli", "collector", "serve", *self.store_args,
+                "--listen", listen, *self.extra]
         if self.token is not None:
             args += ["--token", self.token]
         env = dict(os.environ)
         env.pop("TRACECAP_COLLECTOR_TOKEN", None)
-        env.update(self.env or {})
+        env.update(self.env)
         self.log_path.write_text("")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=log, env=env)
@@ -113,9 +125,9 @@ class Collector:
         self.stop()
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **env} if env else None)
 
 
 def ingest(store, raw: bytes, bundle_id: str):

@@ -1,6 +1,7 @@
 """Chain and gap analysis (a table of pure cases) and `tracecap collector verify` on real stores."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -58,17 +59,11 @@ def test_forgotten_counts():
 
 
 def _store_with(tmp_path, lose_one: bool) -> tuple:
-    data = tmp_path / "data"
-    with BundleStore(data) as store:
-        dev = Device("ws-1", [ORG_PUB])
-        other = Device("ws-2", [ORG_PUB])
-        for i in range(4):
-            raw, sealed = dev.seal(3)
-            if not (lose_one and i == 2):
-                ingest(store, raw, sealed.header.bundle_id)
-            raw, sealed = other.seal(2)
-            ingest(store, raw, sealed.header.bundle_id)
-    return data, dev
+    from tests.fleet_services import Backend
+
+    backend = Backend("local", tmp_path)
+    _fill(backend, lose_one)
+    return backend.data, None
 
 
 def test_verify_exit_0_on_a_clean_store(tmp_path):
@@ -108,3 +103,107 @@ def test_verify_needs_a_collector_directory(tmp_path):
     p = run_cli("collector", "verify", "--data", str(tmp_path / "nowhere"))
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "not a collector data directory" in p.stderr
+
+
+# ---- the same checks on the fleet back end, and the index's SQL against the pure analysis ----
+
+@pytest.fixture(params=["local", "fleet"])
+def backend(request, tmp_path):
+    from tests.fleet_services import make_backend
+
+    return make_backend(request, request.param, tmp_path)
+
+
+def _fill(backend, lose_one: bool) -> None:
+    with backend.open_store() as store:
+        dev, other = Device("ws-1", [ORG_PUB]), Device("ws-2", [ORG_PUB])
+        for i in range(4):
+            raw, sealed = dev.seal(3)
+            if not (lose_one and i == 2):
+                ingest(store, raw, sealed.header.bundle_id)
+            raw, sealed = other.seal(2)
+            ingest(store, raw, sealed.header.bundle_id)
+
+
+def test_verify_on_both_back_ends(backend):
+    _fill(backend, lose_one=True)
+    p = run_cli("collector", "verify", *backend.args(), "--json", env=backend.env())
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    ws1, ws2 = doc["devices"]
+    assert ws1["gaps"] == [{"first": 7, "last": 9, "size": 3, "kind": "missing"}]
+    assert ws1["last_contiguous_seq"] == 6 and ws1["bundles"] == 3 and ws1["events"] == 9
+    assert ws2 == {"device_id": "ws-2", "ok": True, "bundles": 4, "events": 8, "first_seq": 1, "last_seq": 8,
+                   "last_contiguous_seq": 8, "gaps": [], "chain_breaks": [], "forgotten": [], "damaged": []}
+
+
+def test_verify_check_objects_finds_a_missing_object_on_both_back_ends(backend):
+    _fill(backend, lose_one=False)
+    backend.delete_object(backend.object_digests()[0])
+    p = run_cli("collector", "verify", *backend.args(), "--check-objects", env=backend.env())
+    assert p.returncode == 1 and "damaged or missing objects" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("kind", ["local", "fleet"])
+def test_index_sql_summary_agrees_with_the_analysis(request, tmp_path, kind):
+    """Every case of the table, loaded into a real index: devices the SQL calls regular get exactly
+    the report the pure analysis gives, and the others are analysed from their rows."""
+    from collector.blobs import LocalBlobs
+    from collector.index import PostgresIndex, SQLiteIndex
+    from collector.verify import verify_store
+
+    if kind == "local":
+        index = SQLiteIndex(tmp_path / "index.sqlite3")
+        sql, table, devices = "?", "bundles", "devices"
+    else:
+        index = PostgresIndex(request.getfixturevalue("postgres").create_database())
+        sql, table, devices = "%s", "tracecap_bundles", "tracecap_devices"
+    cases = CASES + [("clean long chain", [row(f"b{i:03d}", 3 * i + 1, 3 * i + 3, f"db{i - 1:03d}" if i else "")
+                                            for i in range(40)], [], [], 120)]
+    expected = {}
+    conn = index._db if kind == "local" else index.pool.getconn()
+    try:
+        for n, (name, rows, *_rest) in enumerate(cases):
+            if not rows:
+                continue
+            dev = f"dev-{n:02d}"
+            conn.execute(f"INSERT INTO {devices} VALUES ({sql},{sql},{sql})", (dev, b"k", 0))
+            for r in rows:
+                values = dataclasses.replace(r, device_id=dev, bundle_id=f"{dev}-{r.bundle_id}")
+                conn.execute(f"INSERT INTO {table} VALUES ({','.join([sql] * 10)})", dataclasses.astuple(values))
+            expected[dev] = analyse_device(dev, [dataclasses.replace(r, device_id=dev, bundle_id=f"{dev}-{r.bundle_id}")
+                                                 for r in rows])
+        conn.commit()
+    finally:
+        if kind == "fleet":
+            index.pool.putconn(conn)
+    with BundleStore(blobs=LocalBlobs(tmp_path / "blobs"), index=index) as store:
+        summaries = {s.device_id: s for s in store.summaries()}
+        reports = {r.device_id: r for r in verify_store(store, check_objects=False)}
+    assert reports == expected
+    assert summaries[f"dev-{len(cases) - 1:02d}"].irregular == 0
+    assert summaries["dev-02"].irregular == 0  # "contiguous chain"
+    assert all(summaries[d].irregular for d, r in expected.items() if not r.ok)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--data", "d", "--blobs", "s3://b/p", "--index", "sqlite:///x"], "not both"),
+    (["--blobs", "s3://b/p"], "together with --index"),
+    (["--blobs", "ftp://b/p", "--index", "sqlite:///x"], "neither s3://BUCKET/PREFIX nor a local directory"),
+    (["--blobs", "s3://traces/p", "--index", "mysql://x"], "neither postgresql://"),
+])
+def test_store_arguments_are_checked_in_one_sentence(tmp_path, args, words):
+    p = run_cli("collector", "verify", *args)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and words in p.stderr, p.stderr
+
+
+def test_unreachable_fleet_storage_is_exit_2_in_one_sentence(seaweedfs, postgres, tmp_path):
+    env = seaweedfs.env()
+    p = run_cli("collector", "verify", "--blobs", "s3://no-such-bucket/p", "--index", postgres.url, env=env)
+    assert p.returncode == 2 and "bucket 'no-such-bucket' does not exist" in p.stderr, p.stderr
+    dead = postgres.url.replace(f":{postgres.port}/", ":1/")
+    p = run_cli("collector", "verify", "--blobs", "s3://traces/p", "--index", dead, env=env)
+    assert p.returncode == 2 and "PostgreSQL cannot be reached" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("collector", "serve", "--blobs", "s3://traces/p", "--index", dead, "--listen", "127.0.0.1:0",
+                env=env)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
