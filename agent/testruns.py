@@ -1,7 +1,9 @@
 """Test runs: which shell commands run tests, and what their JUnit XML reports say.
 
 Takes a command line or the bytes of a JUnit XML report; gives the runner's name
-(`recognise_runner`) or a `TestReport` (`parse_junit`, `merge_reports`). Pure: no I/O, no clock.
+(`recognise_runner`) or a `TestReport` (`parse_junit`, `merge_reports`). Pure: no I/O, no clock
+(a report comes as bytes or as a stream the caller opened, and is parsed a testcase at a time, so a
+large report does not have to fit in memory as a tree).
 Every runner is one row of `RUNNERS` with commands it must match and commands it must not; the
 test-suite runs every example, so adding a runner is one row plus its examples. Reports are parsed
 with defusedxml (no entities, no external references); a malformed report raises `ReportError`.
@@ -10,8 +12,9 @@ Failure messages are cut to `MESSAGE_LIMIT` characters; redaction happens later,
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 MESSAGE_LIMIT = 2000
 MAX_FAILURES = 200
@@ -128,20 +131,39 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_junit(raw: bytes) -> TestReport:
-    """Counts and failures of a JUnit XML report (`<testsuites>` or `<testsuite>` root)."""
+def _testcases(raw: bytes | BinaryIO) -> Iterator:
+    """Each complete `<testcase>` element of a report, parsed incrementally; each is dropped from
+    the tree once the caller is done with it, so memory stays that of one testcase."""
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
 
+    source = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+    open_elements: list = []
     try:
-        root = ElementTree.fromstring(raw)
+        for event, elem in ElementTree.iterparse(source, events=("start", "end")):
+            if event == "start":
+                if not open_elements and _local(elem.tag) not in ("testsuites", "testsuite"):
+                    raise ReportError(f"not a JUnit XML report: root element is <{_local(elem.tag)}>")
+                open_elements.append(elem)
+                continue
+            open_elements.pop()
+            if _local(elem.tag) == "testcase":
+                yield elem
+                elem.clear()
+                if open_elements:
+                    open_elements[-1].remove(elem)
+    except ReportError:
+        raise
     except (ElementTree.ParseError, DefusedXmlException, ValueError) as exc:
         raise ReportError(f"not a readable JUnit XML report: {exc}") from None
-    if _local(root.tag) not in ("testsuites", "testsuite"):
-        raise ReportError(f"not a JUnit XML report: root element is <{_local(root.tag)}>")
+
+
+def parse_junit(raw: bytes | BinaryIO) -> TestReport:
+    """Counts and failures of a JUnit XML report (`<testsuites>` or `<testsuite>` root), given as
+    bytes or as a binary stream."""
     passed = failed = skipped = 0
     failures: list[tuple[str, str]] = []
-    for case in root.iter():
+    for case in _testcases(raw):
         if _local(case.tag) != "testcase":
             continue
         outcome = "passed"

@@ -4,9 +4,15 @@ Takes the spool directory the hooks of `tracecap shell-init` append to (`StatePa
 gives `shell.start` / `shell.end` events (source `shell`), `test.run` events (source `tests`) and
 `agent.gap` when the hook had to drop records. Promise: each complete record is emitted once, in
 the order its shell wrote it; malformed or partial records are skipped and counted, never fatal;
-once a record has been handed to the journal (or discarded while capture is off), its bytes in the
-spool are overwritten with NUL bytes, so no raw command text outlives its consumption, and a
-segment is deleted once it is read to the end and its shell has moved on or is gone.
+once the events of a record are durable in the journal (or were discarded while capture is off),
+its bytes in the spool are overwritten with NUL bytes, so no raw command text outlives its
+consumption and no command is lost to a crash; a segment is deleted once it is read to the end,
+its events are durable, and its shell has moved on or is gone. A record whose events reached the
+journal just before a crash is read again after it: its events carry a command `id`, and the
+daemon drops those already journaled (agent/replay.py). While the journal's disk is full the spool
+is left unread: the commands wait there, within the hook's bounds. Test reports are opened without
+blocking and without following links, only when they are regular files under
+`REPORT_MAX_BYTES`, and parsed as a stream.
 
 Spool format, version 2 (the hooks in agent/shell/ are the writers; this module is the reader)
 --------------------------------------------------------------------------------------------------
@@ -40,10 +46,11 @@ literal). `<form>` is one letter: `r` the text follows raw; `h` what follows is 
 output for the line (`%5d%c %s\\n`: number, `*` or space, space, text, newline), which the reader
 strips to the text. Text is UTF-8; other bytes are kept as `\\xNN`.
 
-Consumption. A reader skips NUL bytes between records: after handing a batch of records to the
-journal it overwrites their byte range (never the H2 header) with NUL bytes in place (pwrite), which
-cannot race the writer because the writer only appends past the range read. It keeps a byte offset
-per file in `.reader.json` (replaced atomically after each batch). A torn tail (no NUL yet) is left
+Consumption. A reader skips NUL bytes between records: once the journal has fsynced the events of
+a batch of records it overwrites their byte range (never the H2 header) with NUL bytes in place
+(pwrite), which cannot race the writer because the writer only appends past the range read. It
+keeps the byte offset up to which each file is erased in `.reader.json` (replaced atomically at
+most once a second; an older copy only makes the reader skip NUL bytes again). A torn tail (no NUL yet) is left
 until its NUL arrives. (Overwriting in place removes the text from the file; a copy-on-write file
 system may still hold the old blocks until they are reused.)
 
@@ -64,11 +71,13 @@ first record is a version 1 record, so shells that loaded an older hook keep bei
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import re
 import select
+import stat
 import threading
 import time
 import urllib.parse
@@ -92,6 +101,9 @@ _SEGMENT = re.compile(r"^(?P<sid>[0-9]+-[A-Za-z0-9]+)\.(?P<k>[0-9]+)\.rec$")
 # The hooks put a pytest report path in PYTEST_ADDOPTS only for lines holding one of these words.
 _MAY_HAVE_REPORT = re.compile(r"test|tox|nox|check")
 CURSOR_SAVE_S = 1.0  # the cursor is saved at most this often while reading (and on stop)
+QUIET_S = 30.0  # a loop that has not come round for this long is stuck (it comes every 5 s)
+STOP_FLUSH_S = 3.0  # on stop, how long to wait for the last events to be durable before erasing
+REPORT_MAX_BYTES = 32 << 20  # larger test reports are not read (pytest's for 10,000 tests: ~3 MiB)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -390,17 +402,68 @@ def find_reports(cwd: str, since_ns: int, until_ns: int, *, limit: int = 500) ->
     return found
 
 
-def read_reports(paths: Iterable[Path]) -> testruns.TestReport | None:
+class _CappedReader:
+    """A report file read as a stream, refused once it passes `limit` bytes (it may grow)."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self.f, self.left = f, limit
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left + 1 if n is None or n < 0 else min(n, self.left + 1)
+        data = self.f.read(want)
+        self.left -= len(data)
+        if self.left < 0:
+            raise testruns.ReportError("the report grew past the size limit while it was read")
+        return data
+
+
+def open_report(path: Path, limit: int = REPORT_MAX_BYTES) -> Any:
+    """A test report opened for reading as a stream, or ReportError. Never blocks: a FIFO, device
+    or socket is refused (opened O_NONBLOCK, then fstat), as are links (O_NOFOLLOW) and files over
+    `limit` bytes (a huge sparse file costs nothing to make)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise testruns.ReportError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise testruns.ReportError(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise testruns.ReportError(f"{path} is larger than {limit} bytes")
+        return _CappedReader(os.fdopen(fd, "rb", buffering=1 << 16), limit)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_reports(paths: Iterable[Path], log: Any = None) -> testruns.TestReport | None:
     reports = []
     for path in paths:
         try:
-            reports.append(testruns.parse_junit(path.read_bytes()))
-        except (OSError, testruns.ReportError):
+            stream = open_report(path)
+            try:
+                reports.append(testruns.parse_junit(stream))
+            finally:
+                stream.f.close()
+        except (OSError, testruns.ReportError) as exc:
+            if log is not None:
+                log.info("test report %s not read: %s", path, exc)
             continue
     return testruns.merge_reports(reports)
 
 
 # --- the source -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Unacked:
+    """Records read and handed on whose bytes wait for their events to be durable."""
+    mark: int  # the journal's mark after their events were emitted
+    fname: str
+    start: int  # the byte range to overwrite with NUL bytes (the header stays)
+    end: int
+    reports: list[Path]  # test reports to delete with them
+
 
 class ShellSource:
     """Follows the spool with file events; see the module docstring for the format."""
@@ -410,7 +473,11 @@ class ShellSource:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.spool = Path(ctx.paths.shell_spool)
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}  # segment file -> read up to here
+        self.acked: dict[str, int] = {}  # segment file -> erased up to here (what the cursor keeps)
+        self.unacked: collections.deque[_Unacked] = collections.deque()
+        self._reports: list[Path] = []  # reports of the batch being consumed, deleted with it
+        self._stop: threading.Event | None = None
         self.headers: dict[str, Header] = {}  # segment file -> its H2 (version 2)
         self.formats: dict[str, int] = {}  # segment file -> record version
         self.unreadable: set[str] = set()  # segment files already warned about
@@ -433,30 +500,71 @@ class ShellSource:
         return node
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._load_cursor()
         self.ctx.set_state("running")
+        self.ctx.heartbeat(QUIET_S)
         if files_inotify.available():
             self._follow_inotify(stop)
         else:
             self._follow_watchdog(stop)
 
+    def _finish(self) -> None:
+        """On stop: wait (bounded) for what was emitted to be durable, and erase it. What is not
+        read yet stays in the spool for the next start."""
+        try:
+            acks = self.ctx.acks
+            if self.unacked and acks is not None:
+                try:
+                    acks.flush(STOP_FLUSH_S)
+                except Exception as exc:  # the records stay in the spool, read again next time
+                    self.ctx.log.warning("shell events not confirmed durable on stop: %s", exc)
+            self._ack()
+        finally:
+            self._save_cursor()
+
     def _follow_inotify(self, stop: threading.Event) -> None:
         """One inotify descriptor on the spool directory: the loop wakes when a hook writes (the
         hooks keep segments open, so IN_MODIFY), drops the queued events unread and drains."""
         watcher = files_inotify.InotifyWatcher()
+        # The journal's fsyncs wake the loop through this pipe while records wait to be erased.
+        ack_r, ack_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def on_durable() -> None:
+            if self.unacked:
+                try:
+                    os.write(ack_w, b"\0")
+                except BlockingIOError:
+                    pass  # a wake-up is pending already
+
+        def wait(timeout: float) -> None:
+            poller.poll(timeout * 1000)
+            watcher.discard()
+            try:
+                os.read(ack_r, 4096)
+            except BlockingIOError:
+                pass
+
+        acks = self.ctx.acks
         try:
+            if acks is not None:
+                acks.subscribe(on_durable)
             watcher.add(str(self.spool), files_inotify.IN_MODIFY | files_inotify.IN_CREATE
                         | files_inotify.IN_MOVED_TO | files_inotify.IN_CLOSE_WRITE)
             with files_inotify.stop_pipe(stop, "shell-stop-waker") as stop_r:
                 poller = select.poll()
                 poller.register(watcher.fileno(), select.POLLIN)
                 poller.register(stop_r, select.POLLIN)
-                self._loop(stop, lambda timeout: (poller.poll(timeout * 1000), watcher.discard()))
+                poller.register(ack_r, select.POLLIN)
+                self._loop(stop, wait)
         finally:
+            if acks is not None:
+                acks.unsubscribe(on_durable)
             watcher.close()
-            self.drain()
-            self._save_cursor()
+            self._finish()
+            os.close(ack_r)
+            os.close(ack_w)
 
     def _follow_watchdog(self, stop: threading.Event) -> None:
         """Elsewhere, watchdog's observer says when the spool changes."""
@@ -464,6 +572,11 @@ class ShellSource:
         from watchdog.observers import Observer
 
         wake = self._wake
+        acks = self.ctx.acks
+
+        def on_durable() -> None:
+            if self.unacked:
+                wake.set()
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
@@ -475,17 +588,21 @@ class ShellSource:
         # One wait for both: a spool change (watchdog's thread) or stop (this helper).
         threading.Thread(target=lambda: (stop.wait(), wake.set()), name="shell-stop-waker",
                          daemon=True).start()
+        if acks is not None:
+            acks.subscribe(on_durable)
         try:
             self._loop(stop, lambda timeout: (wake.wait(timeout), wake.clear()))
         finally:
+            if acks is not None:
+                acks.unsubscribe(on_durable)
             observer.stop()
             observer.join(timeout=5)
-            self.drain()
-            self._save_cursor()
+            self._finish()
 
     def _loop(self, stop: threading.Event, wait: Any) -> None:
         last_sweep = 0.0
         while not stop.is_set():
+            self.ctx.heartbeat(QUIET_S)
             self.drain()
             now = time.monotonic()
             if now - last_sweep >= HOUSEKEEPING_S:
@@ -509,9 +626,14 @@ class ShellSource:
         return by_sid
 
     def drain(self) -> int:
-        """Read every complete new record, emit it, blank it, persist offsets. Gives the count."""
+        """Read every complete new record and emit it; erase what is durable; persist offsets.
+        Gives the count of events emitted."""
         total = 0
         changed = False
+        self._ack()
+        acks = self.ctx.acks
+        if acks is not None and acks.held():
+            return 0  # the journal cannot take events: the commands are safe where they are
         for segs in self._segments().values():
             for i, (_k, fname) in enumerate(segs):
                 got, moved = self._drain_segment(fname, later=i + 1 < len(segs))
@@ -519,6 +641,7 @@ class ShellSource:
                 changed = changed or moved
         if changed:
             self._cursor_dirty = True
+        self._ack()
         # Consumed records are blanked, so a reader that restarts with an older cursor only
         # skips NUL bytes again: the cursor need not be written after every batch.
         if self._cursor_dirty and time.monotonic() - self._cursor_saved >= CURSOR_SAVE_S:
@@ -527,6 +650,10 @@ class ShellSource:
 
     def _drain_segment(self, fname: str, *, later: bool) -> tuple[int, bool]:
         """Consume one segment's new records. Gives (events emitted, whether its offset moved)."""
+        if self._stop is not None and self._stop.is_set():
+            # Stopped (or stuck and replaced by a fresh instance): what is unread stays for the
+            # next reader.
+            return 0, False
         path = self.spool / fname
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -546,6 +673,7 @@ class ShellSource:
             offset = self.offsets.get(fname, 0)
             if st.st_size < offset:  # truncated by the hook (spool full): nothing left to read
                 offset = 0
+                self.acked[fname] = 0
                 moved = True
             if st.st_size > offset:
                 buf = os.pread(fd, st.st_size - offset, offset)
@@ -555,17 +683,18 @@ class ShellSource:
                         self.formats[fname] = 1 if is_version1(head) else 2
                 records, used, keep = self._parse(fname, fd, offset, buf)
                 if used:
+                    self._reports = []
                     total += self._consume(records)
-                    # The records are journaled (or discarded): blank their bytes in place. The
-                    # writer only appends, past offset + used, so this cannot race it.
-                    start = max(offset, keep)
-                    if offset + used > start:
-                        os.pwrite(fd, bytes(offset + used - start), start)
+                    # Their bytes are erased once their events are durable (see _ack).
+                    mark = self.ctx.acks.mark() if self.ctx.acks is not None else 0
+                    self.unacked.append(_Unacked(mark, fname, max(offset, keep), offset + used,
+                                                 self._reports))
+                    self._reports = []
                     offset += used
                     moved = True
             if moved:
                 self.offsets[fname] = offset
-            if later and offset >= st.st_size:
+            if later and self.acked.get(fname, 0) >= st.st_size:
                 self._forget(fname)
                 self._remove(path)
                 moved = True
@@ -600,8 +729,39 @@ class ShellSource:
         at_start = offset == 0 and header is not None and buf.startswith(b"H2\t")
         return records, used, header.size if at_start else 0
 
+    def _ack(self) -> None:
+        """Erase the records whose events are durable: NUL bytes over them, in place (the writer
+        only appends past them, so this cannot race it), and delete their test reports."""
+        acks = self.ctx.acks
+        while self.unacked and (acks is None or acks.reached(self.unacked[0].mark)):
+            done = self.unacked.popleft()
+            for report in done.reports:
+                self._remove(report)
+            if done.fname not in self.offsets:
+                continue  # the segment was forgotten (removed, or truncated and read again)
+            if done.end > done.start:
+                try:
+                    fd = os.open(self.spool / done.fname, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self.ctx.log.warning("cannot erase shell spool file %s: %s", done.fname, exc)
+                    continue
+                try:
+                    if os.fstat(fd).st_size >= done.end:  # not truncated meanwhile (spool full)
+                        os.pwrite(fd, bytes(done.end - done.start), done.start)
+                except OSError as exc:
+                    self.ctx.log.warning("cannot erase shell spool file %s: %s", done.fname, exc)
+                    continue
+                finally:
+                    os.close(fd)
+            if done.end > self.acked.get(done.fname, 0):
+                self.acked[done.fname] = done.end
+                self._cursor_dirty = True
+
     def _forget(self, fname: str) -> None:
         self.offsets.pop(fname, None)
+        self.acked.pop(fname, None)
         self.headers.pop(fname, None)
         self.formats.pop(fname, None)
         self.unreadable.discard(fname)
@@ -633,7 +793,7 @@ class ShellSource:
     def _drop_report(self, fin: Finished) -> None:
         """Remove the pytest report the hook may have asked for (only for some lines)."""
         if fin.start is None or _MAY_HAVE_REPORT.search(fin.start.cmd):
-            self._remove(self._junit_path(fin.end.sid, fin.end.n))
+            self._reports.append(self._junit_path(fin.end.sid, fin.end.n))
 
     def _unhide(self, records: list[Record]) -> list[Record]:
         """Without `records` of commands typed with a leading space. bash writes such a line when
@@ -670,20 +830,21 @@ class ShellSource:
     def _test_run(self, fin: Finished) -> None:
         own = self._junit_path(fin.end.sid, fin.end.n)
         if fin.start is None:
-            self._remove(own)
+            self._reports.append(own)
             return
         runner = testruns.recognise_runner(fin.start.cmd)
         if runner is None:
             self._drop_report(fin)
             return
         data: dict[str, Any] = {"runner": runner, "cmd": fin.start.cmd, "exit": fin.end.exit,
-                                "duration_ms": fin.duration_ms}
-        if own.exists():
-            report = read_reports([own])
+                                "duration_ms": fin.duration_ms,
+                                "id": command_id(fin.end.sid, fin.end.n)}
+        if os.path.lexists(own):
+            report = read_reports([own], self.ctx.log)
         else:
             since = fin.start.t_ns or (fin.end_ns - fin.duration_ms * 1_000_000)
-            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()))
-        self._remove(own)
+            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()), self.ctx.log)
+        self._reports.append(own)
         if report is not None:
             data.update(report.as_data())
         self.ctx.emit("test.run", data, ts=fin.end_ns, session=fin.end.sid, source="tests")
@@ -702,7 +863,7 @@ class ShellSource:
                     size = path.stat().st_size
                 except FileNotFoundError:
                     continue
-                if self.offsets.get(fname, 0) >= size:
+                if self.acked.get(fname, 0) >= size and self.offsets.get(fname, 0) >= size:
                     self._remove(path)
                     self._forget(fname)
                     changed = True
@@ -716,7 +877,7 @@ class ShellSource:
                 if not _alive(sid, live):
                     self._remove(self.spool / name)
         for fname in [f for f in self.offsets if not (self.spool / f).exists()]:
-            self.offsets.pop(fname)
+            self._forget(fname)
             changed = True
         if changed:
             self._save_cursor()
@@ -733,6 +894,7 @@ class ShellSource:
         try:
             raw = json.loads((self.spool / CURSOR_FILE).read_text())
             self.offsets = {str(k): int(v) for k, v in raw.get("offsets", {}).items()}
+            self.acked = dict(self.offsets)
             self.state = PairState({}, {str(k): int(v) for k, v in raw.get("dropped", {}).items()})
         except (OSError, ValueError, AttributeError):
             self.offsets = {}
@@ -742,7 +904,7 @@ class ShellSource:
         self._cursor_saved = time.monotonic()
         tmp = self.spool / (CURSOR_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps({"v": 1, "offsets": self.offsets, "dropped": self.state.dropped}))
+            tmp.write_text(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.state.dropped}))
             os.replace(tmp, self.spool / CURSOR_FILE)
         except OSError as exc:
             self.ctx.log.warning("cannot save the shell spool cursor: %s", exc)
