@@ -103,7 +103,7 @@ def commands(spool: Path) -> list[tuple[str, int | None]]:
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
     d = tmp_path / "spool"
-    d.mkdir()
+    d.mkdir(mode=0o700)  # as the daemon makes it: the hooks write into nothing else
     return d
 
 
