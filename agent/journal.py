@@ -81,6 +81,7 @@ REC_MARK = b"\xa5\x5a"
 REC_HEAD = struct.Struct("<2sI8s")
 MAX_RECORD = 64 << 20
 MIN_RECORD = REC_HEAD.size + 8  # the smallest record the journal writes (an event's dict is longer)
+SPACE_BACK = 256 << 10  # free bytes that end a full disk when nothing waits to be retried
 RESYNC_BUDGET = 4  # bytes checked while resynchronising, in multiples of the segment's size
 META = "journal.meta"
 
@@ -477,6 +478,8 @@ class Journal:
             except OSError as exc:
                 self._on_write_error(exc)
                 continue
+            if self.disk_full and not batch and not self._held:
+                self._probe_space()
             if stopping:
                 with self._cond:
                     if not self._heap:
@@ -500,12 +503,25 @@ class Journal:
                 self._writing = False
                 self._cond.notify_all()
         if self.disk_full:
-            with self._cond:
-                self.disk_full = False
-                self.write_error = None
-                self._full_periods.append((self._full_since, time.time_ns(),
-                                           self.dropped_full - self._full_refused))
-            log.warning("disk space is back; capture resumes")
+            self._space_back()
+
+    def _space_back(self) -> None:
+        with self._cond:
+            self.disk_full = False
+            self.write_error = None
+            self._full_periods.append((self._full_since, time.time_ns(),
+                                       self.dropped_full - self._full_refused))
+        log.warning("disk space is back; capture resumes")
+
+    def _probe_space(self) -> None:
+        """Full, with nothing held back to retry (what was held was withdrawn): whether space is
+        back is told by the file system."""
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize >= SPACE_BACK:
+            self._space_back()
 
     def _write_held(self, held: list[tuple]) -> None:
         parts = []
