@@ -132,3 +132,46 @@ def test_a_source_that_stops_making_progress_is_shown_stalled_and_replaced(monke
     finally:
         _Stuck.made[0].release.set()
         sup.stop()
+
+
+def test_pytest_reports_stay_off_the_disk_while_the_daemon_is_down(tmp_path, daemon_factory):
+    """Under TRACECAP_HOME the reports pytest writes for the hook (raw failure messages) go to a
+    memory-backed directory, not under TRACECAP_HOME; the daemon reads them when it is back, and
+    deletes unread those it cannot use (capture paused)."""
+    import sys
+
+    from agent.paths import StatePaths
+    from tests.daemon_harness import TRACECAP
+
+    d = daemon_factory(policy=policy(tmp_path, SHELL_AND_TESTS))
+    d.start()
+    d.cli("opt-in")
+    d.stop()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    secret = "failure-text-kept-in-memory-only"
+    (proj / "test_x.py").write_text(f"def test_bad():\n    assert 0, '{secret}'\n")
+    rc = (f"export TRACECAP_HOME={d.home} TRACECAP_POLICY={d.env['TRACECAP_POLICY']}\n"
+          f'eval "$({TRACECAP} shell-init bash)"\n')
+    sh = Tmux(tmp_path, "bash", d.home / "run" / "shell", rc_extra=rc)
+    try:
+        sh.run(f"cd {proj}")
+        run_line(sh, f"{sys.executable} -m pytest -q -p no:cacheprovider test_x.py", timeout=60)
+        on_disk = [p for p in d.home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert on_disk == [], f"raw failure messages under TRACECAP_HOME: {on_disk}"
+        reports = StatePaths.from_env({"TRACECAP_HOME": str(d.home)}).report_dir()
+        assert not str(reports).startswith(str(d.home))
+        assert len(list(reports.glob("*.junit.xml"))) == 1
+        d.start()
+        wait_until(lambda: d.events("--kind", "test.run"), 20)
+        (run,) = d.events("--kind", "test.run")
+        assert run["data"]["failed"] == 1 and secret in run["data"]["failures"][0]["message"]
+        wait_until(lambda: not list(reports.glob("*.junit.xml")), 10)
+        assert not list(reports.glob("*.junit.xml")), "a read report is deleted"
+        d.cli("pause")
+        run_line(sh, f"{sys.executable} -m pytest -q -p no:cacheprovider test_x.py", timeout=60)
+        wait_until(lambda: not list(reports.glob("*.junit.xml")), 10)
+        assert not list(reports.glob("*.junit.xml")), "a report that cannot be used is deleted unread"
+        assert len(d.events("--kind", "test.run")) == 1
+    finally:
+        sh.close()

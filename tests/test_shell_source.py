@@ -159,6 +159,10 @@ def shell_session(tmp_path):
     made = []
 
     def make(shell, spool, **kw):
+        # As `tracecap shell-init` renders it for this state: pytest's reports where the source
+        # looks for them.
+        kw.setdefault("reports", StatePaths.from_env(
+            {"TRACECAP_HOME": str(spool.parent.parent)}).report_dir())
         t = Tmux(tmp_path, shell, spool, **kw)
         made.append(t)
         return t

@@ -15,6 +15,7 @@
 if [[ -n "${BASH_VERSION:-}" && -z "${__tracecap_loaded:-}" && $- == *i* && -n "${EPOCHREALTIME:-}" ]]; then
 __tracecap_loaded=1
 __tc_dir=@SPOOL@
+__tc_rdir=@REPORTS@  # pytest's reports: a memory-backed directory (see StatePaths.report_dir)
 __tc_ignore_space=@IGNORE_SPACE@
 __tc_junit=@PYTEST_JUNIT@
 __tc_segmax=@SEGMENT_BYTES@
@@ -165,7 +166,7 @@ __tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the 
 
 __tc_pyo_set() {  # add command __tc_n's JUnit report to PYTEST_ADDOPTS, after the user's options
     __tc_go=0 __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-    __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
+    __tc_pyo_ours="'--junitxml=$__tc_rdir/$__tc_sid.$__tc_n.junit.xml'"
     export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
 }
 

@@ -25,6 +25,7 @@
 if not set -q __tracecap_loaded
     set -g __tracecap_loaded 1
     set -g __tc_dir @SPOOL@
+    set -g __tc_rdir @REPORTS@ # pytest's reports: a memory-backed directory
     set -g __tc_junit @PYTEST_JUNIT@
     set -g __tc_segmax @SEGMENT_BYTES@
     set -g __tc_keep @SEGMENTS@
@@ -172,7 +173,7 @@ if not set -q __tracecap_loaded
     function __tc_pyo_set # a line that may run pytest: append our report path to PYTEST_ADDOPTS
         set -g __tc_pyo_had (set -q PYTEST_ADDOPTS; and echo 1)
         set -g __tc_pyo_old "$PYTEST_ADDOPTS"
-        set -g __tc_pyo_ours "'--junitxml=$__tc_dir/$__tc_sid.$__tc_i.junit.xml'"
+        set -g __tc_pyo_ours "'--junitxml=$__tc_rdir/$__tc_sid.$__tc_i.junit.xml'"
         if test -n "$PYTEST_ADDOPTS"
             set -gx PYTEST_ADDOPTS "$PYTEST_ADDOPTS $__tc_pyo_ours"
         else

@@ -11,6 +11,7 @@
 if [[ -n ${ZSH_VERSION-} && -z ${__tracecap_loaded-} ]] && zmodload zsh/datetime 2>/dev/null; then
 typeset -g __tracecap_loaded=1
 typeset -g __tc_dir=@SPOOL@
+typeset -g __tc_rdir=@REPORTS@  # pytest's reports: a memory-backed directory
 typeset -g __tc_ignore_space=@IGNORE_SPACE@
 typeset -g __tc_junit=@PYTEST_JUNIT@
 typeset -gi __tc_segmax=@SEGMENT_BYTES@
@@ -126,7 +127,7 @@ __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: t
     if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
     if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-        __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
+        __tc_pyo_ours="'--junitxml=$__tc_rdir/$__tc_sid.$__tc_n.junit.xml'"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
     fi
     : "$__tc_la"

@@ -26,7 +26,8 @@ installed; zsh: `sysopen -o cloexec`) and write each record with one write to it
 file for each record (`>>`). The hook starts segment k+1 when
 segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
 next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
-PYTEST_ADDOPTS), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
+PYTEST_ADDOPTS; in `StatePaths.report_dir()`, a memory-backed directory, which is the spool itself
+unless TRACECAP_HOME is set), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
 command text) and `.reader.json` (this reader's offsets).
 
 Records. Each record ends with one NUL byte; fields are separated by TAB. A record's last field
@@ -103,6 +104,7 @@ _MAY_HAVE_REPORT = re.compile(r"test|tox|nox|check")
 CURSOR_SAVE_S = 1.0  # the cursor is saved at most this often while reading (and on stop)
 QUIET_S = 30.0  # a loop that has not come round for this long is stuck (it comes every 5 s)
 STOP_FLUSH_S = 3.0  # on stop, how long to wait for the last events to be durable before erasing
+ORPHAN_REPORT_S = 600  # a report no command read for this long is deleted unread
 REPORT_MAX_BYTES = 32 << 20  # larger test reports are not read (pytest's for 10,000 tests: ~3 MiB)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
@@ -473,6 +475,7 @@ class ShellSource:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.spool = Path(ctx.paths.shell_spool)
+        self.reports = self.spool  # where pytest's reports are: StatePaths.report_dir(), in run
         self.offsets: dict[str, int] = {}  # segment file -> read up to here
         self.acked: dict[str, int] = {}  # segment file -> erased up to here (what the cursor keeps)
         self.unacked: collections.deque[_Unacked] = collections.deque()
@@ -502,6 +505,7 @@ class ShellSource:
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.reports = Path(self.ctx.paths.report_dir())
         self._load_cursor()
         self.ctx.set_state("running")
         self.ctx.heartbeat(QUIET_S)
@@ -825,7 +829,7 @@ class ShellSource:
         return who
 
     def _junit_path(self, sid: str, n: int) -> Path:
-        return self.spool / f"{sid}.{n}.junit.xml"
+        return self.reports / f"{sid}.{n}.junit.xml"
 
     def _test_run(self, fin: Finished) -> None:
         own = self._junit_path(fin.end.sid, fin.end.n)
@@ -867,15 +871,30 @@ class ShellSource:
                     self._remove(path)
                     self._forget(fname)
                     changed = True
-        try:
-            names = os.listdir(self.spool)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            if name.endswith(SCRATCH_SUFFIXES):
-                sid = name.split(".", 1)[0]
+        acks = self.ctx.acks
+        held = acks is not None and acks.held()
+        now = time.time()
+        for directory in {self.spool, self.reports}:
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if not name.endswith(SCRATCH_SUFFIXES):
+                    continue
+                sid, _, rest = name.partition(".")
                 if not _alive(sid, live):
-                    self._remove(self.spool / name)
+                    self._remove(directory / name)
+                elif name.endswith(".junit.xml") and not held:
+                    # A report whose command is not waiting for its end and that nothing read
+                    # for long: its records were dropped (spool full) or it was never asked for.
+                    n = rest.split(".", 1)[0]
+                    try:
+                        old = now - os.lstat(directory / name).st_mtime > ORPHAN_REPORT_S
+                    except OSError:
+                        continue
+                    if old and not (n.isdigit() and (sid, int(n)) in self.state.pending):
+                        self._remove(directory / name)
         for fname in [f for f in self.offsets if not (self.spool / f).exists()]:
             self._forget(fname)
             changed = True
