@@ -640,6 +640,7 @@ class ShellSource:
             return 0  # the journal cannot take events: the commands are safe where they are
         for segs in self._segments().values():
             for i, (_k, fname) in enumerate(segs):
+                self.ctx.heartbeat(QUIET_S)  # a long backlog is progress, not a stall
                 got, moved = self._drain_segment(fname, later=i + 1 < len(segs))
                 total += got
                 changed = changed or moved
@@ -923,7 +924,9 @@ class ShellSource:
         self._cursor_saved = time.monotonic()
         tmp = self.spool / (CURSOR_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.state.dropped}))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.state.dropped}))
             os.replace(tmp, self.spool / CURSOR_FILE)
         except OSError as exc:
             self.ctx.log.warning("cannot save the shell spool cursor: %s", exc)
