@@ -262,25 +262,30 @@ class DiskModel:
         monkeypatch.setattr(jmod.os, "fsync", fsync)
         monkeypatch.setattr(dmod.os, "fsync", fsync)
 
-    def crash(self, directory: Path, data) -> None:
-        for seg in sorted(directory.glob("*.seg")):
+    # What happens to one file's unsynced tail: how much is written back, where it tears (a
+    # fraction of the sectors), and the garbage after it. Drawn before the files are looked at, so
+    # the draws do not depend on what the writer thread happened to write.
+    FATE = st.tuples(st.sampled_from(["lost", "sector512", "sector4096", "all"]),
+                     st.integers(0, 1000), st.binary(max_size=600))
+
+    def crash(self, directory: Path, fates: list) -> None:
+        for i, seg in enumerate(sorted(directory.glob("*.seg"))):
+            how, where, garbage = fates[i % len(fates)]
             size = seg.stat().st_size
             safe = min(self.synced.get(str(seg), 0), size)
-            tail = size - safe
-            how = data.draw(st.sampled_from(["lost", "sector512", "sector4096", "all"]), label=seg.name)
-            if how == "all" or tail == 0:
+            if how == "all" or size == safe:
                 keep = size
             elif how == "lost":
                 keep = safe
             else:
                 unit = 512 if how == "sector512" else 4096
-                sectors = [b for b in range(0, size + 1, unit) if safe <= b <= size]
-                keep = data.draw(st.sampled_from(sectors), label=f"{seg.name} torn at") if sectors else safe
+                sectors = [b for b in range(0, size + 1, unit) if safe <= b <= size] or [safe]
+                keep = sectors[where * (len(sectors) - 1) // 1000]
             with open(seg, "r+b") as f:
                 f.truncate(keep)
-                if keep < size and data.draw(st.booleans(), label=f"{seg.name} garbage"):
+                if keep < size and garbage:
                     f.seek(keep)
-                    f.write(data.draw(st.binary(min_size=1, max_size=600), label="garbage"))
+                    f.write(garbage)
         # What is there now is what the disk holds.
         self.synced = {str(seg): seg.stat().st_size for seg in directory.glob("*.seg")}
         self.crashing = False
@@ -325,8 +330,8 @@ class JournalModel(RuleBasedStateMachine):
     def wait_a_little(self):
         time.sleep(0.02)  # the writer writes, and fsyncs on its own schedule
 
-    @rule(data=st.data())
-    def crash_and_reopen(self, data):
+    @rule(fates=st.lists(DiskModel.FATE, min_size=1, max_size=4))
+    def crash_and_reopen(self, fates):
         # kill -9: the writer stops where it is; what was not fsynced is at the disk's mercy.
         j = self.j
         self.max_durable = max(self.max_durable, j.durable_seq)
@@ -335,9 +340,10 @@ class JournalModel(RuleBasedStateMachine):
             j._heap.clear()
             j._stopping = True
             j._cond.notify_all()
-        j._thread.join(5)
+        j._thread.join(60)
+        assert not j._thread.is_alive()
         os.close(j._fd) if j._fd is not None else None
-        self.disk.crash(self.dir, data)
+        self.disk.crash(self.dir, fates)
         self.pending = []
         self.j = open_journal(self.dir, fsync_ms=10, reorder_ms=5, segment_bytes=600)
 
