@@ -259,7 +259,7 @@ class Journal:
                 continue
             res = scan_segment(buf)
             last = i == len(bases) - 1
-            prev = max(max_seq, base - 1)
+            prev = max_seq
             undecodable = 0  # since the last record that decoded
             for _, _, payload in res.records:
                 try:
@@ -270,7 +270,7 @@ class Journal:
                 except Exception:  # a record with a valid check but an undecodable body
                     undecodable += 1
                     continue
-                if seq > prev + 1:
+                if seq > prev + 1 and prev:
                     gaps.append({"dropped": seq - prev - 1, "from": prev + 1, "to": seq - 1,
                                  "reason": f"corrupt journal record in segment {path.name}"})
                 elif undecodable:  # the undecodable ones cannot have held a seq: still a loss
