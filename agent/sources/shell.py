@@ -16,7 +16,9 @@ blocking and without following links, only when they are regular files under
 
 Spool format, version 2 (the hooks in agent/shell/ are the writers; this module is the reader)
 --------------------------------------------------------------------------------------------------
-Files. One writer per file: each shell session (one shell process; nested shells start their own)
+Files. The directory is the user's and private (0700); a hook writes into nothing else, and into
+no segment that is not the user's private (0600) regular file: it checks when it makes a segment.
+One writer per file: each shell session (one shell process; nested shells start their own)
 appends to `<sid>.<k>.rec`, where `<sid>` is `<pid>-<unique>` and `<k>` = 0, 1, 2, ... is the
 segment number. Writers only append (O_APPEND) and create segments with mode 0600 whatever their
 umask (bash: the umask set to 077 around the creating redirection, the current one read back
