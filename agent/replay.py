@@ -4,8 +4,9 @@ Takes events as they are journaled (and, at start, as the journal's recovery rea
 `seen(kind, data)`. A source that erases its input only once its events are durable (the shell
 spool) re-reads, after a crash, input whose events reached the disk just before the crash and was
 not erased yet. Those events carry a stable key, and the daemon drops the ones already here.
-Keys: `shell.start`, `shell.end` and `test.run` by the command `id` they carry (after redaction, as
-the journal holds them). Bounded: the newest `KEEP` keys, far more than one fsync batch, which is
+Keys: `shell.start`, `shell.end` and `test.run` by the command `id` they carry, and the shell
+source's `agent.gap` by the `id` of the drop total it reports (after redaction, as the journal holds
+them; the daemon's own gaps carry none). Bounded: the newest `KEEP` keys, far more than one fsync batch, which is
 all a crash can leave unerased.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-KEYED = frozenset({"shell.start", "shell.end", "test.run"})
+KEYED = frozenset({"shell.start", "shell.end", "test.run", "agent.gap"})
 KEEP = 32768
 
 

@@ -68,8 +68,8 @@ def test_pair_records_table():
         ("shell.start", f"{SID}:1", 10_000_000_000),
         ("shell.end", f"{SID}:1", 10_250_000_000),
         ("shell.start", f"{SID}:2", 11_000_000_000),
-        ("agent.gap", None, 99),
-        ("agent.gap", None, 99),
+        ("agent.gap", f"{SID}:dropped:5", 99),
+        ("agent.gap", f"{SID}:dropped:8", 99),
     ]
     assert events[1][1] == {"id": f"{SID}:1", "exit": 0, "duration_ms": 250}
     assert [d["dropped"] for k, d, _, _ in events if k == "agent.gap"] == [5, 3]

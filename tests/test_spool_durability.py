@@ -164,3 +164,37 @@ def test_kill9_storm_loses_and_doubles_nothing(tmp_path, storm_daemon):
     for text in acked:
         assert notes[text] == 1, (text, notes[text])
     assert not spooled_commands(spool), "consumed commands are erased from the spool"
+
+
+def test_kill9_while_reading_a_full_spool_accounts_for_every_record_once(tmp_path, storm_daemon):
+    """With the daemon down the hook drops the oldest records (a small spool) and says how many;
+    killed while it reads that spool, and started again, the daemon journals each command and each
+    drop total exactly once: commands seen plus records dropped is every record written."""
+    d = storm_daemon
+    d.stop()
+    sh = Tmux(tmp_path, "bash", d.home / "run" / "shell", spool_max_bytes=16384)
+    try:
+        names = [f"full-{i}-{'y' * 100}" for i in range(160)]
+        for k in range(0, len(names), 40):
+            burst(sh, names[k:k + 40])
+            sh.wait_for(lambda: (lambda s: f"true {names[min(k + 39, len(names) - 1)]}" in s
+                                 and s.rstrip().endswith(PROMPT))(sh.screen()), timeout=30)
+        for pause in (0.05, 0.15):
+            d.start()
+            time.sleep(pause)
+            d.kill9()
+        d.start()
+        wait_until(lambda: any(e["kind"] == "shell.start" and e["data"]["cmd"] == f"true {names[-1]}"
+                               for e in d.events()), 30)
+        time.sleep(1.0)
+        evs = d.events()
+    finally:
+        sh.close()
+    starts = collections.Counter(e["data"]["cmd"] for e in evs if e["kind"] == "shell.start")
+    ends = collections.Counter(e["data"]["id"] for e in evs if e["kind"] == "shell.end")
+    gaps = [e["data"] for e in evs if e["kind"] == "agent.gap" and "shell spool full" in e["data"]["reason"]]
+    assert gaps, "the hook dropped records: a gap says so"
+    assert set(starts.values()) == {1} and set(ends.values()) == {1}
+    gap_ids = collections.Counter(g["id"] for g in gaps)
+    assert set(gap_ids.values()) == {1}, gap_ids
+    assert sum(starts.values()) + sum(ends.values()) + sum(g["dropped"] for g in gaps) == 2 * len(names)

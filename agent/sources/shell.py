@@ -351,8 +351,10 @@ def pair_records(state: PairState, records: Iterable[Record], now_ns: int
             lost = rec.count - totals.get(rec.sid, 0)
             if lost > 0:
                 totals[rec.sid] = rec.count
+                # `id` names this total: read again after a crash, it is not journaled twice.
                 events.append(("agent.gap", {"dropped": lost, "reason": "shell spool full while "
-                                             "the daemon was not reading it"}, now_ns, rec.sid))
+                                             "the daemon was not reading it",
+                                             "id": f"{rec.sid}:dropped:{rec.count}"}, now_ns, rec.sid))
         elif isinstance(rec, Start):
             ts = rec.t_ns if rec.t_ns is not None else now_ns
             if rec.t_ns is None:
@@ -467,6 +469,7 @@ class _Unacked:
     start: int  # the byte range to overwrite with NUL bytes (the header stays)
     end: int
     reports: list[Path]  # test reports to delete with them
+    dropped: dict[str, int] | None  # the sessions' drop totals once these are consumed, if changed
 
 
 class ShellSource:
@@ -480,6 +483,7 @@ class ShellSource:
         self.reports = self.spool  # where pytest's reports are: StatePaths.report_dir(), in run
         self.offsets: dict[str, int] = {}  # segment file -> read up to here
         self.acked: dict[str, int] = {}  # segment file -> erased up to here (what the cursor keeps)
+        self.acked_dropped: dict[str, int] = {}  # drop totals of what is erased (the cursor's)
         self.unacked: collections.deque[_Unacked] = collections.deque()
         self._reports: list[Path] = []  # reports of the batch being consumed, deleted with it
         self._stop: threading.Event | None = None
@@ -691,11 +695,13 @@ class ShellSource:
                 records, used, keep = self._parse(fname, fd, offset, buf)
                 if used:
                     self._reports = []
+                    before = self.state.dropped
                     total += self._consume(records)
                     # Their bytes are erased once their events are durable (see _ack).
                     mark = self.ctx.acks.mark() if self.ctx.acks is not None else 0
+                    dropped = dict(self.state.dropped) if self.state.dropped != before else None
                     self.unacked.append(_Unacked(mark, fname, max(offset, keep), offset + used,
-                                                 self._reports))
+                                                 self._reports, dropped))
                     self._reports = []
                     offset += used
                     moved = True
@@ -744,6 +750,9 @@ class ShellSource:
             done = self.unacked.popleft()
             for report in done.reports:
                 self._remove(report)
+            if done.dropped is not None:
+                self.acked_dropped = done.dropped
+                self._cursor_dirty = True
             if done.fname not in self.offsets:
                 continue  # the segment was forgotten (removed, or truncated and read again)
             if done.end > done.start:
@@ -918,6 +927,7 @@ class ShellSource:
             self.offsets = {str(k): int(v) for k, v in raw.get("offsets", {}).items()}
             self.acked = dict(self.offsets)
             self.state = PairState({}, {str(k): int(v) for k, v in raw.get("dropped", {}).items()})
+            self.acked_dropped = dict(self.state.dropped)
         except (OSError, ValueError, AttributeError):
             self.offsets = {}
 
@@ -928,7 +938,7 @@ class ShellSource:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.state.dropped}))
+                f.write(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.acked_dropped}))
             os.replace(tmp, self.spool / CURSOR_FILE)
         except OSError as exc:
             self.ctx.log.warning("cannot save the shell spool cursor: %s", exc)
