@@ -50,3 +50,28 @@ def test_hook_writes_into_its_own_private_spool(shell, tmp_path):
             assert seg.stat().st_mode & 0o777 == 0o600
     finally:
         sh.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("state", ["missing", "open"])
+def test_pytest_reports_go_only_into_a_private_directory(shell, state, tmp_path):
+    """pytest makes a missing report directory itself, readable by others: the hook asks for a
+    report only when the directory is there and private."""
+    import sys
+
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    reports = tmp_path / "reports"
+    if state == "open":
+        reports.mkdir(mode=0o755)
+        os.chmod(reports, 0o755)
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert 0, 'private detail'\n")
+    sh = Tmux(tmp_path, shell, spool, reports=reports)
+    try:
+        sh.run(f"{sys.executable} -m pytest -q -p no:cacheprovider test_a.py > /dev/null")
+        sh.wait_for(lambda: (tmp_path / "spool").exists() and any(
+            c.endswith("test_a.py > /dev/null") for c, _ in commands(spool)), timeout=60)
+        made = list(reports.glob("*")) if reports.exists() else []
+        assert made == [] and (state == "open") == reports.exists(), made
+    finally:
+        sh.close()

@@ -171,6 +171,8 @@ if not set -q __tracecap_loaded
     end
 
     function __tc_pyo_set # a line that may run pytest: append our report path to PYTEST_ADDOPTS
+        # Only into a private directory of ours (pytest would make a missing one, readable by others).
+        test -d $__tc_rdir; and __tc_private $__tc_rdir; or return
         set -g __tc_pyo_had (set -q PYTEST_ADDOPTS; and echo 1)
         set -g __tc_pyo_old "$PYTEST_ADDOPTS"
         set -g __tc_pyo_ours "'--junitxml=$__tc_rdir/$__tc_sid.$__tc_i.junit.xml'"

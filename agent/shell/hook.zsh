@@ -125,7 +125,8 @@ __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: t
     # One write; zsh strings can hold NUL, the record's terminator: it becomes ^@.
     __tc_rec="S2"$'\t'$__tc_n$'\t'$__tc_t$'\t'$__tc_cwd$'\tr'${__tc_cmd//$'\0'/^@}$'\0'
     if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
-    if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* ]]; then
+    # The report only into a private directory of ours (pytest would make a missing one, open).
+    if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* && -d $__tc_rdir ]] && __tc_private $__tc_rdir; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
         __tc_pyo_ours="'--junitxml=$__tc_rdir/$__tc_sid.$__tc_n.junit.xml'"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
