@@ -38,7 +38,8 @@ from agent.journal import Journal, JournalFull
 from agent.paths import StatePaths
 from agent.policy import (Policy, PolicyError, default_policy_path, load_effective_policy,
                           load_hmac_key)
-from agent.sources.base import SourceContext
+from agent.replay import JournaledKeys
+from agent.sources.base import DurableAcks, SourceContext
 from agent.sources.git_state import RepoStates
 from agent.supervisor import Supervisor
 
@@ -124,6 +125,9 @@ class Daemon:
                                reorder_ms=policy.get("spool.reorder_ms"),
                                segment_bytes=policy.size("spool.segment_bytes"))
         self.redactor: Any = None
+        self.journaled = JournaledKeys()
+        self.replayed = 0  # events a source re-read after a crash that were journaled already
+        self.discarded_full = 0  # events emitted while the disk was full
         self.supervisor = Supervisor(self._make_context)
         self.contexts: dict[str, SourceContext] = {}
         self.repo_states = RepoStates()
@@ -151,7 +155,7 @@ class Daemon:
         self.lock.acquire()
         try:
             self._build_redactor()
-            recovery = self.journal.open()
+            recovery = self.journal.open(observe=self.journaled.observe)
             self.journal.start()
             for gap in recovery.gaps:
                 self._journal("agent.gap", gap)
@@ -192,6 +196,8 @@ class Daemon:
                 break
             self._check_policy()
             self._refresh_consent()
+            self._record_full_disk()
+            self.supervisor.check_stalls()
 
     def _shutdown(self) -> None:
         log.info("stopping")
@@ -238,27 +244,52 @@ class Daemon:
             home=str(Path.home()), username=_username())
 
     def _journal(self, kind: str, data: dict[str, Any], *, source: str = "agent",
-                 session: str | None = None, ts: int | None = None, durable: bool = False) -> Any:
-        """Redact, then journal. The only path into the journal."""
+                 session: str | None = None, ts: int | None = None, durable: bool = False,
+                 once: bool = False) -> Any:
+        """Redact, then journal. The only path into the journal. `once`: an event with a key (see
+        agent/replay.py) that is journaled already is dropped: a source re-read it after a crash."""
         red = self.redactor.redact_event(kind, data)
         if red is None:
             return None
+        if once and self.journaled.seen(kind, red):
+            self.replayed += 1
+            return None
         try:
-            return self.journal.append(kind, source, session, red, ts, durable=durable)
+            ticket = self.journal.append(kind, source, session, red, ts, durable=durable)
         except JournalFull:
             return None
+        self.journaled.add(kind, red)
+        return ticket
 
-    def _make_context(self, name: str, set_state: Any) -> SourceContext:
+    def _record_full_disk(self) -> None:
+        """A period of full disk, once it is over, becomes an `agent.gap` saying what was lost."""
+        for start, end, refused in self.journal.take_full_periods():
+            dropped, self.discarded_full = refused + self.discarded_full, 0
+            span = " to ".join(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t / 1e9))
+                               for t in (start, end))
+            self._journal("agent.gap", {"dropped": dropped, "reason":
+                                        f"the disk holding the journal was full from {span}"})
+
+    def _make_context(self, name: str, set_state: Any, heartbeat: Any = None) -> SourceContext:
         def emit(kind: str, data: dict[str, Any], *, ts: int | None = None,
                  session: str | None = None, source: str | None = None) -> None:
             if not self.capturing() or self._happened_while_off(ts):
                 self.discarded += 1
+                if self.journal.disk_full:
+                    self.discarded_full += 1
                 return
-            self._journal(kind, data, source=source or name, session=session, ts=ts)
+            self._journal(kind, data, source=source or name, session=session, ts=ts, once=True)
 
+        journal = self.journal
+        acks = DurableAcks(mark=journal.mark, reached=lambda m: journal.durable_mark >= m,
+                           subscribe=journal.add_listener, unsubscribe=journal.remove_listener,
+                           flush=lambda timeout: journal.flush(timeout),
+                           held=lambda: journal.disk_full)
         ctx = SourceContext(name=name, policy=self.policy, paths=self.paths, emit=emit,
                             capturing=self.capturing, log=logging.getLogger(f"tracecap.source.{name}"),
-                            set_state=set_state, redactor=self.redactor, repo_states=self.repo_states)
+                            set_state=set_state, redactor=self.redactor, acks=acks,
+                            heartbeat=heartbeat or (lambda quiet_s: None),
+                            repo_states=self.repo_states)
         old = self.contexts.get(name)
         if old is not None:
             ctx.changed = old.changed
@@ -375,8 +406,20 @@ class Daemon:
             raise RuntimeFailure("the note was not recorded (dropped by a redaction rule or the disk is full)")
         try:
             seq = ticket.wait(10)
-        except (TimeoutError, OSError) as exc:
-            raise RuntimeFailure(f"the note could not be made durable: {exc}") from None
+        except OSError as exc:
+            if ticket.seq is None:  # withdrawn before it was written (the disk filled up)
+                raise RuntimeFailure(f"the note was not recorded: {exc}") from None
+            raise RuntimeFailure(f"the note was written as seq {ticket.seq} but the disk did not "
+                                 f"confirm it: {exc}") from None
+        except TimeoutError:
+            if self.journal.cancel(ticket):
+                raise RuntimeFailure("the note was not recorded: the journal could not write it "
+                                     "within 10 s") from None
+            try:  # written already: its fsync is what is left to wait for
+                seq = ticket.wait(20)
+            except (TimeoutError, OSError) as exc:
+                raise RuntimeFailure(f"the note was written but the disk did not confirm it: "
+                                     f"{exc}") from None
         return {"seq": seq}
 
     def status(self) -> dict[str, Any]:
@@ -411,7 +454,8 @@ class Daemon:
             "sources": sources,
             "roots": list(self.policy.get("capture.roots")),
             "content": self.policy.get("redaction.content"),
-            "journal": self.journal.stats() | {"discarded_while_off": self.discarded},
+            "journal": self.journal.stats() | {"discarded_while_off": self.discarded,
+                                                "replayed_dropped": self.replayed},
             "outbox": self.delivery.outbox_status() if self.delivery else {},
             "upload": self.delivery.upload_status() if self.delivery else {},
             "policy": self.policy.summary() | {"error": self.policy_error},

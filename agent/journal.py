@@ -17,8 +17,14 @@ order to readers (the bundler, `tracecap log`). Promises:
   then be earlier than a lower-seq event's. The bound is `reorder_ms` (default 250 ms).
 - A torn tail or corrupt record never stops the journal: it is skipped on open, counted, and
   reported in `recovery.gaps` (the daemon journals each as an `agent.gap` event).
+- Acknowledgement of what is durable, for sources that must not erase their input before then (the
+  shell spool): `mark()` gives a counter covering every event appended so far, `durable_mark` the
+  highest counter whose event (and every earlier one) is fsynced, and listeners added with
+  `add_listener` are called after each fsync. Counters follow append order, not seq order.
 - ENOSPC: the failed write is rolled back, the batch is kept and retried every few seconds, new
   events are refused (counted in `dropped_full`) until space returns; the daemon reports the state.
+  A durable ticket (a note someone waits for) is failed at once and its event withdrawn, so what is
+  reported as not recorded never is; seqs are handed out only to records that reached the file.
 
 On-disk format (the spool directory)
 ------------------------------------
@@ -35,12 +41,19 @@ On-disk format (the spool directory)
 
 The 2-byte sync marker lets a reader resynchronise after a corrupt record by searching for the next
 marker at which a record with a valid check begins; the 64-bit check makes a false resync negligible.
+Resynchronisation is linear in the segment's size: the bytes checked while searching are capped at a
+few times the segment's size (random damage never comes near it; bytes crafted to put a plausible
+record at every offset do), and past the cap the rest of the segment is reported unreadable, its
+seqs kept out of reuse by a conservative bound (one record per `MIN_RECORD` bytes).
+A record whose check passes but whose body does not decode is counted in a gap; when it ends the
+journal its seq is kept out of reuse.
 Writes are appended in batches with O_APPEND; a segment rotates once it exceeds `segment_bytes`.
 On open, the last segment is truncated after its last valid record (a torn tail is a record that was
 being written when the process died and was therefore never acknowledged).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import hashlib
@@ -67,6 +80,9 @@ SEG_HEADER = struct.Struct("<4sQ")
 REC_MARK = b"\xa5\x5a"
 REC_HEAD = struct.Struct("<2sI8s")
 MAX_RECORD = 64 << 20
+MIN_RECORD = REC_HEAD.size + 8  # the smallest record the journal writes (an event's dict is longer)
+SPACE_BACK = 256 << 10  # free bytes that end a full disk when nothing waits to be retried
+RESYNC_BUDGET = 4  # bytes checked while resynchronising, in multiples of the segment's size
 META = "journal.meta"
 
 
@@ -90,15 +106,18 @@ class ScanResult:
     records: list[tuple[int, int, bytes]]  # (offset, end, payload)
     good_end: int  # offset just past the last valid record
     skipped: list[tuple[int, int]]  # (offset, end) byte ranges that held no valid record
+    unverified_from: int | None = None  # resync gave up here: the rest was not checked
 
 
 def scan_segment(buf: bytes) -> ScanResult:
-    """Parse a segment body (after its header). Pure; never raises on bad bytes."""
+    """Parse a segment body (after its header). Pure; never raises on bad bytes; linear in
+    len(buf): see the module docstring on resynchronisation."""
     records: list[tuple[int, int, bytes]] = []
     skipped: list[tuple[int, int]] = []
     pos = SEG_HEADER.size
     good_end = pos
     n = len(buf)
+    budget = [RESYNC_BUDGET * n + (1 << 20)]
     while pos < n:
         rec = _record_at(buf, pos)
         if rec is not None:
@@ -109,16 +128,21 @@ def scan_segment(buf: bytes) -> ScanResult:
         nxt = pos + 1
         while True:
             nxt = buf.find(REC_MARK, nxt)
-            if nxt < 0 or _record_at(buf, nxt) is not None:
+            if nxt < 0 or budget[0] < 0 or _record_at(buf, nxt, budget) is not None:
                 break
             nxt += 1
+        if nxt >= 0 and budget[0] < 0:
+            skipped.append((pos, n))
+            return ScanResult(records, good_end, skipped, unverified_from=pos)
         stop = n if nxt < 0 else nxt
         skipped.append((pos, stop))
         pos = stop
     return ScanResult(records, good_end, skipped)
 
 
-def _record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:
+def _record_at(buf: bytes, pos: int, budget: list[int] | None = None) -> tuple[int, bytes] | None:
+    """The record at `pos` (its end and payload) when its check passes. `budget`, while
+    resynchronising, is charged the bytes checked."""
     if pos + REC_HEAD.size > len(buf):
         return None
     mark, length, check = REC_HEAD.unpack_from(buf, pos)
@@ -128,6 +152,10 @@ def _record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:
     end = start + length
     if end > len(buf):
         return None
+    if budget is not None:
+        budget[0] -= length
+        if budget[0] < 0:
+            return None
     payload = bytes(buf[start:end])
     if _check(struct.pack("<I", length), payload) != check:
         return None
@@ -175,7 +203,7 @@ class Journal:
         self.clock = clock
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, int, tuple, Ticket | None]] = []
-        self._counter = itertools.count()
+        self._counter = itertools.count(1)
         self._io_lock = threading.Lock()  # held while the writer touches files; rewrite() takes it
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -189,21 +217,38 @@ class Journal:
         self.durable_seq = 0
         self._written_seq = 0
         self._pending_tickets: list[tuple[int, Ticket]] = []
-        self._held_batch: bytes = b""
-        self._held_last = 0
+        self._held: list[tuple] = []  # released, not yet written: (ts, payload, ticket, counter)
+        self._rotate = False  # the next write starts a new segment
+        self._writing = False  # a snapshot of _held is being written
+        # Acknowledgement counters (see the module docstring): issued in append order; `_inflight`
+        # holds those not yet fsynced, in order; `_landed` those fsynced (or withdrawn) whose
+        # predecessors are not all; `_unsynced` those written but not yet fsynced.
+        self._last_counter = 0
+        self._inflight: collections.deque[int] = collections.deque()
+        self._landed: set[int] = set()
+        self._unsynced: list[int] = []
+        self.durable_mark = 0
+        self._listeners: list[Callable[[], None]] = []
         self.disk_full = False
         self.dropped_full = 0
+        self._full_since = 0
+        self._full_refused = 0
+        self._full_periods: list[tuple[int, int, int]] = []  # (from ns, to ns, events refused)
         self.write_error: str | None = None
         self.recovery: Recovery | None = None
 
     # ---------------------------------------------------------------- open / recover
-    def open(self) -> Recovery:
+    def open(self, observe: Callable[[dict[str, Any]], None] | None = None) -> Recovery:
+        """Scan every segment, truncate a torn tail, and find the next seq. `observe`, if given,
+        is called with each decoded event dict in seq order (the daemon keeps recent shell event
+        keys, so a source re-reading its input after a crash does not journal them twice)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         floor = self._read_floor()
         gaps: list[dict[str, Any]] = []
         bases = sorted(int(p.name[:-4]) for p in self.dir.glob("*.seg") if p.name[:-4].isdigit())
         max_seq = 0
         nrec = 0
+        reserved = 0  # seqs that may have been used by records that cannot be read
         for i, base in enumerate(bases):
             path = self.dir / _seg_name(base)
             buf = path.read_bytes()
@@ -215,36 +260,65 @@ class Journal:
             res = scan_segment(buf)
             last = i == len(bases) - 1
             prev = max_seq
+            undecodable = 0  # since the last record that decoded
             for _, _, payload in res.records:
                 try:
-                    seq = msgpack.unpackb(payload)["seq"]
+                    event = msgpack.unpackb(payload)
+                    seq = event["seq"]
+                    if not isinstance(seq, int) or isinstance(seq, bool):
+                        raise TypeError("seq is not an integer")
                 except Exception:  # a record with a valid check but an undecodable body
+                    undecodable += 1
                     continue
                 if seq > prev + 1 and prev:
                     gaps.append({"dropped": seq - prev - 1, "from": prev + 1, "to": seq - 1,
                                  "reason": f"corrupt journal record in segment {path.name}"})
+                elif undecodable:  # the undecodable ones cannot have held a seq: still a loss
+                    gaps.append({"dropped": undecodable, "reason":
+                                 f"undecodable journal record in segment {path.name}"})
+                undecodable = 0
+                if observe is not None and seq > prev:
+                    observe(event)
                 prev = max(prev, seq)
                 nrec += 1
             max_seq = max(max_seq, prev)
+            unverified = len(buf) - res.unverified_from if res.unverified_from is not None else 0
+            if last and (undecodable or unverified):
+                # What ends the journal unread may have held the next seqs: never hand them out.
+                reserved = undecodable + -(-unverified // MIN_RECORD)
+                gaps.append({"dropped": reserved, "from": max_seq + 1, "to": max_seq + reserved,
+                             "reason": f"unreadable journal records at the end of segment {path.name} "
+                                       f"(at most {reserved})"})
             for start, end in res.skipped:
-                torn = last and end == len(buf)
+                torn = last and end == len(buf) and res.unverified_from is None
                 if torn:
                     gaps.append({"dropped": 1, "reason":
                                  f"torn write at the end of journal segment {path.name} "
                                  f"({end - start} bytes, never acknowledged)"})
-                elif not res.records or res.records[-1][0] < start:
+                elif not last and (not res.records or res.records[-1][0] < start or undecodable):
                     # corrupt bytes after the last record of a sealed segment: the next segment's
                     # base tells how many seqs they held.
-                    nxt = bases[i + 1] if i + 1 < len(bases) else max_seq + 1
+                    nxt = bases[i + 1]
                     if nxt - max_seq - 1 > 0:
                         gaps.append({"dropped": nxt - max_seq - 1, "from": max_seq + 1, "to": nxt - 1,
                                      "reason": f"corrupt journal record in segment {path.name}"})
-            if last and res.good_end < len(buf):
+                    break
+            if not last and not res.skipped and undecodable and bases[i + 1] - max_seq - 1 > 0:
+                nxt = bases[i + 1]
+                gaps.append({"dropped": nxt - max_seq - 1, "from": max_seq + 1, "to": nxt - 1,
+                             "reason": f"undecodable journal record in segment {path.name}"})
+            if last and res.unverified_from is not None:
+                # Nothing unverified is cut away: the segment is sealed as it is and writing goes
+                # on in a new one.
+                self._rotate = True
+            elif last and res.good_end < len(buf):
                 with open(path, "r+b") as f:
                     f.truncate(res.good_end)
                     os.fsync(f.fileno())
             self._segments.append(base)
-        self.next_seq = max(floor, max_seq + 1, 1)
+        self.next_seq = max(floor, max_seq + 1 + reserved, 1)
+        if reserved:
+            self._write_floor(self.next_seq)
         self.durable_seq = self._written_seq = self.next_seq - 1
         if self._segments:
             self._open_segment(self._segments[-1], create=False)
@@ -295,7 +369,10 @@ class Journal:
             if self._stopping:
                 raise RuntimeError("the journal is stopped")
             was_empty = not self._heap
-            heapq.heappush(self._heap, (ts or now, next(self._counter), time.monotonic_ns(),
+            counter = next(self._counter)
+            self._last_counter = counter
+            self._inflight.append(counter)
+            heapq.heappush(self._heap, (ts or now, counter, time.monotonic_ns(),
                                         (kind, source, session, data), ticket))
             if was_empty or durable:
                 self._cond.notify()
@@ -308,7 +385,7 @@ class Journal:
         with self._cond:
             self._force = self._sync_now = True
             self._cond.notify_all()
-            while self._heap or self._held_batch or self.durable_seq < self._written_seq or self._sync_now:
+            while self._heap or self._held or self.durable_seq < self._written_seq or self._sync_now:
                 if self.write_error and not self.disk_full:
                     raise OSError(self.write_error)
                 if self._thread is None:
@@ -345,10 +422,10 @@ class Journal:
         out = []
         heap = self._heap
         while heap:
-            ts, _, arrived, payload, ticket = heap[0]
+            ts, counter, arrived, payload, ticket = heap[0]
             if self._force or self._stopping or ts <= now_ns - self.reorder_ns or arrived <= mono - self.reorder_ns:
                 heapq.heappop(heap)
-                out.append((ts, payload, ticket))
+                out.append((ts, payload, ticket, counter))
             else:
                 break
         if not heap:
@@ -373,7 +450,7 @@ class Journal:
         while True:
             with self._cond:
                 batch = self._take_releasable()
-                if not batch and not self._held_batch and not self._stopping:
+                if not batch and not self._held and not self._stopping:
                     if dirty_since is None and self._sync_now and not self._heap:
                         self._sync_now = False
                         self._cond.notify_all()
@@ -386,7 +463,7 @@ class Journal:
                 drained = not self._heap
             try:
                 with self._io_lock:
-                    if batch or self._held_batch:
+                    if batch or self._held:
                         self._write_batch(batch)
                         if dirty_since is None:
                             dirty_since = time.monotonic()
@@ -401,6 +478,8 @@ class Journal:
             except OSError as exc:
                 self._on_write_error(exc)
                 continue
+            if self.disk_full and not batch and not self._held:
+                self._probe_space()
             if stopping:
                 with self._cond:
                     if not self._heap:
@@ -408,36 +487,67 @@ class Journal:
                         return
 
     def _write_batch(self, batch: list[tuple]) -> None:
-        """Encode the batch behind any batch held back by an earlier failed write, then write all
-        of it. On failure everything stays held, in order, for the next attempt."""
-        if batch:
-            parts = []
+        """Write the batch behind any records held back by an earlier failed write. Seqs are given
+        out only when the write succeeds; on failure everything stays held, in order, for the next
+        attempt (or for `cancel`)."""
+        with self._cond:
+            self._held.extend(batch)
+            held = list(self._held)
+            self._writing = bool(held)
+        if not held:
+            return
+        try:
+            self._write_held(held)
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+        if self.disk_full:
+            self._space_back()
+
+    def _space_back(self) -> None:
+        with self._cond:
+            self.disk_full = False
+            self.write_error = None
+            self._full_periods.append((self._full_since, time.time_ns(),
+                                       self.dropped_full - self._full_refused))
+        log.warning("disk space is back; capture resumes")
+
+    def _probe_space(self) -> None:
+        """Full, with nothing held back to retry (what was held was withdrawn): whether space is
+        back is told by the file system."""
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize >= SPACE_BACK:
+            self._space_back()
+
+    def _write_held(self, held: list[tuple]) -> None:
+        parts = []
+        seq = self.next_seq
+        for ts, (kind, source, session, data), _ticket, _counter in held:
+            payload = msgpack.packb({"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source,
+                                     "session": session, "data": data}, use_bin_type=True)
+            parts.append(frame(payload))
+            seq += 1
+        self._write_bytes(b"".join(parts))
+        with self._cond:
             seq = self.next_seq
-            for ts, (kind, source, session, data), ticket in batch:
-                payload = msgpack.packb({"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source,
-                                         "session": session, "data": data}, use_bin_type=True)
-                parts.append(frame(payload))
+            for _ts, _payload, ticket, counter in held:
                 if ticket is not None:
                     ticket.seq = seq
                     self._pending_tickets.append((seq, ticket))
+                self._unsynced.append(counter)
                 seq += 1
-            self._held_batch += b"".join(parts)
-            self._held_last = seq - 1
             self.next_seq = seq
-        if not self._held_batch:
-            return
-        self._write_bytes(self._held_batch)
-        self._written_seq = self._held_last
-        self._held_batch = b""
-        if self.disk_full:
-            with self._cond:
-                self.disk_full = False
-                self.write_error = None
-            log.warning("disk space is back; capture resumes")
+            self._written_seq = seq - 1
+            del self._held[:len(held)]
 
     def _write_bytes(self, blob: bytes) -> None:
-        if self._fd is None or self._seg_size >= self.segment_bytes:
+        if self._fd is None or self._seg_size >= self.segment_bytes or self._rotate:
             self._open_segment(self._next_base(), create=True)
+            self._rotate = False
         start_size = self._seg_size
         view = memoryview(blob)
         try:
@@ -463,19 +573,92 @@ class Journal:
             self.durable_seq = self._written_seq
             done = [t for s, t in self._pending_tickets if s <= self.durable_seq]
             self._pending_tickets = [(s, t) for s, t in self._pending_tickets if s > self.durable_seq]
+            self._land(self._unsynced)
+            self._unsynced = []
             if not self._heap:
                 self._sync_now = False
             self._cond.notify_all()
+            listeners = list(self._listeners)
         for t in done:
             t._done.set()
+        for fn in listeners:
+            try:
+                fn()
+            except Exception:  # a listener's failure is its own; the writer goes on
+                log.exception("journal durability listener failed")
+
+    def _land(self, counters: list[int]) -> None:
+        """Counters whose events are fsynced or withdrawn; advances `durable_mark`. Under _cond."""
+        self._landed.update(counters)
+        inflight, landed = self._inflight, self._landed
+        while inflight and inflight[0] in landed:
+            landed.discard(inflight.popleft())
+        self.durable_mark = inflight[0] - 1 if inflight else self._last_counter
+
+    def take_full_periods(self) -> list[tuple[int, int, int]]:
+        """Periods of full disk that are over, as (from ns, to ns, events refused meanwhile),
+        each given once."""
+        with self._cond:
+            out, self._full_periods = self._full_periods, []
+        return out
+
+    # ---------------------------------------------------------------- acknowledgements
+    def mark(self) -> int:
+        """A counter covering every event appended so far: once `durable_mark` reaches it, all of
+        them are fsynced (or were withdrawn)."""
+        return self._last_counter
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """`fn()` is called on the writer thread after each fsync; it must be quick."""
+        with self._cond:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """Withdraw a durable event not yet written (the reorder buffer or a batch held back by a
+        failed write). True when withdrawn: it will never be journaled; False when it was already
+        written (it is then durable, or will be, with its seq)."""
+        with self._cond:
+            for i, entry in enumerate(self._heap):
+                if entry[4] is ticket:
+                    self._heap[i] = self._heap[-1]
+                    self._heap.pop()
+                    heapq.heapify(self._heap)
+                    self._land([entry[1]])
+                    return True
+            while self._writing:  # the write in progress may hold it: its outcome decides
+                self._cond.wait(1.0)
+            for i, entry in enumerate(self._held):
+                if entry[2] is ticket:
+                    del self._held[i]
+                    self._land([entry[3]])
+                    return True
+            return False
 
     def _on_write_error(self, exc: OSError) -> None:
         with self._cond:
             if exc.errno == errno.ENOSPC:
                 if not self.disk_full:
                     log.error("the disk holding the journal is full; capture pauses until space returns")
+                    self._full_since, self._full_refused = time.time_ns(), self.dropped_full
                 self.disk_full = True
                 self.write_error = "disk full"
+                # Whoever waits for a durable event is told now, and the event is withdrawn:
+                # what is reported as not recorded must never turn up later.
+                kept = []
+                for entry in self._held:
+                    ticket = entry[2]
+                    if ticket is None:
+                        kept.append(entry)
+                    else:
+                        ticket.error = "the disk holding the journal is full"
+                        ticket._done.set()
+                        self._land([entry[3]])
+                self._held = kept
             else:
                 log.error("journal write failed: %s", exc)
                 self.write_error = str(exc)

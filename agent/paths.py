@@ -8,7 +8,9 @@ cannot.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -30,6 +32,9 @@ class StatePaths:
     keys: Path  # device signing key, personal-mode org key pair
     logs: Path
     run: Path  # control socket, daemon lock, shell spool
+    # Under TRACECAP_HOME: a memory-backed directory for the test reports the shell hooks ask
+    # pytest for (see report_dir); None: the shell spool, already in the runtime directory.
+    reports: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -43,6 +48,23 @@ class StatePaths:
     def shell_spool(self) -> Path:
         """Directory the shell hook appends its records to (see agent/shell/)."""
         return self.run / "shell"
+
+    def report_dir(self) -> Path:
+        """Where the shell hooks have pytest write its JUnit reports, which hold raw failure
+        messages until the shell source reads (or, when they cannot be used, deletes) them: a
+        memory-backed directory, never the disk. Under TRACECAP_HOME, a directory named after it
+        in $XDG_RUNTIME_DIR or /dev/shm, made 0700 and used only while this user owns it with no
+        access for others (it may sit in a directory others can write); otherwise the spool."""
+        if self.reports is None:
+            return self.shell_spool
+        try:
+            self.reports.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(self.reports)
+        except OSError:
+            return self.shell_spool
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+            return self.reports
+        return self.shell_spool
 
     @property
     def consent_file(self) -> Path:
@@ -97,6 +119,7 @@ class StatePaths:
                 keys=root / "keys",
                 logs=root / "logs",
                 run=root / "run",
+                reports=_memory_dir(root),
             )
         state = Path(platformdirs.user_state_dir(APP))
         runtime = _runtime_dir()
@@ -109,6 +132,17 @@ class StatePaths:
             logs=Path(platformdirs.user_log_dir(APP)),
             run=runtime,
         )
+
+
+def _memory_dir(root: Path) -> Path | None:
+    """A per-user, per-TRACECAP_HOME name in a memory-backed directory, if there is one."""
+    base = os.environ.get("XDG_RUNTIME_DIR") if sys.platform.startswith("linux") else None
+    if not base and os.path.isdir("/dev/shm"):
+        base = "/dev/shm"
+    if not base:
+        return None
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return Path(base) / f"tracecap-{os.getuid()}-{digest}"
 
 
 def _runtime_dir() -> Path:

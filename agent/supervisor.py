@@ -3,8 +3,11 @@
 Takes source factories (name -> callable building a `Source` from a `SourceContext`); gives each
 source's state for `status`. Promise: a source that raises is logged, its error shown in `status`,
 and it is restarted with exponential backoff (1 s doubling to 60 s, reset after a minute of healthy
-running); the daemon itself never dies because a source did. `stop()` sets every source's stop event
-and joins them with a bound.
+running); the daemon itself never dies because a source did. A source that reports progress
+(`SourceContext.heartbeat(quiet_s)`) and then stays quiet longer than it said is stuck (a thread
+blocked in a system call cannot be interrupted): `check_stalls()` shows it as stalled, tells the stuck
+thread to stop whenever it wakes, and starts a fresh instance beside it. `stop()` sets every source's
+stop event and joins them with a bound.
 """
 from __future__ import annotations
 
@@ -43,10 +46,16 @@ class SourceRun:
     restarts: int = 0
     thread: threading.Thread | None = None
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    last_beat: float | None = None  # monotonic time of the last heartbeat
+    quiet_s: float = 0.0  # how long the source may stay quiet
+    stalls: int = 0
+    stalled: str | None = None  # the last stall, described
 
     def describe(self) -> str:
         if self.error and self.state.startswith("restarting"):
             return f"{self.state}: {self.error}"
+        if self.stalled and self.state == "running":
+            return f"running (restarted after it stalled: {self.stalled})"
         return self.state
 
 
@@ -67,17 +76,23 @@ class Supervisor:
             self.runs[name] = run
             run.thread.start()
 
-    def _loop(self, run: SourceRun) -> None:
+    def _loop(self, run: SourceRun, delay: float = 0.0) -> None:
         backoff = 1.0
 
         def set_state(state: str) -> None:
             run.state = state
 
+        def heartbeat(quiet_s: float) -> None:
+            run.last_beat, run.quiet_s = time.monotonic(), quiet_s
+
+        if delay and run.stop.wait(delay):
+            run.state = "stopped"
+            return
         while not run.stop.is_set():
             started = time.monotonic()
             try:
                 cls = load_source_class(run.name)
-                ctx = self.make_context(run.name, set_state)
+                ctx = self.make_context(run.name, set_state, heartbeat)
                 source = cls(ctx)
                 run.state, run.error = "running", None
                 source.run(run.stop)
@@ -85,6 +100,7 @@ class Supervisor:
                     break
                 raise RuntimeError("the source stopped by itself")
             except Exception as exc:  # a source's failure must not take the daemon down
+                run.last_beat = None  # the backoff below is not a stall
                 run.error = f"{type(exc).__name__}: {exc}"
                 run.restarts += 1
                 if time.monotonic() - started > 60:
@@ -96,6 +112,26 @@ class Supervisor:
                     break
                 backoff = min(backoff * 2, self.backoff_max)
         run.state = "stopped"
+
+    def check_stalls(self) -> list[str]:
+        """Restart every source quiet for longer than its heartbeat promised. Gives their names."""
+        now = time.monotonic()
+        restarted = []
+        for name, run in list(self.runs.items()):
+            if run.last_beat is None or run.stop.is_set() or now - run.last_beat <= run.quiet_s:
+                continue
+            quiet = now - run.last_beat
+            run.stop.set()  # the stuck thread stops whenever its call returns
+            fresh = SourceRun(name, restarts=run.restarts + 1, stalls=run.stalls + 1,
+                              stalled=f"no progress for {quiet:.0f} s, {run.stalls + 1} time(s)")
+            fresh.state = f"stalled: no progress for {quiet:.0f} s; restarting"
+            log.error("source %s made no progress for %.0f s; starting a fresh one", name, quiet)
+            fresh.thread = threading.Thread(target=self._loop, args=(fresh, 1.0),
+                                            name=f"source-{name}", daemon=True)
+            self.runs[name] = fresh
+            fresh.thread.start()
+            restarted.append(name)
+        return restarted
 
     def stop(self, timeout: float = 5.0) -> None:
         for run in self.runs.values():

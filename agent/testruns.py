@@ -1,7 +1,9 @@
 """Test runs: which shell commands run tests, and what their JUnit XML reports say.
 
 Takes a command line or the bytes of a JUnit XML report; gives the runner's name
-(`recognise_runner`) or a `TestReport` (`parse_junit`, `merge_reports`). Pure: no I/O, no clock.
+(`recognise_runner`) or a `TestReport` (`parse_junit`, `merge_reports`). Pure: no I/O, no clock
+(a report comes as bytes or as a stream the caller opened, and is parsed a testcase at a time, so a
+large report does not have to fit in memory as a tree).
 Every runner is one row of `RUNNERS` with commands it must match and commands it must not; the
 test-suite runs every example, so adding a runner is one row plus its examples. Reports are parsed
 with defusedxml (no entities, no external references); a malformed report raises `ReportError`.
@@ -12,8 +14,9 @@ test's id and outcome (passed, failed, skipped, error) are listed, at most `MAX_
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
-from typing import Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 MESSAGE_LIMIT = 2000
 MAX_FAILURES = 200
@@ -189,27 +192,46 @@ class _Tests:
         return tuple(self.outcomes.items()), self.truncated
 
 
-def parse_junit(raw: bytes, *, pytest: bool | None = None,
-                is_file: Callable[[str], bool] | None = None) -> TestReport:
-    """Counts, failures and each test's outcome of a JUnit XML report (`<testsuites>` or
-    `<testsuite>` root). Test ids are pytest node ids (see `pytest_node_id`; `is_file` is handed
-    on to it) when `pytest` is True, or when it is None and a suite is named "pytest" (pytest's
-    default suite name); else `classname::name` as the report has them."""
+def _testcases(raw: bytes | BinaryIO) -> Iterator[tuple[Any, bool]]:
+    """Each complete `<testcase>` element of a report, parsed incrementally, with whether a suite
+    around it is named "pytest" (pytest's default suite name); each is dropped from the tree once
+    the caller is done with it, so memory stays that of one testcase."""
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
 
+    source = io.BytesIO(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+    open_elements: list = []
     try:
-        root = ElementTree.fromstring(raw)
+        for event, elem in ElementTree.iterparse(source, events=("start", "end")):
+            if event == "start":
+                if not open_elements and _local(elem.tag) not in ("testsuites", "testsuite"):
+                    raise ReportError(f"not a JUnit XML report: root element is <{_local(elem.tag)}>")
+                open_elements.append(elem)
+                continue
+            open_elements.pop()
+            if _local(elem.tag) == "testcase":
+                yield elem, any(_local(e.tag) == "testsuite" and e.get("name") == "pytest"
+                                for e in open_elements)
+                elem.clear()
+                if open_elements:
+                    open_elements[-1].remove(elem)
+    except ReportError:
+        raise
     except (ElementTree.ParseError, DefusedXmlException, ValueError) as exc:
         raise ReportError(f"not a readable JUnit XML report: {exc}") from None
-    if _local(root.tag) not in ("testsuites", "testsuite"):
-        raise ReportError(f"not a JUnit XML report: root element is <{_local(root.tag)}>")
-    if pytest is None:
-        pytest = any(_local(e.tag) == "testsuite" and e.get("name") == "pytest" for e in root.iter())
+
+
+def parse_junit(raw: bytes | BinaryIO, *, pytest: bool | None = None,
+                is_file: Callable[[str], bool] | None = None) -> TestReport:
+    """Counts, failures and each test's outcome of a JUnit XML report (`<testsuites>` or
+    `<testsuite>` root), given as bytes or as a binary stream. Test ids are pytest node ids (see
+    `pytest_node_id`; `is_file` is handed on to it) when `pytest` is True, or when it is None and
+    the testcase's suite is named "pytest" (pytest's default suite name); else `classname::name`
+    as the report has them."""
     passed = failed = skipped = 0
     failures: list[tuple[str, str]] = []
     tests = _Tests()
-    for case in root.iter():
+    for case, in_pytest_suite in _testcases(raw):
         if _local(case.tag) != "testcase":
             continue
         outcome = "passed"
@@ -226,7 +248,7 @@ def parse_junit(raw: bytes, *, pytest: bool | None = None,
                 outcome = "skipped"
         cls = case.get("classname") or ""
         name = case.get("name") or ""
-        if pytest:
+        if pytest or (pytest is None and in_pytest_suite):
             test_id = pytest_node_id(cls, name, case.get("file"), is_file)
         else:
             test_id = f"{cls}::{name}" if cls else name

@@ -11,7 +11,7 @@ window; the end of a burst is fsynced as soon as it is written.
 
 Then the daemon's side alone: the same N commands, spooled by a hooked bash with nothing reading,
 are taken by the shell source with the daemon's redaction and a real journal in one process, timed
-from the first read to the last event durable (the journal flushed). This is the rate the daemon can
+from the first read to the last event durable (the journal flushed) and its record erased. This is the rate the daemon can
 ingest at, whatever the shell's speed. Prints both against the 20,000 events/s target and a table.
 Usage: python bench/shell_e2e.py [N]
 """
@@ -163,7 +163,7 @@ def ingest(n: int, tmp: Path) -> dict[str, float]:
     from agent.commands.shell import render_hook
     from agent.journal import Journal
     from agent.policy import builtin_policy, load_hmac_key
-    from agent.sources.base import SourceContext
+    from agent.sources.base import DurableAcks, SourceContext
     from agent.sources.shell import ShellSource
     from redaction import Redactor
 
@@ -188,13 +188,21 @@ def ingest(n: int, tmp: Path) -> dict[str, float]:
         if red is not None:
             journal.append(kind, source or "shell", session, red, ts)
 
+    # As the daemon wires it: records are erased once the journal says their events are durable.
+    acks = DurableAcks(mark=journal.mark, reached=lambda m: journal.durable_mark >= m,
+                       subscribe=journal.add_listener, unsubscribe=journal.remove_listener,
+                       flush=journal.flush, held=lambda: journal.disk_full)
     ctx = SourceContext(name="shell", policy=policy, paths=paths, emit=emit, capturing=lambda: True,
-                        log=logging.getLogger("bench"), set_state=lambda s: None, redactor=redactor)
+                        log=logging.getLogger("bench"), set_state=lambda s: None, redactor=redactor,
+                        acks=acks)
     source = ShellSource(ctx)
     start = time.perf_counter()
     got = source.drain()
     journal.flush()
+    source.drain()  # erases what is now durable
     took = time.perf_counter() - start
+    if source.unacked:
+        raise RuntimeError("durable records were not erased")
     journal.stop()
     if got < 2 * n:  # and the start of `exit`
         raise RuntimeError(f"the shell source took {got} events of {2 * n}")

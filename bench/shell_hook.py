@@ -67,7 +67,7 @@ def _prepare(shell: str, tmp: Path) -> tuple[Path, dict[str, str]]:
     shutil.rmtree(tmp / ".local", ignore_errors=True)  # fish's history
     for name in (".bash_history", ".zsh_history"):
         (tmp / name).unlink(missing_ok=True)
-    spool.mkdir()
+    spool.mkdir(mode=0o700)  # as the daemon makes it: the hooks write into nothing else
     (tmp / f"hook.{shell}").write_text(render_hook(shell, spool=str(spool), ignore_space=True,
                                                    pytest_junit=True, spool_max_bytes=1 << 30))
     env = {"HOME": str(tmp), "ZDOTDIR": str(tmp), "TERM": "xterm", "PATH": os.environ["PATH"],

@@ -1,6 +1,23 @@
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tests.daemon_harness import DaemonProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report_dirs_cleaned():
+    """Each test's TRACECAP_HOME gets a pytest-report directory in /dev/shm (StatePaths.report_dir);
+    those this session made are removed at its end."""
+    shm = Path("/dev/shm")
+    pattern = f"tracecap-{os.getuid()}-*"
+    before = set(shm.glob(pattern)) if shm.is_dir() else set()
+    yield
+    if shm.is_dir():
+        for d in set(shm.glob(pattern)) - before:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

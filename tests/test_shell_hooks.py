@@ -24,14 +24,16 @@ PROMPT = "READY>"
 
 class Tmux:
     def __init__(self, tmp: Path, shell: str, spool: Path, *, rc_extra: str = "",
-                 spool_max_bytes: int = 1 << 20, ignore_space: bool = True):
+                 spool_max_bytes: int = 1 << 20, ignore_space: bool = True,
+                 reports: Path | None = None):
         if shutil.which(shell) is None:
             pytest.skip(f"{shell} is not installed")
         self.sock = f"tc-{uuid.uuid4().hex[:8]}"
         self.shell = shell
         hook = tmp / f"hook.{shell}"
         hook.write_text(render_hook(shell, spool=str(spool), ignore_space=ignore_space,
-                                    pytest_junit=True, spool_max_bytes=spool_max_bytes))
+                                    pytest_junit=True, spool_max_bytes=spool_max_bytes,
+                                    **({} if reports is None else {"reports": str(reports)})))
         env = f"env -i HOME={tmp} TERM=xterm-256color PATH={os.environ['PATH']} LANG=C.UTF-8 "
         if shell == "bash":
             rc = tmp / "bashrc"
@@ -103,7 +105,7 @@ def commands(spool: Path) -> list[tuple[str, int | None]]:
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
     d = tmp_path / "spool"
-    d.mkdir()
+    d.mkdir(mode=0o700)  # as the daemon makes it: the hooks write into nothing else
     return d
 
 

@@ -68,8 +68,8 @@ def test_pair_records_table():
         ("shell.start", f"{SID}:1", 10_000_000_000),
         ("shell.end", f"{SID}:1", 10_250_000_000),
         ("shell.start", f"{SID}:2", 11_000_000_000),
-        ("agent.gap", None, 99),
-        ("agent.gap", None, 99),
+        ("agent.gap", f"{SID}:dropped:5", 99),
+        ("agent.gap", f"{SID}:dropped:8", 99),
     ]
     assert events[1][1] == {"id": f"{SID}:1", "exit": 0, "duration_ms": 250}
     assert [d["dropped"] for k, d, _, _ in events if k == "agent.gap"] == [5, 3]
@@ -159,6 +159,10 @@ def shell_session(tmp_path):
     made = []
 
     def make(shell, spool, **kw):
+        # As `tracecap shell-init` renders it for this state: pytest's reports where the source
+        # looks for them.
+        kw.setdefault("reports", StatePaths.from_env(
+            {"TRACECAP_HOME": str(spool.parent.parent)}).report_dir())
         t = Tmux(tmp_path, shell, spool, **kw)
         made.append(t)
         return t

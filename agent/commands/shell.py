@@ -36,17 +36,20 @@ def hook_template(shell: str) -> str:
 
 
 def render_hook(shell: str, *, spool: str, ignore_space: bool, pytest_junit: bool,
-                spool_max_bytes: int, template: str | None = None) -> str:
-    """The hook for `shell` with its settings substituted. Pure apart from reading the template."""
+                spool_max_bytes: int, template: str | None = None, reports: str | None = None) -> str:
+    """The hook for `shell` with its settings substituted. Pure apart from reading the template.
+    `reports`: where pytest's reports go (StatePaths.report_dir); the spool when not given."""
     if shell not in SHELLS:
         raise ValueError(f"unknown shell {shell!r}")
     text = hook_template(shell) if template is None else template
     quote = _quote_fish if shell == "fish" else _quote_posix
     # PYTEST_ADDOPTS is split by pytest with shlex; the hook single-quotes the report path, which
     # cannot work for a spool path that itself holds a single quote.
-    junit = pytest_junit and "'" not in spool
+    reports = spool if reports is None else reports
+    junit = pytest_junit and "'" not in reports
     values = {
         "@SPOOL@": quote(spool),
+        "@REPORTS@": quote(reports),
         "@IGNORE_SPACE@": "1" if ignore_space else "0",
         "@PYTEST_JUNIT@": "1" if junit else "0",
         "@SEGMENT_BYTES@": str(segment_bytes(spool_max_bytes)),
@@ -63,9 +66,11 @@ def _shell_init(args: argparse.Namespace) -> int:
 
     policy = load_effective_policy()
     shell = policy.data["shell"]
+    paths = StatePaths.from_env()
     text = render_hook(
         args.shell,
-        spool=str(StatePaths.from_env().shell_spool),
+        spool=str(paths.shell_spool),
+        reports=str(paths.report_dir()),
         ignore_space=bool(shell["ignore_space"]),
         pytest_junit=bool(shell["pytest_junit"]),
         spool_max_bytes=policy.size("shell.spool_max_bytes"),

@@ -3,7 +3,10 @@
 # Per command it runs builtins only (no process, no subshell, no network) and writes one start and
 # one end record to a spool file the tracecap daemon follows; the record format (version 2) is
 # specified at the top of agent/sources/shell.py. It never prints, keeps $? and $_, and does
-# nothing when the spool directory is missing.
+# nothing when the spool directory is missing. It writes only into a spool directory this user owns
+# that nobody else may use (0700) and a segment file this user owns (0600): checked when a segment
+# is made (a shell's first command, then every spool_max_bytes/4), never per command; a shell that
+# finds the spool unsafe records nothing more.
 # Cost: the DEBUG trap does one variable test per simple command; the work happens once per line.
 # bash copies a function's whole body each time it calls one, so the per-line functions
 # (__tc_preexec, __tc_precmd) hold the common case only and call out for the rest; the segment
@@ -12,6 +15,7 @@
 if [[ -n "${BASH_VERSION:-}" && -z "${__tracecap_loaded:-}" && $- == *i* && -n "${EPOCHREALTIME:-}" ]]; then
 __tracecap_loaded=1
 __tc_dir=@SPOOL@
+__tc_rdir=@REPORTS@  # pytest's reports: a memory-backed directory (see StatePaths.report_dir)
 __tc_ignore_space=@IGNORE_SPACE@
 __tc_junit=@PYTEST_JUNIT@
 __tc_segmax=@SEGMENT_BYTES@
@@ -31,14 +35,36 @@ __tc_pyo_on=0 __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
 # bash marks none of its users' descriptors close-on-exec; its loadable `fdflags`, where it is
 # installed, does, and then commands started from the shell do not inherit the segment's.
 # Elsewhere they do: a write-only descriptor of a 0600 file in a 0700 directory.
+# A file's owner and mode come from bash's loadable `stat` where it is installed (kept disabled
+# between uses, so that the `stat` program is not shadowed), else from one `stat` process.
 __tc_cloexec() { :; }
+__tc_statb=0 __tc_unsafe=
 for __tc_x in ${BASH_LOADABLES_PATH//:/ } /usr/lib/bash /usr/local/lib/bash /usr/lib64/bash /opt/homebrew/lib/bash; do
+    if [[ $__tc_statb == 0 && -f $__tc_x/stat ]] && { builtin enable -f "$__tc_x/stat" stat; } 2>/dev/null; then
+        builtin enable -n stat
+        __tc_statb=1
+    fi
     if [[ -f $__tc_x/fdflags ]] && { builtin enable -f "$__tc_x/fdflags" fdflags; } 2>/dev/null; then
         __tc_cloexec() { { builtin fdflags -s +cloexec "$__tc_fd"; } 2>/dev/null; }
         break
     fi
 done
 unset __tc_x
+
+__tc_private() {  # $1: a path (a link is followed). 0 when this user owns it and its mode gives
+    # nobody else any access.
+    [[ -O $1 ]] || return 1
+    local s=
+    if (( __tc_statb )); then
+        local -A __tc_st=()
+        builtin enable stat && { stat -L -A __tc_st -- "$1"; } 2>/dev/null
+        builtin enable -n stat
+        s="${__tc_st[uid]-} ${__tc_st[perms]-}"
+    else
+        s=$(command stat -Lc '%u %a' -- "$1" 2>/dev/null || command stat -Lf '%u %Lp' -- "$1" 2>/dev/null)
+    fi
+    [[ ${s%% *} == "$EUID" && ${s##* } == +([0-7])00 ]]
+}
 
 # The DEBUG trap's call while __tc_go is set, as `__tc_preexec "$_"` (a call leaves $_ at its last
 # argument, so $_ is kept). The common case only: the line's first command, the line went into
@@ -114,7 +140,7 @@ __tc_precmd_other() {
 }
 
 __tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the text $3)
-    [[ -w $__tc_dir ]] || return
+    [[ -w $__tc_dir && -z $__tc_unsafe ]] || return
     [[ $PWD == "$__tc_pwd" ]] || __tc_cd
     [[ -f $__tc_f ]] || __tc_bytes=$__tc_segmax  # the segment is not made yet, or was removed
     # The size of a command's records, start and end; for bash's `history 1` form only its first
@@ -139,8 +165,11 @@ __tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the 
 }
 
 __tc_pyo_set() {  # add command __tc_n's JUnit report to PYTEST_ADDOPTS, after the user's options
-    __tc_go=0 __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-    __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
+    # Only into a private directory of ours (pytest would make a missing one, readable by others).
+    __tc_go=0
+    [[ -d $__tc_rdir ]] && __tc_private "$__tc_rdir" || return 0
+    __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
+    __tc_pyo_ours="'--junitxml=$__tc_rdir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
     export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
 }
 
@@ -176,6 +205,11 @@ __tc_segment() {
         (( __tc_first[__tc_seg % __tc_keep] = __tc_n - 1 ))
     fi
     __tc_bytes=$__tc_sz __tc_fd=
+    if [[ ! -d $__tc_dir ]] || ! __tc_private "$__tc_dir"; then
+        [[ -e $__tc_dir ]] && __tc_unsafe=1  # someone else's, or open to others: never written
+        __tc_bytes=$__tc_segmax
+        return 1
+    fi
     # The file is made 0600. bash cannot read its umask without printing it: it goes through a
     # scratch file.
     local m= u="$__tc_dir/$__tc_sid.umask"
@@ -183,6 +217,11 @@ __tc_segment() {
     [[ -n $m ]] && builtin umask 077
     { builtin exec {__tc_fd}>>"$__tc_f"; } 2>/dev/null || __tc_fd=
     [[ -n $m ]] && builtin umask "$m"
+    # The file opened must be a regular file of ours that only we can use (not one planted).
+    if [[ -n $__tc_fd && ! ( -f /dev/fd/$__tc_fd ) ]] || { [[ -n $__tc_fd ]] && ! __tc_private "/dev/fd/$__tc_fd"; }; then
+        { builtin exec {__tc_fd}>&-; } 2>/dev/null
+        __tc_fd= __tc_f= __tc_unsafe=1
+    fi
     if [[ -n $__tc_fd ]]; then
         __tc_cloexec
         { builtin printf '%s\0' "${__tc_pre[@]}" >&$__tc_fd; } 2>/dev/null && __tc_pre=() && return

@@ -6,6 +6,10 @@
 # does nothing when the spool directory is missing. fish has no builtin wall clock, so its records
 # carry the duration fish measured ($CMD_DURATION) and the daemon stamps the wall time when it reads
 # them. fish strings cannot hold NUL, the record terminator, so the command line is written raw.
+# It writes only into a spool directory this user owns that nobody else may use (0700) and a
+# segment file this user owns (0600), checked when a segment is made (fish has no builtin for a
+# file's mode: one `stat` process per check), never per command; a shell that finds the spool
+# unsafe records nothing more.
 #
 # Cost. A command substitution (`math` and `string length` included) costs fish more than the rest
 # of the hook together, and every builtin call counts, so the per-command path has neither:
@@ -21,6 +25,7 @@
 if not set -q __tracecap_loaded
     set -g __tracecap_loaded 1
     set -g __tc_dir @SPOOL@
+    set -g __tc_rdir @REPORTS@ # pytest's reports: a memory-backed directory
     set -g __tc_junit @PYTEST_JUNIT@
     set -g __tc_segmax @SEGMENT_BYTES@
     set -g __tc_keep @SEGMENTS@
@@ -82,7 +87,27 @@ if not set -q __tracecap_loaded
         return 1
     end
 
+    function __tc_private # $argv[1] (a link followed): 0 when ours and nobody else may use it
+        test -O $argv[1]; or return 1
+        set -l mode (command stat -Lc %a -- $argv[1] 2>/dev/null; or command stat -Lf %Lp -- $argv[1] 2>/dev/null)
+        string match -qr '^[0-7]*00$' -- "$mode"
+    end
+
+    function __tc_refuse # the spool is someone else's or open to others: nothing more is written
+        set -g __tc_dir /dev/null/unsafe
+        set -g __tc_f /dev/null/unsafe
+        return 1
+    end
+
     function __tc_create # start the current segment: the file made 0600, its header (and drop total)
+        if test -d $__tc_dir; and not __tc_private $__tc_dir
+            __tc_refuse
+            return 1
+        end
+        if test -e $__tc_f; and not __tc_private $__tc_f
+            __tc_refuse
+            return 1
+        end
         # $umask is fish's own: setting it sets the process umask.
         set -l m $umask
         set -g umask 0077
@@ -90,7 +115,7 @@ if not set -q __tracecap_loaded
         and set -g __tc_pre
         set -g umask $m
         set -q __tc_pre[1]; and return 1
-        return 0
+        __tc_private $__tc_f; or __tc_refuse
     end
 
     function __tc_rotate # the current segment is full: move to the next one
@@ -146,9 +171,11 @@ if not set -q __tracecap_loaded
     end
 
     function __tc_pyo_set # a line that may run pytest: append our report path to PYTEST_ADDOPTS
+        # Only into a private directory of ours (pytest would make a missing one, readable by others).
+        test -d $__tc_rdir; and __tc_private $__tc_rdir; or return
         set -g __tc_pyo_had (set -q PYTEST_ADDOPTS; and echo 1)
         set -g __tc_pyo_old "$PYTEST_ADDOPTS"
-        set -g __tc_pyo_ours "'--junitxml=$__tc_dir/$__tc_sid.$__tc_i.junit.xml' -o junit_family=xunit1"
+        set -g __tc_pyo_ours "'--junitxml=$__tc_rdir/$__tc_sid.$__tc_i.junit.xml' -o junit_family=xunit1"
         if test -n "$PYTEST_ADDOPTS"
             set -gx PYTEST_ADDOPTS "$PYTEST_ADDOPTS $__tc_pyo_ours"
         else

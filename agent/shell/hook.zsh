@@ -4,10 +4,14 @@
 # one end record, one write each, to a spool file the tracecap daemon follows; the record format
 # (version 2) is specified at the top of agent/sources/shell.py. It never prints, keeps $? and $_,
 # and does nothing when the spool directory is missing. With zsh/system the segment stays open on a
-# close-on-exec descriptor and a record is one syswrite: no open, no redirection.
+# close-on-exec descriptor and a record is one syswrite: no open, no redirection. It writes only
+# into a spool directory this user owns that nobody else may use (0700) and a segment file this
+# user owns (0600), checked with zsh/stat when a segment is made, never per command; a shell that
+# finds the spool unsafe records nothing more.
 if [[ -n ${ZSH_VERSION-} && -z ${__tracecap_loaded-} ]] && zmodload zsh/datetime 2>/dev/null; then
 typeset -g __tracecap_loaded=1
 typeset -g __tc_dir=@SPOOL@
+typeset -g __tc_rdir=@REPORTS@  # pytest's reports: a memory-backed directory
 typeset -g __tc_ignore_space=@IGNORE_SPACE@
 typeset -g __tc_junit=@PYTEST_JUNIT@
 typeset -gi __tc_segmax=@SEGMENT_BYTES@
@@ -28,6 +32,22 @@ typeset -gi __tc_pyo_on=0 __tc_fd=0
 # sysopen creates a segment 0600 whatever the umask and keeps it open; without zsh/system, `>>`
 # creates it and each record is appended with a redirection.
 zmodload -F zsh/system b:sysopen b:syswrite 2>/dev/null
+zmodload -F zsh/stat b:zstat 2>/dev/null  # zstat only: the `stat` program stays as it is
+
+__tc_private() {  # a path, or -f FD: 0 when this user owns it and nobody else may use it
+    if (( $+builtins[zstat] )); then
+        local -A st
+        zstat -H st "$@" 2>/dev/null || return 1
+        (( st[uid] == EUID && !(st[mode] & 8#077) ))
+    else
+        [[ $1 != -f && -O $1 ]]
+    fi
+}
+
+__tc_refuse() {  # the spool is someone else's or open to others: nothing more is written
+    __tc_f=/dev/null/unsafe __tc_dir=/dev/null/unsafe __tc_fd=0
+    return 1
+}
 
 # Functions are few on the per-command path: each call costs zsh a fresh heap (mmap, munmap).
 __tc_put() {  # append the record $1 to the current segment: segment starts and other rare cases
@@ -50,7 +70,14 @@ __tc_create() {  # start the current segment: the file made 0600, its header (an
     local -i fd
     (( __tc_fd )) && { exec {__tc_fd}>&- } 2>/dev/null
     __tc_fd=0
+    [[ ! -d $__tc_dir ]] || __tc_private $__tc_dir || __tc_refuse || return 1
+    [[ ! -e $__tc_f ]] || __tc_private $__tc_f || __tc_refuse || return 1
     if (( $+builtins[sysopen] && $+builtins[syswrite] )) && { sysopen -a -o cloexec,creat -m 600 -u fd $__tc_f } 2>/dev/null; then
+        if [[ ! -f /dev/fd/$fd ]] || ! __tc_private -f $fd; then  # not the file we meant to make
+            exec {fd}>&-
+            __tc_refuse
+            return 1
+        fi
         __tc_fd=fd
     fi
     __tc_put "${(pj:\0:)__tc_pre}"$'\0' && [[ -f $__tc_f ]] && __tc_pre=()
@@ -98,9 +125,10 @@ __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: t
     # One write; zsh strings can hold NUL, the record's terminator: it becomes ^@.
     __tc_rec="S2"$'\t'$__tc_n$'\t'$__tc_t$'\t'$__tc_cwd$'\tr'${__tc_cmd//$'\0'/^@}$'\0'
     if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
-    if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* ]]; then
+    # The report only into a private directory of ours (pytest would make a missing one, open).
+    if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* && -d $__tc_rdir ]] && __tc_private $__tc_rdir; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-        __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
+        __tc_pyo_ours="'--junitxml=$__tc_rdir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
     fi
     : "$__tc_la"

@@ -29,6 +29,22 @@ class Emit(Protocol):
     ) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class DurableAcks:
+    """What a source that must keep its input until its events are on disk (the shell spool) is
+    told by the journal. `mark()` covers every event emitted so far; `reached(mark)` is True once
+    all of them are fsynced (or were discarded); `subscribe(fn)` calls `fn()` (quick, on the
+    journal's thread) after each fsync; `flush(timeout)` makes everything emitted so far durable;
+    `held()` is True while the journal cannot take events (disk full): input is better left where
+    it is safe."""
+    mark: Callable[[], int]
+    reached: Callable[[int], bool]
+    subscribe: Callable[[Callable[[], None]], None]
+    unsubscribe: Callable[[Callable[[], None]], None]
+    flush: Callable[[float], None]
+    held: Callable[[], bool]
+
+
 @dataclasses.dataclass
 class SourceContext:
     name: str
@@ -48,6 +64,10 @@ class SourceContext:
     # shared by the git source, which announces states, and the files source, whose saves chain
     # from them. None: no chain (the files source diffs as if no state had been announced).
     repo_states: Any = None
+    acks: DurableAcks | None = None  # None: emit is durable when it returns (a test's list)
+    heartbeat: Callable[[float], None] = lambda quiet_s: None
+    # A source calls `heartbeat(quiet_s)` whenever it makes progress (at least every `quiet_s`
+    # seconds while healthy); one that stays quiet longer is shown stalled and restarted.
 
 
 class Source(Protocol):

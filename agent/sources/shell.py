@@ -4,13 +4,21 @@ Takes the spool directory the hooks of `tracecap shell-init` append to (`StatePa
 gives `shell.start` / `shell.end` events (source `shell`), `test.run` events (source `tests`) and
 `agent.gap` when the hook had to drop records. Promise: each complete record is emitted once, in
 the order its shell wrote it; malformed or partial records are skipped and counted, never fatal;
-once a record has been handed to the journal (or discarded while capture is off), its bytes in the
-spool are overwritten with NUL bytes, so no raw command text outlives its consumption, and a
-segment is deleted once it is read to the end and its shell has moved on or is gone.
+once the events of a record are durable in the journal (or were discarded while capture is off),
+its bytes in the spool are overwritten with NUL bytes, so no raw command text outlives its
+consumption and no command is lost to a crash; a segment is deleted once it is read to the end,
+its events are durable, and its shell has moved on or is gone. A record whose events reached the
+journal just before a crash is read again after it: its events carry a command `id`, and the
+daemon drops those already journaled (agent/replay.py). While the journal's disk is full the spool
+is left unread: the commands wait there, within the hook's bounds. Test reports are opened without
+blocking and without following links, only when they are regular files under
+`REPORT_MAX_BYTES`, and parsed as a stream.
 
 Spool format, version 2 (the hooks in agent/shell/ are the writers; this module is the reader)
 --------------------------------------------------------------------------------------------------
-Files. One writer per file: each shell session (one shell process; nested shells start their own)
+Files. The directory is the user's and private (0700); a hook writes into nothing else, and into
+no segment that is not the user's private (0600) regular file: it checks when it makes a segment.
+One writer per file: each shell session (one shell process; nested shells start their own)
 appends to `<sid>.<k>.rec`, where `<sid>` is `<pid>-<unique>` and `<k>` = 0, 1, 2, ... is the
 segment number. Writers only append (O_APPEND) and create segments with mode 0600 whatever their
 umask (bash: the umask set to 077 around the creating redirection, the current one read back
@@ -20,7 +28,8 @@ installed; zsh: `sysopen -o cloexec`) and write each record with one write to it
 file for each record (`>>`). The hook starts segment k+1 when
 segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
 next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
-PYTEST_ADDOPTS), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
+PYTEST_ADDOPTS; in `StatePaths.report_dir()`, a memory-backed directory, which is the spool itself
+unless TRACECAP_HOME is set), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
 command text) and `.reader.json` (this reader's offsets).
 
 Records. Each record ends with one NUL byte; fields are separated by TAB. A record's last field
@@ -40,10 +49,11 @@ literal). `<form>` is one letter: `r` the text follows raw; `h` what follows is 
 output for the line (`%5d%c %s\\n`: number, `*` or space, space, text, newline), which the reader
 strips to the text. Text is UTF-8; other bytes are kept as `\\xNN`.
 
-Consumption. A reader skips NUL bytes between records: after handing a batch of records to the
-journal it overwrites their byte range (never the H2 header) with NUL bytes in place (pwrite), which
-cannot race the writer because the writer only appends past the range read. It keeps a byte offset
-per file in `.reader.json` (replaced atomically after each batch). A torn tail (no NUL yet) is left
+Consumption. A reader skips NUL bytes between records: once the journal has fsynced the events of
+a batch of records it overwrites their byte range (never the H2 header) with NUL bytes in place
+(pwrite), which cannot race the writer because the writer only appends past the range read. It
+keeps the byte offset up to which each file is erased in `.reader.json` (replaced atomically at
+most once a second; an older copy only makes the reader skip NUL bytes again). A torn tail (no NUL yet) is left
 until its NUL arrives. (Overwriting in place removes the text from the file; a copy-on-write file
 system may still hold the old blocks until they are reused.)
 
@@ -64,11 +74,13 @@ first record is a version 1 record, so shells that loaded an older hook keep bei
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import re
 import select
+import stat
 import threading
 import time
 import urllib.parse
@@ -92,6 +104,10 @@ _SEGMENT = re.compile(r"^(?P<sid>[0-9]+-[A-Za-z0-9]+)\.(?P<k>[0-9]+)\.rec$")
 # The hooks put a pytest report path in PYTEST_ADDOPTS only for lines holding one of these words.
 _MAY_HAVE_REPORT = re.compile(r"test|tox|nox|check")
 CURSOR_SAVE_S = 1.0  # the cursor is saved at most this often while reading (and on stop)
+QUIET_S = 30.0  # a loop that has not come round for this long is stuck (it comes every 5 s)
+STOP_FLUSH_S = 3.0  # on stop, how long to wait for the last events to be durable before erasing
+ORPHAN_REPORT_S = 600  # a report no command read for this long is deleted unread
+REPORT_MAX_BYTES = 32 << 20  # larger test reports are not read (pytest's for 10,000 tests: ~3 MiB)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -335,8 +351,10 @@ def pair_records(state: PairState, records: Iterable[Record], now_ns: int
             lost = rec.count - totals.get(rec.sid, 0)
             if lost > 0:
                 totals[rec.sid] = rec.count
+                # `id` names this total: read again after a crash, it is not journaled twice.
                 events.append(("agent.gap", {"dropped": lost, "reason": "shell spool full while "
-                                             "the daemon was not reading it"}, now_ns, rec.sid))
+                                             "the daemon was not reading it",
+                                             "id": f"{rec.sid}:dropped:{rec.count}"}, now_ns, rec.sid))
         elif isinstance(rec, Start):
             ts = rec.t_ns if rec.t_ns is not None else now_ns
             if rec.t_ns is None:
@@ -405,21 +423,73 @@ def pytest_files(cwd: str, levels: int = 8) -> Callable[[str], bool]:
     return is_file
 
 
-def read_reports(paths: Iterable[Path], cwd: str | None = None, *,
-                 pytest: bool | None = None) -> testruns.TestReport | None:
+class _CappedReader:
+    """A report file read as a stream, refused once it passes `limit` bytes (it may grow)."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self.f, self.left = f, limit
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left + 1 if n is None or n < 0 else min(n, self.left + 1)
+        data = self.f.read(want)
+        self.left -= len(data)
+        if self.left < 0:
+            raise testruns.ReportError("the report grew past the size limit while it was read")
+        return data
+
+
+def open_report(path: Path, limit: int = REPORT_MAX_BYTES) -> Any:
+    """A test report opened for reading as a stream, or ReportError. Never blocks: a FIFO, device
+    or socket is refused (opened O_NONBLOCK, then fstat), as are links (O_NOFOLLOW) and files over
+    `limit` bytes (a huge sparse file costs nothing to make)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise testruns.ReportError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise testruns.ReportError(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise testruns.ReportError(f"{path} is larger than {limit} bytes")
+        return _CappedReader(os.fdopen(fd, "rb", buffering=1 << 16), limit)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_reports(paths: Iterable[Path], cwd: str | None = None, *, pytest: bool | None = None,
+                 log: Any = None) -> testruns.TestReport | None:
     """The reports merged; `cwd` (where the command ran) resolves pytest node ids, `pytest`
     True says the reports are pytest's (see testruns.parse_junit)."""
     is_file = pytest_files(cwd) if cwd else None
     reports = []
     for path in paths:
         try:
-            reports.append(testruns.parse_junit(path.read_bytes(), pytest=pytest, is_file=is_file))
-        except (OSError, testruns.ReportError):
+            stream = open_report(path)
+            try:
+                reports.append(testruns.parse_junit(stream, pytest=pytest, is_file=is_file))
+            finally:
+                stream.f.close()
+        except (OSError, testruns.ReportError) as exc:
+            if log is not None:
+                log.info("test report %s not read: %s", path, exc)
             continue
     return testruns.merge_reports(reports)
 
 
 # --- the source -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Unacked:
+    """Records read and handed on whose bytes wait for their events to be durable."""
+    mark: int  # the journal's mark after their events were emitted
+    fname: str
+    start: int  # the byte range to overwrite with NUL bytes (the header stays)
+    end: int
+    reports: list[Path]  # test reports to delete with them
+    dropped: dict[str, int] | None  # the sessions' drop totals once these are consumed, if changed
+
 
 class ShellSource:
     """Follows the spool with file events; see the module docstring for the format."""
@@ -429,7 +499,13 @@ class ShellSource:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.spool = Path(ctx.paths.shell_spool)
-        self.offsets: dict[str, int] = {}
+        self.reports = self.spool  # where pytest's reports are: StatePaths.report_dir(), in run
+        self.offsets: dict[str, int] = {}  # segment file -> read up to here
+        self.acked: dict[str, int] = {}  # segment file -> erased up to here (what the cursor keeps)
+        self.acked_dropped: dict[str, int] = {}  # drop totals of what is erased (the cursor's)
+        self.unacked: collections.deque[_Unacked] = collections.deque()
+        self._reports: list[Path] = []  # reports of the batch being consumed, deleted with it
+        self._stop: threading.Event | None = None
         self.headers: dict[str, Header] = {}  # segment file -> its H2 (version 2)
         self.formats: dict[str, int] = {}  # segment file -> record version
         self.unreadable: set[str] = set()  # segment files already warned about
@@ -452,30 +528,72 @@ class ShellSource:
         return node
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.reports = Path(self.ctx.paths.report_dir())
         self._load_cursor()
         self.ctx.set_state("running")
+        self.ctx.heartbeat(QUIET_S)
         if files_inotify.available():
             self._follow_inotify(stop)
         else:
             self._follow_watchdog(stop)
 
+    def _finish(self) -> None:
+        """On stop: wait (bounded) for what was emitted to be durable, and erase it. What is not
+        read yet stays in the spool for the next start."""
+        try:
+            acks = self.ctx.acks
+            if self.unacked and acks is not None:
+                try:
+                    acks.flush(STOP_FLUSH_S)
+                except Exception as exc:  # the records stay in the spool, read again next time
+                    self.ctx.log.warning("shell events not confirmed durable on stop: %s", exc)
+            self._ack()
+        finally:
+            self._save_cursor()
+
     def _follow_inotify(self, stop: threading.Event) -> None:
         """One inotify descriptor on the spool directory: the loop wakes when a hook writes (the
         hooks keep segments open, so IN_MODIFY), drops the queued events unread and drains."""
         watcher = files_inotify.InotifyWatcher()
+        # The journal's fsyncs wake the loop through this pipe while records wait to be erased.
+        ack_r, ack_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def on_durable() -> None:
+            if self.unacked:
+                try:
+                    os.write(ack_w, b"\0")
+                except BlockingIOError:
+                    pass  # a wake-up is pending already
+
+        def wait(timeout: float) -> None:
+            poller.poll(timeout * 1000)
+            watcher.discard()
+            try:
+                os.read(ack_r, 4096)
+            except BlockingIOError:
+                pass
+
+        acks = self.ctx.acks
         try:
+            if acks is not None:
+                acks.subscribe(on_durable)
             watcher.add(str(self.spool), files_inotify.IN_MODIFY | files_inotify.IN_CREATE
                         | files_inotify.IN_MOVED_TO | files_inotify.IN_CLOSE_WRITE)
             with files_inotify.stop_pipe(stop, "shell-stop-waker") as stop_r:
                 poller = select.poll()
                 poller.register(watcher.fileno(), select.POLLIN)
                 poller.register(stop_r, select.POLLIN)
-                self._loop(stop, lambda timeout: (poller.poll(timeout * 1000), watcher.discard()))
+                poller.register(ack_r, select.POLLIN)
+                self._loop(stop, wait)
         finally:
+            if acks is not None:
+                acks.unsubscribe(on_durable)
             watcher.close()
-            self.drain()
-            self._save_cursor()
+            self._finish()
+            os.close(ack_r)
+            os.close(ack_w)
 
     def _follow_watchdog(self, stop: threading.Event) -> None:
         """Elsewhere, watchdog's observer says when the spool changes."""
@@ -483,6 +601,11 @@ class ShellSource:
         from watchdog.observers import Observer
 
         wake = self._wake
+        acks = self.ctx.acks
+
+        def on_durable() -> None:
+            if self.unacked:
+                wake.set()
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
@@ -494,17 +617,21 @@ class ShellSource:
         # One wait for both: a spool change (watchdog's thread) or stop (this helper).
         threading.Thread(target=lambda: (stop.wait(), wake.set()), name="shell-stop-waker",
                          daemon=True).start()
+        if acks is not None:
+            acks.subscribe(on_durable)
         try:
             self._loop(stop, lambda timeout: (wake.wait(timeout), wake.clear()))
         finally:
+            if acks is not None:
+                acks.unsubscribe(on_durable)
             observer.stop()
             observer.join(timeout=5)
-            self.drain()
-            self._save_cursor()
+            self._finish()
 
     def _loop(self, stop: threading.Event, wait: Any) -> None:
         last_sweep = 0.0
         while not stop.is_set():
+            self.ctx.heartbeat(QUIET_S)
             self.drain()
             now = time.monotonic()
             if now - last_sweep >= HOUSEKEEPING_S:
@@ -528,16 +655,23 @@ class ShellSource:
         return by_sid
 
     def drain(self) -> int:
-        """Read every complete new record, emit it, blank it, persist offsets. Gives the count."""
+        """Read every complete new record and emit it; erase what is durable; persist offsets.
+        Gives the count of events emitted."""
         total = 0
         changed = False
+        self._ack()
+        acks = self.ctx.acks
+        if acks is not None and acks.held():
+            return 0  # the journal cannot take events: the commands are safe where they are
         for segs in self._segments().values():
             for i, (_k, fname) in enumerate(segs):
+                self.ctx.heartbeat(QUIET_S)  # a long backlog is progress, not a stall
                 got, moved = self._drain_segment(fname, later=i + 1 < len(segs))
                 total += got
                 changed = changed or moved
         if changed:
             self._cursor_dirty = True
+        self._ack()
         # Consumed records are blanked, so a reader that restarts with an older cursor only
         # skips NUL bytes again: the cursor need not be written after every batch.
         if self._cursor_dirty and time.monotonic() - self._cursor_saved >= CURSOR_SAVE_S:
@@ -546,6 +680,10 @@ class ShellSource:
 
     def _drain_segment(self, fname: str, *, later: bool) -> tuple[int, bool]:
         """Consume one segment's new records. Gives (events emitted, whether its offset moved)."""
+        if self._stop is not None and self._stop.is_set():
+            # Stopped (or stuck and replaced by a fresh instance): what is unread stays for the
+            # next reader.
+            return 0, False
         path = self.spool / fname
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -565,6 +703,7 @@ class ShellSource:
             offset = self.offsets.get(fname, 0)
             if st.st_size < offset:  # truncated by the hook (spool full): nothing left to read
                 offset = 0
+                self.acked[fname] = 0
                 moved = True
             if st.st_size > offset:
                 buf = os.pread(fd, st.st_size - offset, offset)
@@ -574,17 +713,20 @@ class ShellSource:
                         self.formats[fname] = 1 if is_version1(head) else 2
                 records, used, keep = self._parse(fname, fd, offset, buf)
                 if used:
+                    self._reports = []
+                    before = self.state.dropped
                     total += self._consume(records)
-                    # The records are journaled (or discarded): blank their bytes in place. The
-                    # writer only appends, past offset + used, so this cannot race it.
-                    start = max(offset, keep)
-                    if offset + used > start:
-                        os.pwrite(fd, bytes(offset + used - start), start)
+                    # Their bytes are erased once their events are durable (see _ack).
+                    mark = self.ctx.acks.mark() if self.ctx.acks is not None else 0
+                    dropped = dict(self.state.dropped) if self.state.dropped != before else None
+                    self.unacked.append(_Unacked(mark, fname, max(offset, keep), offset + used,
+                                                 self._reports, dropped))
+                    self._reports = []
                     offset += used
                     moved = True
             if moved:
                 self.offsets[fname] = offset
-            if later and offset >= st.st_size:
+            if later and self.acked.get(fname, 0) >= st.st_size:
                 self._forget(fname)
                 self._remove(path)
                 moved = True
@@ -619,8 +761,42 @@ class ShellSource:
         at_start = offset == 0 and header is not None and buf.startswith(b"H2\t")
         return records, used, header.size if at_start else 0
 
+    def _ack(self) -> None:
+        """Erase the records whose events are durable: NUL bytes over them, in place (the writer
+        only appends past them, so this cannot race it), and delete their test reports."""
+        acks = self.ctx.acks
+        while self.unacked and (acks is None or acks.reached(self.unacked[0].mark)):
+            done = self.unacked.popleft()
+            for report in done.reports:
+                self._remove(report)
+            if done.dropped is not None:
+                self.acked_dropped = done.dropped
+                self._cursor_dirty = True
+            if done.fname not in self.offsets:
+                continue  # the segment was forgotten (removed, or truncated and read again)
+            if done.end > done.start:
+                try:
+                    fd = os.open(self.spool / done.fname, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    self.ctx.log.warning("cannot erase shell spool file %s: %s", done.fname, exc)
+                    continue
+                try:
+                    if os.fstat(fd).st_size >= done.end:  # not truncated meanwhile (spool full)
+                        os.pwrite(fd, bytes(done.end - done.start), done.start)
+                except OSError as exc:
+                    self.ctx.log.warning("cannot erase shell spool file %s: %s", done.fname, exc)
+                    continue
+                finally:
+                    os.close(fd)
+            if done.end > self.acked.get(done.fname, 0):
+                self.acked[done.fname] = done.end
+                self._cursor_dirty = True
+
     def _forget(self, fname: str) -> None:
         self.offsets.pop(fname, None)
+        self.acked.pop(fname, None)
         self.headers.pop(fname, None)
         self.formats.pop(fname, None)
         self.unreadable.discard(fname)
@@ -652,7 +828,7 @@ class ShellSource:
     def _drop_report(self, fin: Finished) -> None:
         """Remove the pytest report the hook may have asked for (only for some lines)."""
         if fin.start is None or _MAY_HAVE_REPORT.search(fin.start.cmd):
-            self._remove(self._junit_path(fin.end.sid, fin.end.n))
+            self._reports.append(self._junit_path(fin.end.sid, fin.end.n))
 
     def _unhide(self, records: list[Record]) -> list[Record]:
         """Without `records` of commands typed with a leading space. bash writes such a line when
@@ -684,25 +860,27 @@ class ShellSource:
         return who
 
     def _junit_path(self, sid: str, n: int) -> Path:
-        return self.spool / f"{sid}.{n}.junit.xml"
+        return self.reports / f"{sid}.{n}.junit.xml"
 
     def _test_run(self, fin: Finished) -> None:
         own = self._junit_path(fin.end.sid, fin.end.n)
         if fin.start is None:
-            self._remove(own)
+            self._reports.append(own)
             return
         runner = testruns.recognise_runner(fin.start.cmd)
         if runner is None:
             self._drop_report(fin)
             return
         data: dict[str, Any] = {"runner": runner, "cmd": fin.start.cmd, "exit": fin.end.exit,
-                                "duration_ms": fin.duration_ms}
-        if own.exists():
-            report = read_reports([own], fin.start.cwd, pytest=True)
+                                "duration_ms": fin.duration_ms,
+                                "id": command_id(fin.end.sid, fin.end.n)}
+        if os.path.lexists(own):
+            report = read_reports([own], fin.start.cwd, pytest=True, log=self.ctx.log)
         else:
             since = fin.start.t_ns or (fin.end_ns - fin.duration_ms * 1_000_000)
-            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()), fin.start.cwd)
-        self._remove(own)
+            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()), fin.start.cwd,
+                                  log=self.ctx.log)
+        self._reports.append(own)
         if report is not None:
             data.update(report.as_data())
         self.ctx.emit("test.run", data, ts=fin.end_ns, session=fin.end.sid, source="tests")
@@ -721,21 +899,36 @@ class ShellSource:
                     size = path.stat().st_size
                 except FileNotFoundError:
                     continue
-                if self.offsets.get(fname, 0) >= size:
+                if self.acked.get(fname, 0) >= size and self.offsets.get(fname, 0) >= size:
                     self._remove(path)
                     self._forget(fname)
                     changed = True
-        try:
-            names = os.listdir(self.spool)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            if name.endswith(SCRATCH_SUFFIXES):
-                sid = name.split(".", 1)[0]
+        acks = self.ctx.acks
+        held = acks is not None and acks.held()
+        now = time.time()
+        for directory in {self.spool, self.reports}:
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if not name.endswith(SCRATCH_SUFFIXES):
+                    continue
+                sid, _, rest = name.partition(".")
                 if not _alive(sid, live):
-                    self._remove(self.spool / name)
+                    self._remove(directory / name)
+                elif name.endswith(".junit.xml") and not held:
+                    # A report whose command is not waiting for its end and that nothing read
+                    # for long: its records were dropped (spool full) or it was never asked for.
+                    n = rest.split(".", 1)[0]
+                    try:
+                        old = now - os.lstat(directory / name).st_mtime > ORPHAN_REPORT_S
+                    except OSError:
+                        continue
+                    if old and not (n.isdigit() and (sid, int(n)) in self.state.pending):
+                        self._remove(directory / name)
         for fname in [f for f in self.offsets if not (self.spool / f).exists()]:
-            self.offsets.pop(fname)
+            self._forget(fname)
             changed = True
         if changed:
             self._save_cursor()
@@ -752,7 +945,9 @@ class ShellSource:
         try:
             raw = json.loads((self.spool / CURSOR_FILE).read_text())
             self.offsets = {str(k): int(v) for k, v in raw.get("offsets", {}).items()}
+            self.acked = dict(self.offsets)
             self.state = PairState({}, {str(k): int(v) for k, v in raw.get("dropped", {}).items()})
+            self.acked_dropped = dict(self.state.dropped)
         except (OSError, ValueError, AttributeError):
             self.offsets = {}
 
@@ -761,7 +956,9 @@ class ShellSource:
         self._cursor_saved = time.monotonic()
         tmp = self.spool / (CURSOR_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps({"v": 1, "offsets": self.offsets, "dropped": self.state.dropped}))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"v": 1, "offsets": self.acked, "dropped": self.acked_dropped}))
             os.replace(tmp, self.spool / CURSOR_FILE)
         except OSError as exc:
             self.ctx.log.warning("cannot save the shell spool cursor: %s", exc)

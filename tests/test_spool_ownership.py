@@ -1,0 +1,77 @@
+"""The hooks of real bash, zsh and fish (in tmux) never write into a spool directory that another
+user owns or that others may use: another local user who made the directory first, or left it open,
+must not get the commands typed."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_shell_hooks import SHELLS, Tmux, commands
+
+NOBODY = 65534
+
+
+def spool_files(spool: Path) -> list[str]:
+    return sorted(p.name for p in spool.iterdir())
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("owner,mode", [("self", 0o777), ("self", 0o750), ("other", 0o777)])
+def test_hook_writes_nothing_into_a_spool_it_does_not_own_privately(shell, owner, mode, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    if owner == "other":
+        if os.geteuid() != 0:
+            pytest.skip("making a directory another user owns needs root")
+        os.chown(spool, NOBODY, NOBODY)
+    os.chmod(spool, mode)
+    sh = Tmux(tmp_path, shell, spool)
+    try:
+        sh.run("echo secret-one")
+        sh.run("echo secret-two")
+        time.sleep(0.3)
+        assert spool_files(spool) == [], f"the {shell} hook wrote into a {owner} {oct(mode)} spool"
+    finally:
+        sh.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hook_writes_into_its_own_private_spool(shell, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sh = Tmux(tmp_path, shell, spool)
+    try:
+        sh.run("echo hello")
+        assert commands(spool) == [("echo hello", 0)]
+        for seg in spool.glob("*.rec"):
+            assert seg.stat().st_mode & 0o777 == 0o600
+    finally:
+        sh.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("state", ["missing", "open"])
+def test_pytest_reports_go_only_into_a_private_directory(shell, state, tmp_path):
+    """pytest makes a missing report directory itself, readable by others: the hook asks for a
+    report only when the directory is there and private."""
+    import sys
+
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    reports = tmp_path / "reports"
+    if state == "open":
+        reports.mkdir(mode=0o755)
+        os.chmod(reports, 0o755)
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert 0, 'private detail'\n")
+    sh = Tmux(tmp_path, shell, spool, reports=reports)
+    try:
+        sh.run(f"{sys.executable} -m pytest -q -p no:cacheprovider test_a.py > /dev/null")
+        sh.wait_for(lambda: (tmp_path / "spool").exists() and any(
+            c.endswith("test_a.py > /dev/null") for c, _ in commands(spool)), timeout=60)
+        made = list(reports.glob("*")) if reports.exists() else []
+        assert made == [] and (state == "open") == reports.exists(), made
+    finally:
+        sh.close()
