@@ -9,6 +9,9 @@ gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - Text longer than `max_scan_bytes` is scanned in windows that overlap by `OVERLAP` characters,
   so a secret on a window boundary is still found.
 - `hash` gives `[rule:hmac8]`, HMAC-SHA256 keyed by the caller's key: stable per key, never unkeyed.
+- A rule with a `repeat` pattern (a command's secret flags) keeps matching it right after each of
+  its matches, so every secret flag of one command is found, not only the first.
+- Every finding says why (`Finding.reason`): the format, the context key, or what decoding showed.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from collections import Counter
 import re2
 
 from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule, quiet_options
-from redaction.validators import VALIDATORS, shannon_entropy
+from redaction.validators import KEYED_VALIDATORS, VALIDATORS, shannon_entropy
 
 OVERLAP = 16384  # characters shared by neighbouring scan windows; longer than any PEM key block
 MIN_WINDOW = 4 * OVERLAP
@@ -35,6 +38,7 @@ class Finding:
     start: int
     end: int
     action: str
+    reason: str = dataclasses.field(default="", compare=False)  # why: format, context key, decoded
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class _Compiled:
     rule: Rule
     regex: object
     check: object  # validator function or None
+    keyed: bool  # the check is given the key (group `key_group`) instead of the whole match
+    again: object  # the rule's `repeat` pattern compiled, or None
 
 
 def _user_rules(home: str | None, username: str | None) -> list[Rule]:
@@ -115,7 +121,9 @@ class Redactor:
         self._window = max(int(max_scan_bytes), MIN_WINDOW)
         self.content = content
         self.stats = RedactionStats()
-        self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None)
+        self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None,
+                                 bool(r.key_group) and r.validator in KEYED_VALIDATORS,
+                                 compile_rule(r, r.repeat) if r.repeat else None)
                        for r in rules]
         self._set, self._set_owner, self._always = self._build_prefilter()
         from redaction.events import redact_event_data  # local: events imports this module
@@ -186,17 +194,17 @@ class Redactor:
         out = []
         findings = []
         pos = 0
-        for start, end, idx in spans:
+        for start, end, idx, detail in spans:
             rule = self._rules[idx].rule
             out.append(text[pos:start])
             out.append(self._replacement(rule, text[start:end]))
-            findings.append(Finding(rule.name, start, end, rule.action))
+            findings.append(Finding(rule.name, start, end, rule.action, _reason(rule, detail)))
             pos = end
         out.append(text[pos:])
         self.stats.add_findings(findings)
         return RedactionResult("".join(out), findings)
 
-    def _scan(self, text: str) -> list[tuple[int, int, int]]:
+    def _scan(self, text: str) -> list[tuple[int, int, int, str]]:
         if len(text) <= self._window:
             return _merge(self._scan_window(text, 0))
         raw = []
@@ -209,7 +217,7 @@ class Redactor:
             start += step
         return _merge(raw)
 
-    def _scan_window(self, text: str, base: int) -> list[tuple[int, int, int]]:
+    def _scan_window(self, text: str, base: int, depth: int = 0) -> list[tuple[int, int, int, str]]:
         ascii_text = text.isascii()
         data = text.encode("ascii" if ascii_text else "utf-8", "surrogatepass")
         hits = self._set.Match(data)
@@ -221,28 +229,50 @@ class Redactor:
         found = []
         for idx in sorted(todo):
             c = self._rules[idx]
-            group = c.rule.group
             for m in c.regex.finditer(data):
-                s, e = m.span(group)
-                if s < 0 or e <= s:
-                    continue
-                if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
-                    s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
-                if c.check is not None or c.rule.entropy is not None:
-                    secret = data[s:e].decode("utf-8", "replace")
-                    if c.rule.entropy is not None and shannon_entropy(secret) < c.rule.entropy:
-                        continue
-                    if c.check is not None:
-                        ms = m.span()[0]
-                        before = data[max(0, ms - 64):ms].decode("utf-8", "replace")
-                        if not c.check(secret, m.group(0).decode("utf-8", "replace"), before):
-                            continue
-                found.append((s, e, idx))
+                hit = self._judge(c, m, c.rule.group, data)
+                if hit is not None:
+                    found.append((hit[0], hit[1], idx, hit[2]))
+                if c.again is not None:  # the same command's further secret flags
+                    pos = m.end()
+                    while (m2 := c.again.match(data, pos)) is not None and m2.end() > pos:
+                        hit = self._judge(c, m2, 1, data)
+                        if hit is not None:
+                            found.append((hit[0], hit[1], idx, hit[2]))
+                        pos = m2.end()
         if found and not ascii_text:
             found = _bytes_to_chars(data, found)
         if base:
-            found = [(s + base, e + base, i) for s, e, i in found]
+            found = [(s + base, e + base, i, d) for s, e, i, d in found]
         return found
+
+    def _judge(self, c: _Compiled, m, group: int, data: bytes) -> tuple[int, int, str] | None:
+        """The span to redact for match `m` (quotes trimmed) and the detail for `--explain`, or
+        None when the rule's entropy floor or check rejects it."""
+        rule = c.rule
+        s, e = m.span(group)
+        if s < 0 or e <= s:
+            return None
+        if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
+            s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
+        elif data[s:s + 2] == b'\\"' and e - s >= 5 and data[e - 2:e] == b'\\"':
+            s, e = s + 2, e - 2  # the same inside an escaped string (JSON in JSON, diffs)
+        if c.check is not None or rule.entropy is not None:
+            secret = data[s:e].decode("utf-8", "replace")
+            if rule.entropy is not None and shannon_entropy(secret) < rule.entropy:
+                return None
+            if c.check is not None:
+                ms, me = m.span()
+                before = data[max(0, ms - 64):ms].decode("utf-8", "replace")
+                after = data[me:me + 16].decode("utf-8", "replace")
+                keyed = c.keyed and group == rule.group
+                told = m.group(rule.key_group if keyed else 0).decode("utf-8", "replace")
+                if not c.check(secret, told, before, after):
+                    return None
+        detail = ""
+        if rule.key_group and group == rule.group:
+            detail = m.group(rule.key_group).decode("utf-8", "replace").strip("\"'<>: ")
+        return s, e, detail
 
     def _replacement_for(self, rule_name: str, secret: str) -> str:
         """The replacement the named rule gives `secret` (argv pieces use this)."""
@@ -272,24 +302,35 @@ class Redactor:
         return self._paths.content_allowed(path)
 
 
-def _merge(found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     """Sorted, non-overlapping spans; overlapping spans merge into their union, attributed to the
     rule of highest priority (lowest index) among them."""
     if not found:
         return []
     found.sort(key=lambda f: (f[0], -f[1], f[2]))
     merged = [list(found[0])]
-    for s, e, i in found[1:]:
+    for s, e, i, d in found[1:]:
         last = merged[-1]
         if s < last[1]:
             last[1] = max(last[1], e)
-            last[2] = min(last[2], i)
+            if i < last[2]:
+                last[2], last[3] = i, d
         else:
-            merged.append([s, e, i])
+            merged.append([s, e, i, d])
     return [tuple(m) for m in merged]
 
 
-def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _reason(rule: Rule, detail: str) -> str:
+    """One phrase for `--explain`: why this rule redacted this span."""
+    if rule.key_group and detail:
+        return f"context: key {detail!r}" + (f" ({rule.reason})" if rule.reason else "")
+    if rule.reason:
+        return rule.reason
+    return {"known": "format", "context": "context", "pii": "personal data",
+            "admin": "admin rule"}.get(rule.category, rule.category)
+
+
+def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     cache: dict[int, int] = {}
 
     def conv(off: int) -> int:
@@ -297,7 +338,7 @@ def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int]]) -> list[tupl
             cache[off] = len(data[:off].decode("utf-8", "surrogatepass"))
         return cache[off]
 
-    return [(conv(s), conv(e), i) for s, e, i in found]
+    return [(conv(s), conv(e), i, d) for s, e, i, d in found]
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,

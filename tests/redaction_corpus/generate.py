@@ -98,6 +98,33 @@ TOKEN_MAKERS = {
     "databricks-token": lambda r: "dapi" + _r(r, HEX, 32),
     "linear-key": lambda r: "lin_api_" + _r(r, ALNUM, 40),
     "age-secret-key": lambda r: "AGE-SECRET-KEY-1" + _r(r, UPPER + DIGITS, 58),
+    # formats added with the wider catalogue (prefixes and lengths as the providers describe them)
+    "aws-session-token": lambda r: "IQoJb3JpZ2luX2Vj" + _r(r, B64, 280),
+    "azure-ad-client-secret": lambda r: _r(r, ALNUM, 3) + str(r.randint(0, 9)) + "Q~" + _mixed(r, ALNUM + "_~.-", 34),
+    "google-refresh-token": lambda r: "1//0" + _r(r, B64URL, 99),
+    "alibaba-access-key-id": lambda r: "LTAI" + _mixed(r, ALNUM, 20),
+    "heroku-key": lambda r: "HRKU-AA" + _r(r, B64URL, 58),
+    "supabase-token": lambda r: "sbp_" + _r(r, HEX, 40),
+    "vault-token": lambda r: "hvs." + _r(r, B64URL, 90),
+    "doppler-token": lambda r: "dp.st." + _mixed(r, ALNUM, 43),
+    "terraform-cloud-token": lambda r: _r(r, ALNUM, 14) + ".atlasv1." + _r(r, B64URL, 67),
+    "pulumi-token": lambda r: "pul-" + _r(r, HEX, 40),
+    "dockerhub-token": lambda r: "dckr_pat_" + _r(r, B64URL, 27),
+    "rubygems-key": lambda r: "rubygems_" + _r(r, HEX, 48),
+    "nuget-key": lambda r: "oy2" + _r(r, LOWER + DIGITS, 43),
+    "grafana-token": lambda r: "glsa_" + _mixed(r, ALNUM, 32) + "_" + _r(r, HEX, 8),
+    "newrelic-key": lambda r: "NRAK-" + _r(r, UPPER + DIGITS, 27),
+    "sentry-token": lambda r: "sntryu_" + _r(r, HEX, 64),
+    "groq-key": lambda r: "gsk_" + _mixed(r, ALNUM, 52),
+    "replicate-token": lambda r: "r8_" + _mixed(r, ALNUM, 37),
+    "perplexity-key": lambda r: "pplx-" + _mixed(r, ALNUM, 48),
+    "openrouter-key": lambda r: "sk-or-v1-" + _r(r, HEX, 64),
+    "langsmith-key": lambda r: "lsv2_pt_" + _r(r, HEX, 32) + "_" + _r(r, HEX, 10),
+    "square-token": lambda r: "EAAA" + _r(r, B64URL, 60),
+    "atlassian-token": lambda r: "ATATT3xFfGF0" + _r(r, B64URL, 180) + "=" + _r(r, HEX.upper(), 8),
+    "postman-key": lambda r: "PMAK-" + _r(r, HEX, 24) + "-" + _r(r, HEX, 34),
+    "teams-webhook": lambda r: (f"https://acme.webhook.office.com/webhookb2/{_r(r, HEX, 36)}@{_r(r, HEX, 36)}"
+                                f"/IncomingWebhook/{_r(r, HEX, 32)}/{_r(r, HEX, 36)}"),
     "jwt": _jwt,
 }
 
@@ -195,6 +222,45 @@ def _context_samples(rng, n):
     return out
 
 
+def _valid_phone(rng) -> str:
+    """A number libphonenumber calls valid, written as people write them (US, UK, German, French)."""
+    import phonenumbers
+
+    fmts = (phonenumbers.PhoneNumberFormat.INTERNATIONAL, phonenumbers.PhoneNumberFormat.NATIONAL)
+    while True:
+        region, cc, national = rng_choice(rng, (("US", 1, lambda: f"{rng.randint(201, 989)}{rng.randint(200, 999)}{rng.randint(1000, 9999)}"),
+                                                ("GB", 44, lambda: f"20{rng.randint(70000000, 89999999)}"),
+                                                ("GB", 44, lambda: f"7{rng.randint(400000000, 999999999)}"),
+                                                ("DE", 49, lambda: f"30{rng.randint(1000000, 99999999)}"),
+                                                ("FR", 33, lambda: f"{rng.randint(1, 7)}{rng.randint(10000000, 99999999)}")))
+        num = phonenumbers.parse(f"+{cc}{national()}", None)
+        if phonenumbers.is_valid_number(num):
+            fmt = rng_choice(rng, fmts) if region == "US" else fmts[0]
+            return phonenumbers.format_number(num, fmt)
+
+
+def _iban(rng) -> str:
+    """A German or British IBAN with correct mod-97 check digits, grouped in fours or not."""
+    from stdnum import iban
+
+    country, bban = rng_choice(rng, (("DE", lambda: _r(rng, DIGITS, 18)),
+                                     ("GB", lambda: rng_choice(rng, ("NWBK", "BARC", "MIDL")) + _r(rng, DIGITS, 14)),
+                                     ("FR", lambda: _r(rng, DIGITS, 23)), ("NL", lambda: "ABNA" + _r(rng, DIGITS, 10))))
+    body = bban()
+    check = iban.calc_check_digits(country + "00" + body)
+    value = country + check + body
+    return " ".join(value[i:i + 4] for i in range(0, len(value), 4)) if rng.random() < 0.5 else value
+
+
+def _ssn(rng) -> str:
+    from stdnum.us import ssn
+
+    while True:
+        v = f"{rng.randint(1, 899):03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
+        if ssn.is_valid(v):
+            return v
+
+
 def _pii_samples(rng, n):
     out = []
     for _ in range(n):
@@ -204,9 +270,7 @@ def _pii_samples(rng, n):
         length = 15 if prefix == "37" else 16
         card = _luhn_complete(prefix + _r(rng, DIGITS, length - len(prefix) - 1))
         grouped = " ".join(card[i:i + 4] for i in range(0, len(card), 4)) if rng.random() < 0.5 else card
-        phone = rng_choice(rng, (f"+1 {rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
-                                 f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
-                                 f"+44 20 {rng.randint(7000, 7999)} {rng.randint(1000, 9999)}"))
+        phone = _valid_phone(rng)
         ip = f"{rng_choice(rng, (11, 23, 34, 52, 81, 91, 104, 151, 185, 212))}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         out += [
             Sample(f"git commit --author=\"{first.title()} <{email}>\" -m 'fix'", (email,), "email", "pii", "shell"),
@@ -214,6 +278,15 @@ def _pii_samples(rng, n):
             Sample(f"E   AssertionError: charge failed for card {grouped}", (grouped,), "credit-card", "pii", "test"),
             Sample(f'{{"customer": "c_1", "phone": "{phone}"}}', (phone,), "phone-number", "pii", "json"),
             Sample(f"ssh deploy@{ip} -p 2222", (ip,), "ip-address", "pii", "shell"),
+            Sample(f"Please call me back on {phone} after lunch.", (phone,), "phone-number", "pii", "log"),
+        ]
+        iban_v, ssn_v = _iban(rng), _ssn(rng)
+        amex = _luhn_complete("37" + _r(rng, DIGITS, 12))
+        out += [
+            Sample(f"Refund to IBAN {iban_v}, reference 7781.", (iban_v,), "iban", "pii", "log"),
+            Sample(f'{{"employee": "e-{rng.randint(100, 999)}", "ssn": "{ssn_v}"}}', (ssn_v,), "us-ssn", "pii", "json"),
+            Sample(f"E   AssertionError: amex {amex[:4]} {amex[4:10]} {amex[10:]} declined",
+                   (f"{amex[:4]} {amex[4:10]} {amex[10:]}",), "credit-card", "pii", "test"),
         ]
     return out
 
