@@ -105,12 +105,14 @@ def _user_rules(home: str | None, username: str | None) -> list[Rule]:
 
 
 CLEAN_MEMO_ITEMS = 4096  # short texts last found clean, skipped on sight (cwd, shell names, ids)
+USER_RULES = frozenset(("home-path", "user-name", "own-name"))  # findings that are never secrets
 CLEAN_MEMO_CHARS = 512
 
 
 class Redactor:
     """Applies a fixed rule set; safe to share between threads (no mutable state but `stats` and
-    a memo of short texts found clean, which only ever holds texts that no rule matched)."""
+    two memos of short texts: those no rule matched, and those where only the user's own home
+    directory or name was found, such as a working directory; neither ever holds a secret)."""
 
     def __init__(self, rules: list[Rule], *, hmac_key: bytes, max_scan_bytes: int = DEFAULT_MAX_SCAN_BYTES,
                  content: str = "full", never_capture: list[str] | None = None) -> None:
@@ -118,6 +120,7 @@ class Redactor:
             raise ValueError("Redactor needs a non-empty HMAC key for the hash action")
         self._key = bytes(hmac_key)
         self._clean: set[str] = set()
+        self._own: dict[str, RedactionResult] = {}
         self._window = max(int(max_scan_bytes), MIN_WINDOW)
         self.content = content
         self.stats = RedactionStats()
@@ -184,6 +187,10 @@ class Redactor:
         """Redacted text and findings (spans of `text`). Raises only on internal errors."""
         if text in self._clean:
             return RedactionResult(text, [])
+        known = self._own.get(text)
+        if known is not None:
+            self.stats.add_findings(known.findings)
+            return known
         spans = self._scan(text)
         if not spans:
             if len(text) <= CLEAN_MEMO_CHARS:
@@ -202,7 +209,13 @@ class Redactor:
             pos = end
         out.append(text[pos:])
         self.stats.add_findings(findings)
-        return RedactionResult("".join(out), findings)
+        result = RedactionResult("".join(out), findings)
+        if len(text) <= CLEAN_MEMO_CHARS and all(f.rule in USER_RULES for f in findings):
+            # A working directory under home: only the user's own path or name, no secret, in it.
+            if len(self._own) >= CLEAN_MEMO_ITEMS:
+                self._own = {}
+            self._own[text] = result
+        return result
 
     def _scan(self, text: str) -> list[tuple[int, int, int, str]]:
         if len(text) <= self._window:
