@@ -314,6 +314,11 @@ class Redactor:
         """False when `path` matches a never-capture glob: its content must not be captured."""
         return self._paths.content_allowed(path)
 
+    def file_allowed(self, path: str, st=None, text: str | None = None) -> bool:
+        """False when the file is a never-capture file by name, by identity (a hard link to one;
+        `st` is its stat) or by content (`text`: mostly `KEY=value` secrets)."""
+        return self._paths.file_allowed(path, st, text)
+
 
 def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     """Sorted, non-overlapping spans; overlapping spans merge into their union, attributed to the

@@ -524,7 +524,9 @@ class FilesSource:
         if len(raw) > self.settings.max_file_bytes:
             return None
         text = decode_text(raw)
-        return None if text is None else redactor.redact_text(text).text
+        if text is None or not redactor.file_allowed(path, st, text):  # a hard link to, or the content of, an env file
+            return None
+        return redactor.redact_text(text).text
 
     def _base(self, repo: _Repo, rel: str) -> tuple[str, str]:
         cached = self.cache.get((repo.root, rel))
