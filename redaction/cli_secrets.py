@@ -149,14 +149,14 @@ SPECIAL_RULES: tuple[Rule, ...] = (
     Rule("cli-positional-secret",
          r"(?:\bsqlplus\s+(?:-\S+\s+)*[^\s/@'\"]{1,60}/"
          r"|\brabbitmqctl\s+(?:add_user|change_password)\s+\S+\s+"
-         r"|\bvault login\s+(?:-\S+\s+)*(?:token=)?"
+         r"|\bvault login\s+(?:token=)?"
          r"|\baws configure set\s+(?:\S+\.)?(?:aws_secret_access_key|aws_session_token)\s+"
          r"|\bkubectl\b" + _REST + r"\s--from-literal(?:\s+|=)[^=\s]{1,100}="
          r"|\bgh secret set\b" + _REST + r"\s(?:-b|--body)(?:\s+|=)"
          r"|\bnmcli\b" + _REST + r"\s(?:password|wifi-sec\.psk|802-1x\.password)\s+"
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+)"
-         r"(\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'|;&<>@=-][^\s|;&<>@]{0,200})",
+         r"(\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'|;&<>@=][^\s|;&<>@]{0,200})",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",

@@ -1,6 +1,6 @@
 """The redaction engine: text in, redacted text and findings out.
 
-Takes compiled rules (built-in, admin, and the user's home directory and name) and an HMAC key;
+Takes compiled rules (built-in, admin, and the user's home directory, account and full names) and an HMAC key;
 gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - Linear time: every pattern is RE2. One RE2 set pass over the text finds which rules can apply
   (their keywords, or the whole pattern for rules without keywords); only those rules then run.
@@ -24,7 +24,7 @@ from collections import Counter
 import re2
 
 from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule, quiet_options
-from redaction.validators import KEYED_VALIDATORS, VALIDATORS, shannon_entropy
+from redaction.validators import KEYED_VALIDATORS, VALIDATORS, github_checksum_ok, shannon_entropy
 
 OVERLAP = 16384  # characters shared by neighbouring scan windows; longer than any PEM key block
 MIN_WINDOW = 4 * OVERLAP
@@ -89,8 +89,18 @@ class _Compiled:
     again: object  # the rule's `repeat` pattern compiled, or None
 
 
-def _user_rules(home: str | None, username: str | None) -> list[Rule]:
+def _user_rules(home: str | None, username: str | None, full_names: list[str] | tuple[str, ...] = ()) -> list[Rule]:
     rules = []
+    for i, name in enumerate(full_names):
+        words = name.split()
+        if len(words) < 2:
+            continue
+        # "Ada Lovelace" and "Lovelace, Ada", any case and spacing
+        forward = r"\s+".join(re2.escape(w) for w in words)
+        backward = re2.escape(words[-1]) + r",\s*" + r"\s+".join(re2.escape(w) for w in words[:-1])
+        rules.append(Rule("own-name", r"(?i)\b(?:" + forward + "|" + backward + r")\b",
+                          keywords=(words[-1].lower(),), replacement="[user]", category="pii",
+                          reason="personal data: the user's own name"))
     home = (home or "").rstrip("/\\")
     if len(home) > 1:
         rules.append(Rule("home-path", "(" + re2.escape(home) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])", group=1,
@@ -138,7 +148,7 @@ class Redactor:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_policy(cls, redaction: dict, *, hmac_key: bytes, home: str | None = None,
-                    username: str | None = None) -> "Redactor":
+                    username: str | None = None, full_names: list[str] | tuple[str, ...] = ()) -> "Redactor":
         """From the policy's [redaction] table (defaults filled in); raises RuleError on bad rules."""
         from redaction.paths import DEFAULT_NEVER_CAPTURE
 
@@ -152,7 +162,7 @@ class Redactor:
             if r.policy_flag and not redaction.get(r.policy_flag, True):
                 continue
             rules.append(r)
-        rules.extend(_user_rules(home, username))
+        rules.extend(_user_rules(home, username, full_names))
         never = redaction.get("never_capture")
         return cls(rules, hmac_key=hmac_key,
                    max_scan_bytes=_size(redaction.get("max_scan_bytes", DEFAULT_MAX_SCAN_BYTES)),
@@ -283,6 +293,8 @@ class Redactor:
                 if not c.check(secret, told, before, after):
                     return None
         detail = ""
+        if rule.validator == "known-token" and github_checksum_ok(data[s:e].decode("ascii", "replace")):
+            detail = "checksum verified"
         if rule.key_group and group == rule.group:
             detail = m.group(rule.key_group).decode("utf-8", "replace").strip("\"'<>: ")
         return s, e, detail
@@ -342,10 +354,9 @@ def _reason(rule: Rule, detail: str) -> str:
     """One phrase for `--explain`: why this rule redacted this span."""
     if rule.key_group and detail:
         return f"context: key {detail!r}" + (f" ({rule.reason})" if rule.reason else "")
-    if rule.reason:
-        return rule.reason
-    return {"known": "format", "context": "context", "pii": "personal data",
-            "admin": "admin rule"}.get(rule.category, rule.category)
+    reason = rule.reason or {"known": f"format: {rule.name}", "context": "context", "pii": "personal data",
+                             "admin": "admin rule"}.get(rule.category, rule.category)
+    return f"{reason} ({detail})" if detail else reason
 
 
 def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:

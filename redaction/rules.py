@@ -309,7 +309,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"')),
     Rule("high-entropy-near-keyword",
-         r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|auth|signature|\bsig\b|\bsas\b|salt|cookie|session"
+         r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
          r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.~-]{20,200})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
                    "session", "private", "hmac", "bearer"),
@@ -379,7 +379,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          keywords=("jdbc:oracle",), group=1, validator="context", category="context", reason="JDBC Oracle URL",
          examples=(("jdbc:oracle:thin:scott/Ora-Jdbc-7@db.acme.io:1521:ORCL", "Ora-Jdbc-7"),)),
     Rule("url-query-secret",
-         r"[?&;](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
+         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
          r"|client_secret|secret|password|passwd|pwd|pass|x-amz-signature|x-amz-security-token|x-goog-signature"
          r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,300})",
          keywords=("sig=", "signature=", "token=", "key=", "code=", "secret=", "password=", "passwd=", "pwd=",
@@ -447,11 +447,15 @@ from redaction.cli_secrets import CLI_RULES  # noqa: E402
 # Format rows without a check of their own are judged by `known-token` (no `xxxx`, `EXAMPLE`, runs
 # or repeated units in the token); key blocks are exempt (their bodies hold runs of `A`).
 _KEY_BLOCKS = ("private-key", "putty-private-key")
+# Context rules that see any key: the more specific ones (a tool's flag, a URL parameter, an XML
+# pair) come first, so `--explain` names them when both see the same secret.
+_GENERIC = ("secret-assignment", "high-entropy-near-keyword", "env-generated-value")
 BUILTIN_RULES: tuple[Rule, ...] = tuple(
     dataclasses.replace(r, validator="known-token")
     if r.category == "known" and r.validator is None and r.name not in _KEY_BLOCKS else r
-    for r in (_KNOWN_RULES + CATALOGUE_RULES + DECODE_RULES + (TRUNCATED_RULE,) + _CONTEXT_RULES + CLI_RULES
-              + _PII_RULES))
+    for r in (_KNOWN_RULES + CATALOGUE_RULES + DECODE_RULES + (TRUNCATED_RULE,) + CLI_RULES
+              + tuple(r for r in _CONTEXT_RULES if r.name not in _GENERIC)
+              + tuple(r for r in _CONTEXT_RULES if r.name in _GENERIC) + _PII_RULES))
 
 
 def _check_row(row: dict, where: str) -> None:

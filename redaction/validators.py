@@ -50,7 +50,7 @@ _NAME_WORDS = _PLACEHOLDER_WORDS | frozenset(
 # Fragments no generated secret contains: a marked stand-in anywhere in the value.
 _PLACEHOLDER_FRAGMENTS = (
     "example", "placeholder", "changeme", "change_me", "change-me", "changeit", "dummy", "xxxx", "****",
-    "....", "\u2026", "redacted", "your_", "your-", "yourtoken", "yourpassword", "yoursecret", "yourkey",
+    "...", "\u2026", "redacted", "your_", "your-", "yourtoken", "yourpassword", "yoursecret", "yourkey",
     "yourapi", "<your", "insert_", "insert-", "_here", "-here", "notreal", "not_real", "not-real",
     "not-a-", "fake_", "fake-", "sample_", "sample-", "replace_me", "replaceme", "replace-me", "fixme",
     "todo_", "secret_value", "####", "____", "----", "0000000", "1234567",
@@ -232,7 +232,8 @@ def public_ipv4(secret: str, match: str = "", before: str = "", after: str = "")
         return False
     if octets[:3] in ([192, 0, 2], [198, 51, 100], [203, 0, 113]):  # RFC 5737 documentation ranges
         return False
-    return True
+    words = before.lower().split()
+    return not (words and words[-1] in ("version", "v", "ver", "release", "build", "firmware"))
 
 
 _PHONE_REGIONS = ("US", "GB", "DE", "FR", "AU", "IN")
@@ -300,9 +301,7 @@ def is_reference(value: str) -> bool:
         return True
     if "{" in v and "}" in v:  # format templates: "{token}", f"{self.token}"
         return True
-    if "%s" in v or "%d" in v:
-        return True
-    return False
+    return v.startswith("%") and len(v) <= 3  # a bare `%s`
 
 
 def _is_identifier_path(v: str) -> bool:
@@ -477,8 +476,12 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
         return False
     if is_placeholder(v):
         return False
-    if credentials_in_base64(v):
-        return True
+    raw = b64decode(v) if len(v) >= 16 else None
+    if raw is not None:
+        if b"CERTIFICATE" in raw[:48] or b"PUBLIC KEY" in raw[:48]:
+            return False  # a public certificate or key, base64 of its PEM
+        if credentials_in_base64(v):
+            return True
     classes = sum((any(c.islower() for c in v), any(c.isupper() for c in v),
                    any(c.isdigit() for c in v)))
     return classes == 3 and shannon_entropy(v) >= 3.6
@@ -487,7 +490,9 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """Anything but a `$VAR`/template reference or a placeholder word."""
     v = secret.strip().strip("\"'")
-    return bool(v) and not is_reference(v) and v.lower() not in _NON_SECRET_WORDS and not is_placeholder(v)
+    if not v or is_reference(v) or v.lower() in _NON_SECRET_WORDS or is_placeholder(v):
+        return False
+    return not (_is_identifier_path(v) and "." in v and not _looks_generated(v))  # `process.env.API_KEY`
 
 
 def b64decode(value: str) -> bytes | None:
