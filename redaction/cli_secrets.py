@@ -16,8 +16,8 @@ import dataclasses
 from redaction.rules import Rule
 
 # A flag's value: quoted, or a word that is not the start of a pipe, redirect or next command.
-VALUE = r"(\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'|;&<>][^\s|;&<>]{0,200})"
-_REST = r"[^\n|;&]{0,200}?"  # the rest of the same command, up to the flag
+VALUE = r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>][^\s|;&<>]*)"
+_REST = r"[^\n|;&]*?"  # the rest of the same command, up to the flag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _tool_rule(row: ToolFlags) -> Rule:
 # Tools whose secret is not the value of one flag.
 SPECIAL_RULES: tuple[Rule, ...] = (
     Rule("cli-openssl-pass", r"\bopenssl\s" + _REST + r"\s-(?:pass|passin|passout|password|passwd|srcpass|destpass)\s+"
-         r"[\"']?pass:([^\s\"'|;&<>]{1,200})",
+         r"[\"']?pass:([^\s\"'|;&<>]+)",
          keywords=("openssl",), group=1, validator="context", category="context",
          reason="command line: openssl -pass pass:",
          examples=(("openssl pkcs12 -export -in c.pem -inkey k.pem -out c.p12 -passout pass:P12-Exp0rt-pw",
@@ -134,11 +134,11 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
-         r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']{1,100}%"
-         r"|\blftp\b" + _REST + r"\s-u\s+[\"']?[^\s,\"']{1,100},"
-         r"|\b(?:http|https|xh|xhs)\b" + _REST + r"\s(?:-a|--auth)(?:\s+|=)[\"']?[^\s:\"']{1,100}:"
-         r"|\s--(?:src-|dest-)?creds(?:\s+|=)[\"']?[^\s:\"']{1,100}:)"
-         r"([^\s\"'|;&]{1,200})",
+         r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
+         r"|\blftp\b" + _REST + r"\s-u\s+[\"']?[^\s,\"']+,"
+         r"|\b(?:http|https|xh|xhs)\b" + _REST + r"\s(?:-a|--auth)(?:\s+|=)[\"']?[^\s:\"']+:"
+         r"|\s--(?:src-|dest-)?creds(?:\s+|=)[\"']?[^\s:\"']+:)"
+         r"([^\s\"'|;&]+)",
          keywords=("smbclient", "rpcclient", "smbcacls", "smbget", "smbmap", "lftp", "http", "xh", "creds"),
          group=1, validator="context", category="context", reason="command line: USER%PASS / USER:PASS argument",
          examples=(("smbclient //fs.acme.io/share -U 'alice%Smb-Pw-31'", "Smb-Pw-31"),
@@ -151,12 +151,12 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\brabbitmqctl\s+(?:add_user|change_password)\s+\S+\s+"
          r"|\bvault login\s+(?:token=)?"
          r"|\baws configure set\s+(?:\S+\.)?(?:aws_secret_access_key|aws_session_token)\s+"
-         r"|\bkubectl\b" + _REST + r"\s--from-literal(?:\s+|=)[^=\s]{1,100}="
+         r"|\bkubectl\b" + _REST + r"\s--from-literal(?:\s+|=)[^=\s]+="
          r"|\bgh secret set\b" + _REST + r"\s(?:-b|--body)(?:\s+|=)"
          r"|\bnmcli\b" + _REST + r"\s(?:password|wifi-sec\.psk|802-1x\.password)\s+"
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+)"
-         r"(\"[^\"\n]{1,200}\"|'[^'\n]{1,200}'|[^\s\"'|;&<>@=][^\s|;&<>@]{0,200})",
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",

@@ -49,8 +49,8 @@ class Rule:
 _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
-_VALUE = (r"(\\\"[^\"\\\n]{1,300}\\\"|\"[^\"\n]{1,300}\"|'[^'\n]{1,300}'|`[^`\n]{1,300}`"
-          r"|[^\s\"'`,;=<>(){}\[\]\\][^\s\"'`,;<>\\]{0,300})")
+_VALUE = (r"(\\\"[^\"\\\n]+\\\"|\"[^\"\n]+\"|'[^'\n]+'|`[^`\n]+`"
+          r"|[^\s\"'`,;=<>(){}\[\]\\][^\s\"'`,;<>\\]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
@@ -64,9 +64,9 @@ _SECRET_KEYWORDS = ("secret", "pass", "pwd", "token", "key", "credential", "cred
                     "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
-    r"[A-Za-z0-9_.:-]{0,40}(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
-    r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt)[A-Za-z0-9_.:-]{0,40}"
+    r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt)[A-Za-z0-9_.:-]*"
 )
 _KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt")
 
@@ -103,7 +103,7 @@ _KNOWN_RULES: tuple[Rule, ...] = (
     Rule("google-oauth-token", r"\bya29\.[0-9A-Za-z_-]{30,}", keywords=("ya29.",),
          examples=(("Authorization: OAuth ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd",
                     "ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd"),)),
-    Rule("azure-storage-key", r"(?i)(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,100}={0,2})",
+    Rule("azure-storage-key", r"(?i)(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,}={0,2})",
          keywords=("accountkey", "sharedaccesskey"), group=1,
          examples=(("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey="
                     "q0k9V2h3cGFzc3dvcmRfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g0==;"
@@ -115,7 +115,7 @@ _KNOWN_RULES: tuple[Rule, ...] = (
     Rule("digitalocean-token", r"\bdo[por]_v1_[a-f0-9]{64}\b", keywords=("dop_v1_", "doo_v1_", "dor_v1_"),
          examples=(("doctl auth init -t dop_v1_" + _DO, "dop_v1_" + _DO),)),
     # ---- version control ----
-    Rule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b",
+    Rule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
          keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
          examples=(("git clone https://ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4@github.com/o/r",
                     "ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4"),),
@@ -145,7 +145,7 @@ _KNOWN_RULES: tuple[Rule, ...] = (
          examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
                     "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
     # ---- payments ----
-    Rule("stripe-key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{20,247}\b",
+    Rule("stripe-key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{20,}\b",
          keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "pk_test_"),
          examples=(("curl https://api.stripe.com/v1/charges -u sk_live_4eC39HqLyjWDarjtT1zdp7dc:",
                     "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),),
@@ -226,7 +226,7 @@ _KNOWN_RULES: tuple[Rule, ...] = (
 )
 
 _CONTEXT_RULES: tuple[Rule, ...] = (
-    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,100}:([^\s/@\"'<>]{1,200})@",
+    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]+:([^\s/@\"'<>]+)@",
          keywords=("://",), group=1, validator="not-reference", category="context",
          examples=(("psql postgres://app:S3cr3t-Pa55@db.internal:5432/app", "S3cr3t-Pa55"),
                    ("git remote add o https://bob:hunter2x@git.example.com/r.git", "hunter2x")),
@@ -249,7 +249,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(('curl -H "X-Api-Key: 7Fq2Lm9Px4Rt6Vz8" https://svc', "7Fq2Lm9Px4Rt6Vz8"),
                    ("PRIVATE-TOKEN: k2Jd8sLq0ZmX7Pw3", "k2Jd8sLq0ZmX7Pw3")),
          negatives=("X-Api-Key: $API_KEY",)),
-    Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]{0,200}?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']{0,100}:([^\s\"']+)",
+    Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]*?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']*:([^\s\"']+)",
          keywords=("curl", "wget", "http", "xh"), group=1, validator="not-reference", category="context",
          examples=(("curl -u admin:Pa55w0rd! https://host/api", "Pa55w0rd!"),
                    ("curl --user 'deploy:t0ps3cret' -X POST https://h", "t0ps3cret")),
@@ -268,7 +268,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("vault login --token s.Xk2Lm9Pq4Rt6", "s.Xk2Lm9Pq4Rt6"),
                    ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!")),
          negatives=("docker login --password-stdin < pw.txt", "app --token-file /run/tok", "--password $PASS")),
-    Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]{0,200}?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
+    Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]*?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
          keywords=("mysql", "mariadb"), group=1, validator="not-reference", category="context",
          examples=(("mysql -u root -pS3cretPw -h db", "S3cretPw"), ("mysqldump -uroot -p'x y z!' app", "x y z!")),
          negatives=("mysql -u root -p app", "mysql -u root -p$MYSQL_PWD")),
@@ -281,7 +281,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("docker login -u bob -p Dkr-P4ss registry.io", "Dkr-P4ss")),
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
-         r"(?i)([A-Za-z0-9_.-]{0,40}(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]{0,40})" + _Q
+         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
          + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-)\s{0,4}" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
@@ -310,7 +310,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.~-]{20,200})",
+         r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.~-]{20,})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
                    "session", "private", "hmac", "bearer"),
          group=1, validator="generated", category="context",
@@ -318,7 +318,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
                     'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"')),
     Rule("xml-secret-element",
-         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]{0,200})?>\s*([^<>\s][^<>\n]{0,300}?)\s*</",
+         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*([^<>\s][^<>\n]*?)\s*</",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML element",
          examples=(("<datasource><password>Xml-El-Pw42</password></datasource>", "Xml-El-Pw42"),
@@ -326,8 +326,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("<password>${DB_PASSWORD}</password>", "<password></password>", "<token>changeme</token>",
                     "<passwordPolicy>strict</passwordPolicy>")),
     Rule("xml-key-value",
-         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]{0,200}?"
-         r"(?:\bvalue\s*=\s*[\"']([^\"'\n]{1,300})[\"']|>\s*(?:<value>)?\s*([^<>\s][^<>\n]{0,300}?)\s*<)",
+         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?"
+         r"(?:\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']|>\s*(?:<value>)?\s*([^<>\s][^<>\n]*?)\s*<)",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML key/value pair",
          examples=(('<add key="StorageAccountKey" value="Kq9Lm2Zx8Pw4Rt6Vy1Nc3Df5Gh7Jk0=" />',
@@ -336,14 +336,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('<add key="ApiKeyHeader" value="X-Api-Key" />', '<add key="Password" value="" />',
                     '<add key="SecretName" value="db-creds" />')),
     Rule("xml-key-text",
-         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]{0,200}?>\s*(?:<value>)?\s*([^<>\s][^<>\n]{0,300}?)\s*<",
+         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?>\s*(?:<value>)?\s*([^<>\s][^<>\n]*?)\s*<",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML element named by its key",
          examples=(('<entry key="api.token">Ent-Tok-77x</entry>', "Ent-Tok-77x"),
                    ('<setting name="ClientSecret" serializeAs="String"><value>Cs-Val-991</value></setting>', "Cs-Val-991")),
          negatives=('<entry key="api.token">${API_TOKEN}</entry>',)),
     Rule("code-pair",
-         r"(?i)[\"'](" + _KEY_NAME + r")[\"']\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?[\"']([^\"'\n]{1,300})[\"']",
+         r"(?i)[\"'](" + _KEY_NAME + r")[\"']\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?[\"']([^\"'\n]+)[\"']",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="pair", category="context",
          reason="code: a key and its value side by side",
          examples=(('var cfg = new Dictionary<string,string> { { "AccountKey", "Dct-Acc-Key-88" } };', "Dct-Acc-Key-88"),
@@ -355,7 +355,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     'form.add("password", "Enter your password")')),
     Rule("code-call",
          r"(?i)\b([A-Za-z0-9_]{0,30}?(?:password|passwd|passphrase|secret|token|api_?key|access_?key|account_?key"
-         r"|private_?key|credential)[A-Za-z0-9_]{0,20})\s*\(\s*[\"']([^\"'\n]{1,300})[\"']\s*\)",
+         r"|private_?key|credential)[A-Za-z0-9_]{0,20})\s*\(\s*[\"']([^\"'\n]+)[\"']\s*\)",
          keywords=("pass", "secret", "token", "key", "credential"), group=2, key_group=1, validator="call",
          category="context", reason="code: a setter or builder given a literal",
          examples=(('ds.setPassword("Ds-Set-Pw4");', "Ds-Set-Pw4"),
@@ -364,24 +364,24 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
          r"(?:\b[A-Za-z]{0,30}(?:Credentials?|Auth|Login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[])\s*"
-         r"[\"'][^\"'\n]{1,100}[\"']\s*,\s*[\"']([^\"'\n]{1,200})[\"']",
+         r"[\"'][^\"'\n]+[\"']\s*,\s*[\"']([^\"'\n]+)[\"']",
          keywords=("credential", "auth", "login"), group=1, validator="pair", category="context",
          reason="code: a credential object built from user and password",
          examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
                    ('requests.get(url, auth=("bob", "Req-Auth-99"))', "Req-Auth-99"),
                    ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
-    Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]{1,200})\}",
+    Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",
          examples=(("Driver={ODBC Driver 18 for SQL Server};Server=db;Uid=sa;Pwd={Od;bc-Pw-1};", "Od;bc-Pw-1"),)),
-    Rule("jdbc-oracle-password", r"\bjdbc:oracle:[a-z]+:[^/\s:@\"']{1,60}/([^@\s\"']{1,200})@",
+    Rule("jdbc-oracle-password", r"\bjdbc:oracle:[a-z]+:[^/\s:@\"']{1,60}/([^@\s\"']+)@",
          keywords=("jdbc:oracle",), group=1, validator="context", category="context", reason="JDBC Oracle URL",
          examples=(("jdbc:oracle:thin:scott/Ora-Jdbc-7@db.acme.io:1521:ORCL", "Ora-Jdbc-7"),)),
     Rule("url-query-secret",
          r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
          r"|client_secret|secret|password|passwd|pwd|pass|x-amz-signature|x-amz-security-token|x-goog-signature"
-         r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,300})",
+         r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,})",
          keywords=("sig=", "signature=", "token=", "key=", "code=", "secret=", "password=", "passwd=", "pwd=",
                    "pass=", "x-amz-", "x-goog-"), group=2, key_group=1, validator="url-param", category="context",
          reason="URL query parameter",
@@ -393,7 +393,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("https://shop.acme.io/search?key=summer-dress&page=2", "https://x.io/cb?code=200",
                     "https://api.acme.io/v1?token=${TOKEN}", "https://x.io/?key=value")),
     Rule("env-generated-value",
-         r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,300}={0,2})[\"']?\s*$",
+         r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,}={0,2})[\"']?\s*$",
          group=2, key_group=1, validator="generated", category="context", reason="env file: a generated value",
          examples=(("export LICENSE_BLOB=Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0", "Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0"),),
          negatives=("COMMIT_SHA=3f4e5d6c7b8a99887766554433221100ffeeddcc", "BUILD_ID=6f1c2d3e-0a1b-4c5d-8e9f-001122334455",
