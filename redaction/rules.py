@@ -226,9 +226,10 @@ _KNOWN_RULES: tuple[Rule, ...] = (
 )
 
 _CONTEXT_RULES: tuple[Rule, ...] = (
-    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]+:([^\s/@\"'<>]+)@",
+    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]*:([^\s/@\"'<>]+)@",
          keywords=("://",), group=1, validator="not-reference", category="context",
          examples=(("psql postgres://app:S3cr3t-Pa55@db.internal:5432/app", "S3cr3t-Pa55"),
+                   ("REDIS_URL=redis://:Rds-Pw-99x@cache:6379/0", "Rds-Pw-99x"),
                    ("git remote add o https://bob:hunter2x@git.example.com/r.git", "hunter2x")),
          negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
                     "http://localhost:8080/path@v2", "https://user@example.com/repo")),
@@ -371,6 +372,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('requests.get(url, auth=("bob", "Req-Auth-99"))', "Req-Auth-99"),
                    ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
+    Rule("netrc-password",
+         r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
+         keywords=("machine", "default"), group=1, validator="context", category="context", reason=".netrc entry",
+         examples=(("machine api.heroku.com\n  login me@acme.io\n  password 8f2c1e4a-77b0-4d3e-9a61-2c5e8b7d9f01",
+                    "8f2c1e4a-77b0-4d3e-9a61-2c5e8b7d9f01"),
+                   ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
+         negatives=("machine learning password reset flow", "machine x login y password $PW")),
     Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",

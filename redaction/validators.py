@@ -331,8 +331,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return True
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
         return False
-    if v[:1] in ("*", "&") and all(c.isalpha() or c in "_-" for c in v[1:]):
-        return False  # a YAML alias or anchor (`*defaults`), not a password that starts with `*`
+    if v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
+        return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
     if any(c in v for c in "()[]"):
         return False
     if _inside_string(before) or (_tight_equals(match, secret) and after[:1] not in (",", ")", "(", ".")):
