@@ -155,10 +155,11 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bgh secret set\b" + _REST + r"\s(?:-b|--body)(?:\s+|=)"
          r"|\bnmcli\b" + _REST + r"\s(?:password|wifi-sec\.psk|802-1x\.password)\s+"
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
-         r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+)"
+         r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
+         r"|\bnet use\s+\S+\s+/user:\S+\s+)"
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
-                   "wpa_passphrase", "mc alias", "mc config"),
+                   "wpa_passphrase", "mc alias", "mc config", "net use"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -168,7 +169,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("kubectl create secret generic db --from-literal=pw=Kub3-Db-Pw --from-literal=user=app", "Kub3-Db-Pw"),
                    ("gh secret set NPM_TOKEN --body Np7-Tok3n-xyz", "Np7-Tok3n-xyz"),
                    ("nmcli dev wifi connect Office password Wifi-0ffice-9", "Wifi-0ffice-9"),
-                   ("mc alias set prod https://s3.acme.io AKIAQYLPMN5HHHFPZAM2 Mn10-S3cr3t-Key-42x", "Mn10-S3cr3t-Key-42x")),
+                   ("mc alias set prod https://s3.acme.io AKIAQYLPMN5HHHFPZAM2 Mn10-S3cr3t-Key-42x", "Mn10-S3cr3t-Key-42x"),
+                   ("net use \\\\fs\\share /user:acme\\bob Net-Use-38", "Net-Use-38")),
          negatives=("vault login -method=oidc", "sqlplus /nolog", "gh secret set NPM_TOKEN < token.txt",
                     "kubectl create secret generic db --from-file=./pw.txt")),
 )

@@ -59,6 +59,7 @@ _SECRET_WORDS = (
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
     r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|sig|pepper|hmac)\b)"
+    r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
 _SECRET_KEYWORDS = ("secret", "pass", "pwd", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
                     "_sig", "_pepper", "_hmac", "_nonce", "_pin")
@@ -83,12 +84,13 @@ _KNOWN_RULES: tuple[Rule, ...] = (
          negatives=("AKIAIOSFODNN7EXAMPL", "asian cuisine", "AKIA_LOWERCASE_thing")),
     Rule("aws-secret-access-key",
          r"(?i)aws.{0,24}?(?:secret|private).{0,24}?[=:]\s*[\"']?([A-Za-z0-9/+]{40})\b",
-         keywords=("aws",), group=1, category="context",
-         examples=(("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+         keywords=("aws",), group=1, category="context", validator="not-reference",
+         examples=(("aws_secret_access_key = q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey",
+                    "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey"),
                    ('"AWS_SECRET_ACCESS_KEY": "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4"',
                     "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4")),
-         negatives=("aws_secret_access_key = os.environ['AWS_SECRET_ACCESS_KEY']",)),
+         negatives=("aws_secret_access_key = os.environ['AWS_SECRET_ACCESS_KEY']",
+                    "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")),
     Rule("gcp-api-key", r"\bAIza[0-9A-Za-z_-]{35}", keywords=("aiza",),
          examples=(("curl 'https://maps.googleapis.com/api?key=AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN'",
                     "AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN"),),
@@ -145,11 +147,12 @@ _KNOWN_RULES: tuple[Rule, ...] = (
          examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
                     "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
     # ---- payments ----
-    Rule("stripe-key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{20,}\b",
-         keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "pk_test_"),
+    # publishable keys (`pk_live_`) are public by design: not redacted
+    Rule("stripe-key", r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{20,}\b",
+         keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
          examples=(("curl https://api.stripe.com/v1/charges -u sk_live_4eC39HqLyjWDarjtT1zdp7dc:",
                     "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),),
-         negatives=("sk_live_", "stripe_sk_live_setting")),
+         negatives=("sk_live_", "stripe_sk_live_setting", "Stripe('pk_live_51HqLm2Xv9Rt4Yb7Nc1Kd6Wf')")),
     Rule("stripe-webhook-secret", r"\bwhsec_[A-Za-z0-9]{32,}\b", keywords=("whsec_",),
          examples=(("STRIPE_WEBHOOK=whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX", "whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX"),)),
     Rule("shopify-token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", keywords=("shpat_", "shpca_", "shppa_", "shpss_"),
@@ -159,10 +162,12 @@ _KNOWN_RULES: tuple[Rule, ...] = (
          examples=(("//registry.npmjs.org/:_authToken=npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5",
                     "npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"),),
          negatives=("npm_config_cache=/tmp/npm",)),
-    Rule("npm-auth-token", r"(?im)(?::|^)_auth(?:Token)?\s*=\s*[\"']?([^\s\"'()]{8,})(?:\s|$)", keywords=("_auth",), group=1,
+    Rule("npm-auth-token", r"(?im)(?::|^)_auth(?:Token)?(?:\s*=\s*|\s+)[\"']?([^\s\"'()]{8,})(?:\s|$)", keywords=("_auth",), group=1,
          validator="not-reference", category="context",
-         examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c", "7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c"),),
-         negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",)),
+         examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c", "7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c"),
+                   ("npm config set //registry.npmjs.org/:_authToken Npm-Cfg-14x", "Npm-Cfg-14x")),
+         negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",
+                    "npm config set //registry.npmjs.org/:_authToken $NPM_TOKEN")),
     Rule("pypi-token", r"\bpypi-AgE[A-Za-z0-9_-]{50,}", keywords=("pypi-age",),
          examples=(("twine upload -p pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz",
                     "pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz"),)),
@@ -311,7 +316,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.~-]{20,})",
+         r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
                    "session", "private", "hmac", "bearer"),
          group=1, validator="generated", category="context",

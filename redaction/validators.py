@@ -331,7 +331,7 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return True
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
         return False
-    if v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
+    if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
         return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
     if any(c in v for c in "()[]"):
         return False
