@@ -316,7 +316,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
+         r"|private|hmac|\bkey\b|_key\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
                    "session", "private", "hmac", "bearer"),
          group=1, validator="generated", category="context",
