@@ -7,7 +7,12 @@ test suite runs; every keyword of a row is a literal the pattern cannot match wi
 only runs a rule when one of its keywords occurs, case-insensitively). `compile_admin_rules` raises
 `RuleError`, one sentence naming the rule and the reason, for anything RE2 or the schema rejects.
 
-Adding a detector is one `Rule(...)` row below plus its examples.
+Adding a detector is one `Rule(...)` row plus its examples: here (the core formats, context
+detectors and personal data), in `redaction.catalogue` (more token formats, base64 decoders, the
+shortened-token rule) or in `redaction.cli_secrets` (command-line tools and their secret flags).
+Context rules name the group holding their key (`key_group`) and say what they recognise
+(`reason`), which `tracecap redact --explain` prints; format rows without a check of their own are
+judged by `known-token` (placeholder tokens stay).
 """
 from __future__ import annotations
 
