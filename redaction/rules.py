@@ -337,8 +337,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("<password>${DB_PASSWORD}</password>", "<password></password>", "<token>changeme</token>",
                     "<passwordPolicy>strict</passwordPolicy>")),
     Rule("xml-key-value",
-         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?"
-         r"(?:\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']|>\s*(?:<value>)?\s*([^<>\s][^<>\n]*?)\s*<)",
+         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML key/value pair",
          examples=(('<add key="StorageAccountKey" value="Kq9Lm2Zx8Pw4Rt6Vy1Nc3Df5Gh7Jk0=" />',
