@@ -60,7 +60,8 @@ _VALUE = (r"(\\\"[^\"\\\n]+\\\"|\"[^\"\n]+\"|'[^'\n]+'|`[^`\n]+`"
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
     r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|token|api[_.-]?key|apikey|access[_.-]?key"
-    r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|encryption[_.-]?key|master[_.-]?key|account[_.-]?key"
+    r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
+    r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
     r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|sig|pepper|hmac)\b)"
@@ -266,8 +267,9 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("curl --user 'deploy:t0ps3cret' -X POST https://h", "t0ps3cret")),
          negatives=("curl -u $USER:$PASS https://host", "curl -u admin https://host")),
     Rule("password-flag",
-         r"(?i)(?:^|\s)(--[a-z0-9-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey|account-key|access-key"
-         r"|private-key|auth-key|signing-key|connection-string|conn-str|bearer)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))(?:=|\s+)"
+         r"(?i)(?:^|\s)(--?[a-z0-9-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey|account-key|access-key"
+         r"|private-key|auth-key|signing-key|connection-string|conn-str|bearer|secret-string)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))"
+         r"(?:=|\s+)"
          r"([^\s\"'][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
          keywords=("password", "passwd", "passphrase", "secret", "token", "api-key", "apikey", "account-key",
                    "access-key", "private-key", "auth-key", "signing-key", "connection-string", "conn-str", "bearer",
@@ -276,6 +278,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(("mysql --user=root --password=Sup3r-S3cret db", "Sup3r-S3cret"),
                    ("curl --oauth2-bearer Zq8kLm2Np4Rt6Vx8 https://api.acme.io", "Zq8kLm2Np4Rt6Vx8"),
                    ("app --db-pass Kq2-Lm9-Xz --port 80", "Kq2-Lm9-Xz"),
+                   ("influx -username admin -password Infl-Pw-31 -host db", "Infl-Pw-31"),
+                   ("aws secretsmanager create-secret --name db --secret-string 'Sm-Str-57x'", "Sm-Str-57x"),
                    ("vault login --token s.Xk2Lm9Pq4Rt6", "s.Xk2Lm9Pq4Rt6"),
                    ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!")),
          negatives=("docker login --password-stdin < pw.txt", "app --token-file /run/tok", "--password $PASS")),
@@ -311,7 +315,9 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('psql "host=db.acme.io port=5432 user=app password=Lq-Pg-881"', "Lq-Pg-881"),
                    ('{\\"password\\": \\"Esc-Json-Pw1\\"}', "Esc-Json-Pw1"),
                    ("$password = 'Php-Pw-2x';", "Php-Pw-2x"), (':password => "Rb-Pw-77a",', "Rb-Pw-77a"),
-                   ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9")),
+                   ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9"),
+                   ('<machineKey validationKey="9F8E7D6C5B4A39281706F5E4D3C2B1A0" decryptionKey="A1B2C3D4E5F60718293A4B5C6D7E8F90" />',
+                    "A1B2C3D4E5F60718293A4B5C6D7E8F90")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
@@ -333,7 +339,9 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML element",
          examples=(("<datasource><password>Xml-El-Pw42</password></datasource>", "Xml-El-Pw42"),
-                   ("  <ApiKey>Zk8Lm2Pq9Rt4Vx7Nc1</ApiKey>", "Zk8Lm2Pq9Rt4Vx7Nc1")),
+                   ("  <ApiKey>Zk8Lm2Pq9Rt4Vx7Nc1</ApiKey>", "Zk8Lm2Pq9Rt4Vx7Nc1"),
+                   ("<password>{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}</password>",
+                    "{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}")),
          negatives=("<password>${DB_PASSWORD}</password>", "<password></password>", "<token>changeme</token>",
                     "<passwordPolicy>strict</passwordPolicy>")),
     Rule("xml-key-value",
@@ -388,6 +396,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "8f2c1e4a-77b0-4d3e-9a61-2c5e8b7d9f01"),
                    ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
          negatives=("machine learning password reset flow", "machine x login y password $PW")),
+    Rule("dockerfile-env",
+         r"(?im)^\s*(?:ENV|ARG)\s+([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
+         keywords=("env", "arg"), group=2, key_group=1, validator="context", category="context",
+         reason="Dockerfile ENV/ARG",
+         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),),
+         negatives=("ENV API_TOKEN $API_TOKEN", "ENV PASSWORD_FILE /run/secrets/pw")),
+    Rule("pgpass-line", r"(?m)^(?:[A-Za-z0-9_.-]+|\*):(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(\S+)$",
+         group=1, validator="context", category="context", reason=".pgpass entry",
+         examples=(("db.acme.io:5432:app:app_user:Pgp-Ass-84", "Pgp-Ass-84"),),
+         negatives=("root:x:0:0:root:/root:/bin/bash", "localhost:5432:*:app:*")),
     Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",

@@ -300,7 +300,10 @@ def is_reference(value: str) -> bool:
     if v.startswith(_REFERENCE_PREFIXES):
         return True
     if "{" in v and "}" in v:  # format templates: "{token}", f"{self.token}"
-        return True
+        inner = v[v.index("{") + 1:v.rindex("}")]
+        # ... but not a secret kept in braces (Jenkins' `{AQAAAB...}`, ODBC's `{p@ss}`)
+        return not (len(inner) >= 24 and inner.replace("+", "").replace("/", "").rstrip("=").isalnum()
+                    and not inner.isalpha() and not inner.islower())
     return v.startswith("%") and len(v) <= 3  # a bare `%s`
 
 
