@@ -359,6 +359,12 @@ def _wider_context_samples(rng, n):
                    "secret-assignment", "context", "yaml"),
             Sample(f"  :password => \"{pw}\",", (pw,), "secret-assignment", "context", "source"),
             Sample(f"$config['db_password'] = '{pw}';", (pw,), "secret-assignment", "context", "source"),
+            Sample(f"machine {host}\n  login {user}\n  password {pw}", (pw,), "netrc-password", "context", "ini"),
+            Sample(f"{host}:5432:app:{user}:{pw}", (pw,), "pgpass-line", "context", "ini"),
+            Sample(f"FROM node:20\nENV NPM_TOKEN {tok}\nRUN npm ci", (tok,), "dockerfile-env", "context", "source"),
+            Sample(f"REDIS_URL=redis://:{tok}@{host}:6379/0", (tok,), "url-credentials", "context", "env"),
+            Sample(f"az keyvault secret set --vault-name kv --name db --value '{pw}'", (pw,), "cli-positional-secret",
+                   "context", "shell"),
         ]
     return out
 
