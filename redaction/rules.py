@@ -457,14 +457,14 @@ _PII_RULES: tuple[Rule, ...] = (
          negatives=("000-12-3456", "666-12-3456", "call 555-0132", "order 123456789")),
     Rule("phone-number",
          r"(?:\+|\b00)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,8}(?:[ .-]\d{1,8}){0,4}\b"
-         r"|(?:\(\d{3}\)\s?|\b\d{3}[-. ])\d{3}[-. ]\d{4}\b"
+         r"|(?:\b1[-. ])?(?:\(\d{3}\)\s?|\b\d{3}[-. ])\d{3}[-. ]\d{4}\b"
          r"|(?:\(0\d{1,4}\)|\b0\d{1,4})[ -]\d{3,4}[ -]?\d{3,4}\b"
          r"|\b\d{10,11}\b",
          validator="phone", category="pii", policy_flag="phone_numbers",
          reason="personal data: phone number valid by libphonenumber",
          examples=(("call +1 415-555-0132 now", "415-555-0132"), ("Tel: (020) 7946 0958", "7946 0958"),
                    ("+44 20 7946 0958", "+44 20 7946 0958"), ("Ruf mich an: +49 30 901820", "+49 30 901820"),
-                   ("phone 4155550132", "4155550132")),
+                   ("phone 4155550132", "4155550132"), ("toll free 1-800-555-0199", "1-800-555-0199")),
          negatives=("2024-01-15 12:30:45", "v1.2.3", "port 5432", "555-0132", "order 4155550132", "1.23.456.7890")),
     Rule("ip-address", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", action="hash", validator="ipv4", category="pii",
          policy_flag="ip_addresses",
