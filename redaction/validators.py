@@ -107,9 +107,22 @@ def is_placeholder(value: str) -> bool:
     parts = [p for p in low.replace("-", "_").replace(".", "_").replace(" ", "_").split("_") if p]
     if parts and all(p.rstrip("0123456789") in _NAME_WORDS for p in parts):
         return True
+    if core.isalpha() and _made_of_words(core):
+        return True  # `mysecretvalue`, `supersecretpassword`, `changemeplease`
+    if len(parts) > 1 and all(len(p) >= 3 and (_sequential(p) or len(set(p)) == 1) for p in parts):
+        return True  # `1234-5678-abcd`, `xxx-xxx-xxx`
     if len(set(low)) <= 2 or _periodic(low, 4) or _sequential(low) or _longest_run(v) >= max(5, len(v) // 2):
         return True
     return v[0] in "[(" and v[-1] in "])"  # `[REDACTED]`, `(hidden)`
+
+
+def _made_of_words(word: str) -> bool:
+    """`word` splits wholly into key-name words of two letters or more."""
+    ok = [True] + [False] * len(word)
+    for end in range(1, len(word) + 1):
+        ok[end] = any(ok[start] and word[start:end] in _NAME_WORDS
+                      for start in range(max(0, end - 14), end - 1))
+    return ok[-1] and len(word) >= 6
 
 
 def token_body_ok(token: str) -> bool:
@@ -304,7 +317,9 @@ def is_reference(value: str) -> bool:
         # ... but not a secret kept in braces (Jenkins' `{AQAAAB...}`, ODBC's `{p@ss}`)
         return not (len(inner) >= 24 and inner.replace("+", "").replace("/", "").rstrip("=").isalnum()
                     and not inner.isalpha() and not inner.islower())
-    return v.startswith("%") and len(v) <= 3  # a bare `%s`
+    if v.startswith("%") and (len(v) <= 3 or (v.endswith("%") and v[1:-1].replace("_", "").isalnum())):
+        return True  # a bare `%s`, a Windows `%PASSWORD%`
+    return False
 
 
 def _is_identifier_path(v: str) -> bool:
@@ -423,7 +438,7 @@ def _key_of(match: str) -> str:
 
 
 def _descriptive_key(match: str) -> bool:
-    key = _key_of(match)
+    key = _snake(_key_of(match))
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
 

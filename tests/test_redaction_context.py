@@ -74,6 +74,9 @@ NEAR_MISSES = [
     "git checkout 3f4e5d6c7b8a99887766554433221100ffeeddcc", "request_id=6f1c2d3e-0a1b-4c5d-8e9f-001122334455",
     "client-certificate-data: " + base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode(),
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6 alice@laptop",
+    'secret: "mysecretvalue"', 'password = "%DB_PASSWORD%"', 'api_key: "1234-5678-abcd-efgh"',
+    "passwordFile: /run/secrets/pw", "secretName: prod-db", "Stripe('pk_live_51HqLm2Xv9Rt4Yb7Nc1Kd6Wf')",
+    "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "password: !!python/name:getpass.getpass",
 ]
 
 
