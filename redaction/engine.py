@@ -240,7 +240,7 @@ class Redactor:
             start += step
         return _merge(raw)
 
-    def _scan_window(self, text: str, base: int, depth: int = 0) -> list[tuple[int, int, int, str]]:
+    def _scan_window(self, text: str, base: int) -> list[tuple[int, int, int, str]]:
         ascii_text = text.isascii()
         data = text.encode("ascii" if ascii_text else "utf-8", "surrogatepass")
         hits = self._set.Match(data)
