@@ -524,7 +524,8 @@ class FilesSource:
         if len(raw) > self.settings.max_file_bytes:
             return None
         text = decode_text(raw)
-        if text is None or not redactor.file_allowed(path, st, text):  # a hard link to, or the content of, an env file
+        # by identity (a hard link to a never-capture file) and content (mostly KEY=value secrets)
+        if text is None or not redactor.file_allowed(path, st, text):
             return None
         return redactor.redact_text(text).text
 
