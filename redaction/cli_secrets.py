@@ -158,10 +158,12 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
          r"|\bcargo login\s+"
+         r"|\bpulumi config set\s+(?:-\S+\s+)*--secret\s+(?:-\S+\s+)*\S+\s+"
          r"|\b(?:az keyvault secret set|aws ssm put-parameter)\b" + _REST + r"\s--value(?:\s+|=))"
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
-                   "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login"),
+                   "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
+                   "pulumi config"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -175,7 +177,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("net use \\\\fs\\share /user:acme\\bob Net-Use-38", "Net-Use-38"),
                    ("az keyvault secret set --vault-name kv --name db --value Kv-Val-19x", "Kv-Val-19x"),
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
-                   ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9")),
+                   ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
+                   ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83")),
          negatives=("vault login -method=oidc", "sqlplus /nolog", "gh secret set NPM_TOKEN < token.txt",
                     "kubectl create secret generic db --from-file=./pw.txt")),
 )

@@ -297,7 +297,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
          r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
-         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-)\s{0,4}" + _VALUE,
+         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-|\|\|=|\?=)\s{0,4}" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -316,6 +316,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('{\\"password\\": \\"Esc-Json-Pw1\\"}', "Esc-Json-Pw1"),
                    ("$password = 'Php-Pw-2x';", "Php-Pw-2x"), (':password => "Rb-Pw-77a",', "Rb-Pw-77a"),
                    ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9"),
+                   ('ENV["API_TOKEN"] ||= "Rb-Or-Eq-71"', "Rb-Or-Eq-71"),
                    ('<machineKey validationKey="9F8E7D6C5B4A39281706F5E4D3C2B1A0" decryptionKey="A1B2C3D4E5F60718293A4B5C6D7E8F90" />',
                     "A1B2C3D4E5F60718293A4B5C6D7E8F90")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
@@ -324,7 +325,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
                     'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
-                    "conn = connect(host=h, password=password)", "password:", '"password": "example"')),
+                    "conn = connect(host=h, password=password)", "password:", '"password": "example"',
+                    "  password: cGFzc3dvcmQ=")),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
          r"|private|hmac|\bkey\b|_key\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
@@ -381,13 +383,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\b[A-Za-z]{0,30}(?:Credentials?|Auth|Login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[])\s*"
+         r"(?:\b[A-Za-z]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
+         r"|\bgetConnection\s*\(\s*[\"'][^\"'\n]+[\"']\s*,)\s*"
          r"[\"'][^\"'\n]+[\"']\s*,\s*[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login"), group=1, validator="pair", category="context",
+         keywords=("credential", "auth", "login", "getconnection"), group=1, validator="pair", category="context",
          reason="code: a credential object built from user and password",
          examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
                    ('requests.get(url, auth=("bob", "Req-Auth-99"))', "Req-Auth-99"),
-                   ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42")),
+                   ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42"),
+                   ('server.login("reports@acme.io", "Smtp-Lg-77")', "Smtp-Lg-77"),
+                   ('DriverManager.getConnection("jdbc:mysql://db/app", "root", "Jdbc-Gc-31")', "Jdbc-Gc-31")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
     Rule("netrc-password",
          r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
@@ -406,6 +411,19 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          group=1, validator="context", category="context", reason=".pgpass entry",
          examples=(("db.acme.io:5432:app:app_user:Pgp-Ass-84", "Pgp-Ass-84"),),
          negatives=("root:x:0:0:root:/root:/bin/bash", "localhost:5432:*:app:*")),
+    Rule("signing-key-literal",
+         r"(?:\bSymmetricSecurityKey\s*\(\s*Encoding\.\w+\.GetBytes\(\s*"
+         r"|\bSecretKeySpec\s*\(\s*"
+         r"|\bjwt\.(?:encode|sign|decode|verify)\s*\(\s*[^,()\n]+,\s*"
+         r"|\bhmac\.new\s*\(\s*b?)"
+         r"[\"']([^\"'\n]+)[\"']",
+         keywords=("symmetricsecuritykey", "secretkeyspec", "jwt.", "hmac.new"), group=1, validator="pair",
+         category="context", reason="code: a literal signing key",
+         examples=(('new SymmetricSecurityKey(Encoding.UTF8.GetBytes("Jwt-Sign-K3y-9x"))', "Jwt-Sign-K3y-9x"),
+                   ('token = jwt.encode(payload, "Py-Jwt-K3y-41", algorithm="HS256")', "Py-Jwt-K3y-41"),
+                   ('hmac.new(b"Hm-Ac-K3y-22", body, hashlib.sha256)', "Hm-Ac-K3y-22"),
+                   ('new SecretKeySpec("Jv-Spec-K3y-5".getBytes(UTF_8), "HmacSHA256")', "Jv-Spec-K3y-5")),
+         negatives=('jwt.sign(payload, "secret")', "jwt.encode(payload, key, algorithm='HS256')")),
     Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",

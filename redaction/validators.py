@@ -345,6 +345,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "http://", "https://", "file:")):
         return False
+    if _decodes_to_placeholder(v):
+        return False  # a Kubernetes Secret's `password: cGFzc3dvcmQ=` is base64 of "password"
     if _quoted_in(match, secret):
         return True
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
@@ -360,6 +362,16 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
             return _looks_generated(v)
         return _env_style(match) or _looks_generated(v) or (_starts_line(before) and _has_alnum_mix(v))
     return True
+
+
+def _decodes_to_placeholder(v: str) -> bool:
+    if len(v) < 8 or len(v) % 4 or not v.rstrip("=").replace("+", "").replace("/", "").isalnum():
+        return False
+    raw = b64decode(v)
+    if raw is None or not raw.isascii():
+        return False
+    text = raw.decode("ascii")
+    return text.isprintable() and is_placeholder(text)
 
 
 def context_value(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
