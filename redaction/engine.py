@@ -276,6 +276,9 @@ class Redactor:
         s, e = m.span(group)
         if s < 0 or e <= s:
             return None
+        if data[s:s + 1] in b"bBrRuU" and e - s >= 4 and data[s + 1:s + 2] in (b'"', b"'") \
+                and data[e - 1:e] == data[s + 1:s + 2]:
+            s += 1  # a bytes or raw literal (`b"..."`): the quotes inside are trimmed next
         if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
             s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
         elif data[s:s + 2] == b'\\"' and e - s >= 5 and data[e - 2:e] == b'\\"':

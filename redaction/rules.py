@@ -54,7 +54,7 @@ class Rule:
 _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
-_VALUE = (r"(\\\"[^\"\\\n]+\\\"|\"[^\"\n]+\"|'[^'\n]+'|`[^`\n]+`"
+_VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
           r"|[^\s\"'`,;=<>(){}\[\]\\][^\s\"'`,;<>\\]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
@@ -245,11 +245,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
                     "http://localhost:8080/path@v2", "https://user@example.com/repo")),
     Rule("auth-header",
-         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token|digest|bot|apikey|sso-key)\s+"
+         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
          r"([A-Za-z0-9._~+/:=-]{6,})",
          keywords=("authorization",), group=1, validator="not-reference", category="context",
          examples=(('curl -H "Authorization: Bearer 9f8e7d6c5b4a3210fedcba" https://api', "9f8e7d6c5b4a3210fedcba"),
-                   ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0")),
+                   ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0"),
+                   ('curl -H "Authorization: Splunk 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55" https://splunk:8088',
+                    "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55")),
          negatives=('headers["Authorization"] = f"Bearer {token}"', "Authorization: Bearer $TOKEN")),
     Rule("bearer-token", r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{20,}=*)", keywords=("bearer",), group=1,
          validator="generated", category="context",
@@ -316,7 +318,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('{\\"password\\": \\"Esc-Json-Pw1\\"}', "Esc-Json-Pw1"),
                    ("$password = 'Php-Pw-2x';", "Php-Pw-2x"), (':password => "Rb-Pw-77a",', "Rb-Pw-77a"),
                    ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9"),
-                   ('ENV["API_TOKEN"] ||= "Rb-Or-Eq-71"', "Rb-Or-Eq-71"),
+                   ('ENV["API_TOKEN"] ||= "Rb-Or-Eq-71"', "Rb-Or-Eq-71"), ('let secret_key = b"Rs-Bytes-K3y-8";', "Rs-Bytes-K3y-8"),
                    ('<machineKey validationKey="9F8E7D6C5B4A39281706F5E4D3C2B1A0" decryptionKey="A1B2C3D4E5F60718293A4B5C6D7E8F90" />',
                     "A1B2C3D4E5F60718293A4B5C6D7E8F90")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
