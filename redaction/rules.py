@@ -78,6 +78,7 @@ _KEY_NAME = (
 _KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt")
 
 _SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
+_DISCORD = "Qm8kZ2xLp9Rt4Vy7Nc1Df3Gh5Jk7Lm9Pq2Rt4Vz6Nc8Df0Gh2Jk4Lm6Pq8Rt0Vz2Nc4Df6Gh8Jk0_x"
 _DO = "7e3b9a1f04c6d82e5b7a90f13c4d6e8f2a5b7c9d1e3f50a2b4c6d8e0f1a3b5c7"
 _AGE = "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58]
 
@@ -147,8 +148,8 @@ _KNOWN_RULES: tuple[Rule, ...] = (
                     "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX"),)),
     Rule("discord-webhook", r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{40,}",
          keywords=("/api/webhooks/",),
-         examples=(("https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17,
-                    "https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17),)),
+         examples=(("https://discord.com/api/webhooks/123456789012345678/" + _DISCORD,
+                    "https://discord.com/api/webhooks/123456789012345678/" + _DISCORD),)),
     Rule("telegram-bot-token", r"\d{8,10}:AA[0-9A-Za-z_-]{33}", keywords=(":aa",),
          examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
                     "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
@@ -194,25 +195,25 @@ _KNOWN_RULES: tuple[Rule, ...] = (
     Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", keywords=("sg.",),
          examples=(("SENDGRID=" + _SG, _SG),)),
     Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b",
-         examples=(("twilio api:core:keys:fetch --sid SK0123456789abcdef0123456789abcdef",
-                    "SK0123456789abcdef0123456789abcdef"),),
+         examples=(("twilio api:core:keys:fetch --sid SK7e3b9a1f04c6d82e5b7a90f13c4d6e8f",
+                    "SK7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),),
          negatives=("SKIP0123", "ACCEPTED")),
     Rule("mailgun-key", r"\bkey-[0-9a-z]{32}\b", keywords=("key-",),
          examples=(("curl -s --user 'api:key-3ax6xnjp29jd6fds4gc373sgvjxteol0' https://api.mailgun.net",
                     "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"),)),
     Rule("mailchimp-key", r"\b[0-9a-f]{32}-us\d{1,2}\b", keywords=("-us",),
-         examples=(("MAILCHIMP=0123456789abcdef0123456789abcdef-us21", "0123456789abcdef0123456789abcdef-us21"),)),
+         examples=(("MAILCHIMP=7e3b9a1f04c6d82e5b7a90f13c4d6e8f-us21", "7e3b9a1f04c6d82e5b7a90f13c4d6e8f-us21"),)),
     Rule("datadog-key", r"(?i)(?:datadog|\bdd)[_-]?(?:api|app(?:lication)?)[_-]?key\s*[\"']?\s*[:=]\s*[\"']?([a-f0-9]{32,40})\b",
          keywords=("datadog", "dd_", "dd-"), group=1, category="context",
          examples=(("DD_API_KEY=0123456789abcdef0123456789abcdef docker compose up", "0123456789abcdef0123456789abcdef"),)),
     Rule("databricks-token", r"\bdapi[a-f0-9]{32}(?:-\d)?\b", keywords=("dapi",),
-         examples=(("databricks configure --token dapi0123456789abcdef0123456789abcdef", "dapi0123456789abcdef0123456789abcdef"),)),
+         examples=(("databricks configure --token dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f", "dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
     Rule("linear-key", r"\blin_(?:api|oauth)_[A-Za-z0-9]{40}\b", keywords=("lin_api_", "lin_oauth_"),
          examples=(("LINEAR=lin_api_" + "aB3dE5gH7j" * 4, "lin_api_" + "aB3dE5gH7j" * 4),)),
     Rule("sentry-dsn", r"https://([0-9a-f]{32})(?::[0-9a-f]{32})?@[A-Za-z0-9.-]+\.ingest(?:\.[a-z]+)?\.sentry\.io",
          keywords=("sentry.io",), group=1,
-         examples=(("SENTRY_DSN=https://0123456789abcdef0123456789abcdef@o12345.ingest.sentry.io/123",
-                    "0123456789abcdef0123456789abcdef"),)),
+         examples=(("SENTRY_DSN=https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123",
+                    "7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
     Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
          examples=(("age key: " + _AGE, _AGE),)),
     # ---- structured tokens and key material ----

@@ -147,7 +147,22 @@ def token_body_ok(token: str) -> bool:
             cur = []
     if len(best) >= 12 and (_periodic(best, 8) or len(set(best)) < min(8, len(best) // 3)):
         return False
-    return True
+    return _in_runs(best) < 0.6 * len(best)  # `abcdefghijklmnop0123456789`: typed, not generated
+
+
+def _in_runs(v: str, least: int = 5) -> int:
+    """How many characters of `v` sit in runs of `least` or more consecutive ones (`abcde`, `12345`)."""
+    total = run = 1
+    covered = 0
+    for a, b in zip(v, v[1:]):
+        if ord(b) - ord(a) == 1:
+            run += 1
+        else:
+            if run >= least:
+                covered += run
+            run = 1
+        total += 1
+    return covered + (run if run >= least else 0)
 
 
 def known_token(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
@@ -347,6 +362,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if _decodes_to_placeholder(v):
         return False  # a Kubernetes Secret's `password: cGFzc3dvcmQ=` is base64 of "password"
+    if _is_path(v):
+        return False  # `private_key: ~/.ssh/id_rsa`, `--from-file=password=./pw.txt`
     if _quoted_in(match, secret):
         return True
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
@@ -362,6 +379,17 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
             return _looks_generated(v)
         return _env_style(match) or _looks_generated(v) or (_starts_line(before) and _has_alnum_mix(v))
     return True
+
+
+def _is_path(v: str) -> bool:
+    """A file path, not a secret: `~/`, `./`, `../`, or absolute with lower-case segments only
+    (a base64 secret that starts with `/` has capitals)."""
+    if " " in v:
+        return False
+    if v.startswith(("~/", "./", "../")):
+        return True
+    parts = v.split("/")
+    return v.startswith("/") and len(parts) >= 3 and all(not any(c.isupper() for c in p) for p in parts)
 
 
 def _decodes_to_placeholder(v: str) -> bool:

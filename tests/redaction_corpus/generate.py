@@ -488,6 +488,11 @@ def near_misses(seed: int = 5, n: int = 40) -> list[str]:
         "password:", "API_TOKEN=", '"secret": ""', "<password/>", "<password></password>", "--password",
         # wrong length or alphabet for their format
         "ghp_1234abcd", "AKIA12345", "xoxb-123", "sk_live_short", "AIzaSyShort", "glpat-abc",
+        # typed, not generated: alphabet runs in the token's body; paths where a key file is named
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "sk-proj-abcdefghijklmnopqrstuvwxyz1234567890ABCDEFGH",
+        "xoxb-123456789012-123456789012-abcdefghijklmnopqrstuvwx", "private_key: ~/.ssh/id_rsa",
+        "kubectl create secret generic db --from-file=password=./pw.txt", 'ssl_key_password_file: "/etc/ssl/private/pw"',
+        'mongodb://<username>:<password>@cluster0.mongodb.net/test', "password: !Ref DbPassword",
         # key bindings, public keys and certificates
         '{ "key": "ctrl+shift+down", "command": "editor.action.copyLinesDownAction" }', '"key": "cmd+k cmd+s",',
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6 alice@laptop",
