@@ -12,6 +12,8 @@ gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - A rule with a `repeat` pattern (a command's secret flags) keeps matching it right after each of
   its matches, so every secret flag of one command is found, not only the first.
 - Every finding says why (`Finding.reason`): the format, the context key, or what decoding showed.
+- Decode before judging: a text holding percent-escaped syntax (`%3D`, `%22`, `%3A`, ...) is also
+  scanned percent-decoded, and what is found there is redacted at its place in the original.
 """
 from __future__ import annotations
 
@@ -229,7 +231,10 @@ class Redactor:
 
     def _scan(self, text: str) -> list[tuple[int, int, int, str]]:
         if len(text) <= self._window:
-            return _merge(self._scan_window(text, 0))
+            found = self._scan_window(text, 0)
+            if "%" in text and _PERCENT_SYNTAX.search(text):
+                found += self._scan_percent_decoded(text)
+            return _merge(found)
         raw = []
         step = self._window - OVERLAP
         start = 0
@@ -268,6 +273,15 @@ class Redactor:
         if base:
             found = [(s + base, e + base, i, d) for s, e, i, d in found]
         return found
+
+    def _scan_percent_decoded(self, text: str) -> list[tuple[int, int, int, str]]:
+        """Findings in the percent-decoded text (`password%3DS3cr3t`, `%7B%22token%22%3A...`),
+        as spans of `text`: a secret is judged once its syntax can be read."""
+        view, starts = percent_decoded(text)
+        out = []
+        for s, e, i, d in self._scan_window(view, 0):
+            out.append((starts[s], starts[e], i, d + _PCT if d else _PCT))
+        return out
 
     def _judge(self, c: _Compiled, m, group: int, data: bytes) -> tuple[int, int, str] | None:
         """The span to redact for match `m` (quotes trimmed) and the detail for `--explain`, or
@@ -335,6 +349,30 @@ class Redactor:
         return self._paths.file_allowed(path, st, text)
 
 
+_PCT = "\x00%"  # marks a detail found in the percent-decoded text
+_PERCENT_SYNTAX = re2.compile(r"%(?:3[DdAa]|22|27|26|2[Cc]|7[BbDd])")  # = : " ' & , { }
+_PERCENT_ESCAPE = re2.compile(r"%[0-7][0-9A-Fa-f]")
+
+
+def percent_decoded(text: str) -> tuple[str, list[int]]:
+    """`text` with ASCII percent-escapes decoded, and for each character of the result the offset in
+    `text` where it starts (one more entry: `len(text)`), so spans map back."""
+    out: list[str] = []
+    starts: list[int] = []
+    pos = 0
+    for m in _PERCENT_ESCAPE.finditer(text):
+        s, e = m.span()
+        out.append(text[pos:s])
+        starts.extend(range(pos, s))
+        out.append(chr(int(text[s + 1:e], 16)))
+        starts.append(s)
+        pos = e
+    out.append(text[pos:])
+    starts.extend(range(pos, len(text)))
+    starts.append(len(text))
+    return "".join(out), starts
+
+
 def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     """Sorted, non-overlapping spans; overlapping spans merge into their union, attributed to the
     rule of highest priority (lowest index) among them."""
@@ -355,6 +393,8 @@ def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, 
 
 def _reason(rule: Rule, detail: str) -> str:
     """One phrase for `--explain`: why this rule redacted this span."""
+    if detail.endswith(_PCT):
+        return _reason(rule, detail[:-len(_PCT)]) + ", after percent-decoding"
     if rule.key_group and detail:
         return f"context: key {detail!r}" + (f" ({rule.reason})" if rule.reason else "")
     reason = rule.reason or {"known": f"format: {rule.name}", "context": "context", "pii": "personal data",

@@ -55,7 +55,7 @@ _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON in
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
 _VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
-          r"|[^\s\"'`,;=<>(){}\[\]\\][^\s\"'`,;<>\\]*)")
+          r"|[^\s\"'`,;=<>(){}\[\]\\&][^\s\"'`,;<>\\&]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (

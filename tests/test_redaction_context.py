@@ -51,6 +51,9 @@ FOUND = [
     ("https://x.blob.core.windows.net/c/b?sv=2022-11-02&sig=Qm8kZ2xLp9Rt4Vy7Nc1Df3Gh5Jk%2BvB0%3D",
      "Qm8kZ2xLp9Rt4Vy7Nc1Df3Gh5Jk%2BvB0%3D", "azure-sas-signature"),
     ("https://api.acme.io/x?access_token=At-Tok-Zq8Lm2", "At-Tok-Zq8Lm2", "url-query-secret"),
+    # percent-encoded syntax, decoded before judging
+    ("POST /login body=username%3Dbob%26password%3DPct-Pw-55%26x%3D1", "Pct-Pw-55", "url-query-secret"),
+    ("q=%7B%22api_key%22%3A%22Pct-Json-K3y9%22%7D&x=1", "Pct-Json-K3y9", "secret-assignment"),
     # escaped JSON inside JSON (and inside a diff line)
     ('+  "settings": "{\\"db_password\\": \\"Esc-Pw-55\\"}"', "Esc-Pw-55", "secret-assignment"),
 ]
@@ -149,3 +152,10 @@ def test_personal_data_recall_on_labelled_sentences(red, kind):
 def test_sentences_without_personal_data_are_unchanged(red):
     changed = [s for s in pii_clean_sentences() if red.redact_text(s).text != s]
     assert changed == []
+
+
+def test_percent_decoded_findings_map_back_to_the_original_text(red):
+    text = "next=%2Fapp%3Ftoken%3DRd-Tok-8Lq2Zx%26page%3D2 done"
+    result = red.redact_text(text)
+    assert result.text == "next=%2Fapp%3Ftoken%3D[REDACTED:url-query-secret]%26page%3D2 done"
+    assert result.findings[0].reason.endswith("after percent-decoding")
