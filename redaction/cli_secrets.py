@@ -127,11 +127,17 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          examples=(("htpasswd -b /etc/nginx/.htpasswd alice Htp-Al1ce-9", "Htp-Al1ce-9"),
                    ("htpasswd -nbB admin 'W3b-Adm!n'", "W3b-Adm!n")),
          negatives=("htpasswd -c /etc/nginx/.htpasswd alice",)),
-    Rule("cli-sudo-stdin", r"\b(?:echo(?:\s+-[neE]+)?|printf)\s+" + VALUE + r"\s*\|\s*sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b",
-         keywords=("sudo",), group=1, validator="context", category="context",
-         reason="command line: a password piped to sudo -S",
+    Rule("cli-sudo-stdin",
+         r"\b(?:echo(?:\s+-[neE]+)*|printf(?:\s+[\"'][^\"'\n]*%s[^\"'\n]*[\"'])?)\s+" + VALUE
+         + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
+         r"|(?:docker|podman|nerdctl|helm|buildah|skopeo|oras|crane|regctl)\b[^\n|;&]*--password-stdin"
+         r"|passwd\s+--stdin)",
+         keywords=("sudo", "password-stdin", "passwd"), group=1, validator="context", category="context",
+         reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
-                   ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77")),
+                   ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
+                   ('echo -n "Ec-Pw-73" | docker login -u bob --password-stdin', "Ec-Pw-73"),
+                   ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
@@ -158,12 +164,15 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
          r"|\bcargo login\s+"
+         r"|\bmysqladmin\b" + _REST + r"\spassword\s+"
+         r"|\bnet user\s+[^\s/]+\s+"
+         r"|\bConvertTo-SecureString\s+(?:-String\s+)?"
          r"|\bpulumi config set\s+(?:-\S+\s+)*--secret\s+(?:-\S+\s+)*\S+\s+"
          r"|\b(?:az keyvault secret set|aws ssm put-parameter)\b" + _REST + r"\s--value(?:\s+|=))"
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
-                   "pulumi config"),
+                   "pulumi config", "mysqladmin", "net user", "convertto-securestring"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -178,7 +187,10 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("az keyvault secret set --vault-name kv --name db --value Kv-Val-19x", "Kv-Val-19x"),
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
                    ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
-                   ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83")),
+                   ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83"),
+                   ("mysqladmin -u root password N3w-Root-Pw", "N3w-Root-Pw"),
+                   ("net user bob Nu-Pw-28 /add", "Nu-Pw-28"),
+                   ('$p = ConvertTo-SecureString "Ps-Sec-39" -AsPlainText -Force', "Ps-Sec-39")),
          negatives=("vault login -method=oidc", "sqlplus /nolog", "gh secret set NPM_TOKEN < token.txt",
                     "kubectl create secret generic db --from-file=./pw.txt")),
 )

@@ -370,8 +370,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
         return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
-    if any(c in v for c in "()[]"):
-        return False
+    if any(c in v for c in "()[]") or _verb_noun(v):
+        return False  # a call, or a PowerShell command (`$cred = Get-Credential`)
     if _inside_string(before) or (_tight_equals(match, secret) and after[:1] not in (",", ")", "(", ".")):
         return not (_is_identifier_path(v) and "." in v and not _looks_generated(v))
     if _is_identifier_path(v):
@@ -501,6 +501,11 @@ def _tight_equals(match: str, secret: str) -> bool:
     return i > 1 and match[i - 1] == "=" and match[i - 2] not in " \t:=!<>"
 
 
+def _verb_noun(v: str) -> bool:
+    verb, sep, noun = v.partition("-")
+    return bool(sep) and verb[:1].isupper() and verb[1:].islower() and noun[:1].isupper() and noun.isalpha()
+
+
 def _has_alnum_mix(v: str) -> bool:
     return len(v) >= 6 and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)
 
@@ -548,8 +553,8 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """Anything but a `$VAR`/template reference or a placeholder word."""
     v = secret.strip().strip("\"'")
-    if not v or is_reference(v) or v.lower() in _NON_SECRET_WORDS or is_placeholder(v):
-        return False
+    if not v or is_reference(v) or v.lower() in _NON_SECRET_WORDS or is_placeholder(v) or v.startswith("("):
+        return False  # ... or an expression: `-Password (ConvertTo-SecureString ...)`
     return not (_is_identifier_path(v) and "." in v and not _looks_generated(v))  # `process.env.API_KEY`
 
 

@@ -389,6 +389,8 @@ CLI_TEMPLATES = (
     ("mysql-password", "mysql -h db -u root -p{pw} app"),
     ("short-password-flag", "sshpass -p '{pw}' ssh deploy@bastion"),
     ("curl-user", "curl -u deploy:{pw} https://ci.acme.io/api"),
+    ("sql-password", "psql -c \"ALTER USER app WITH PASSWORD '{pw}'\""),
+    ("cli-sudo-stdin", "echo -n '{pw}' | docker login -u bot --password-stdin registry.acme.io"),
 )
 
 
