@@ -25,7 +25,13 @@ _DESCRIPTIVE_SUFFIXES = (
     "endpoint", "file", "path", "dir", "env", "var", "field", "label", "prefix", "suffix", "format",
     "header", "ttl", "expiry", "expires", "expiration", "timeout", "policy", "ref", "arn", "index",
     "pattern", "regex", "class", "cls", "mode", "version", "scope", "scopes", "location", "provider",
+    "source", "audience", "aud", "issuer", "realm", "method", "algorithm", "alg", "backend", "store", "encoder",
+    "hint", "strategy", "lifetime", "rotation", "host", "port", "username", "user", "email", "enabled",
+    "required", "endpoint", "arn", "policy", "manager", "service", "handler", "validator", "generator",
 )
+# Words that contain a secret-bearing word without being about a secret.
+_NOT_SECRET_KEY_PARTS = ("tokeniz", "secretar", "passport", "passthrough", "bypass", "compass", "passenger",
+                         "keyboard", "keystroke", "keyframe", "keyword", "monkey", "turkey", "hockey", "donkey")
 _REFERENCE_PREFIXES = ("$", "%(", "%{", "{{", "{%", "<", "#{", "@{")
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -479,6 +485,8 @@ def _key_of(match: str) -> str:
 
 def _descriptive_key(match: str) -> bool:
     key = _snake(_key_of(match))
+    if any(p in key.lower() for p in _NOT_SECRET_KEY_PARTS):
+        return True
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
 

@@ -495,6 +495,9 @@ def near_misses(seed: int = 5, n: int = 40) -> list[str]:
         "xoxb-123456789012-123456789012-abcdefghijklmnopqrstuvwx", "private_key: ~/.ssh/id_rsa",
         "kubectl create secret generic db --from-file=password=./pw.txt", 'ssl_key_password_file: "/etc/ssl/private/pw"',
         'mongodb://<username>:<password>@cluster0.mongodb.net/test', "password: !Ref DbPassword",
+        # keys that only look secret-bearing
+        "credential_source: Ec2InstanceMetadata", "tokenizer: bert-base-uncased", "TOKEN_AUDIENCE=api://default",
+        "token_endpoint_auth_method: client_secret_basic", "secret_backend: vault", "keyboard_layout: us-intl",
         # key bindings, public keys and certificates
         '{ "key": "ctrl+shift+down", "command": "editor.action.copyLinesDownAction" }', '"key": "cmd+k cmd+s",',
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6 alice@laptop",
