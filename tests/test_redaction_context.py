@@ -159,3 +159,15 @@ def test_percent_decoded_findings_map_back_to_the_original_text(red):
     result = red.redact_text(text)
     assert result.text == "next=%2Fapp%3Ftoken%3D[REDACTED:url-query-secret]%26page%3D2 done"
     assert result.findings[0].reason.endswith("after percent-decoding")
+
+
+def test_no_rule_runs_on_text_without_any_keyword_however_many_rules_there_are():
+    admin = [{"name": f"corp-{i}", "pattern": f"CORP{i}-[0-9a-f]{{16}}", "keywords": [f"corp{i}-"]} for i in range(300)]
+    red = Redactor.from_policy({"rules": admin}, hmac_key=KEY)
+    ran = []
+    original = red._judge
+    red._judge = lambda c, m, g, d: ran.append(c.rule.name) or original(c, m, g, d)
+    text = "cd ~/src/project && python -m pytest tests/test_parser.py -k 'not slow' -x --maxfail=3"
+    assert red._set.Match(text.encode()) is None  # one RE2 set pass says no rule can apply
+    assert red.redact_text(text).text == text and ran == []
+    assert red.redact_text("id CORP7-0123456789abcdef").text == "id [REDACTED:corp-7]"
