@@ -12,8 +12,9 @@ gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - A rule with a `repeat` pattern (a command's secret flags) keeps matching it right after each of
   its matches, so every secret flag of one command is found, not only the first.
 - Every finding says why (`Finding.reason`): the format, the context key, or what decoding showed.
-- Decode before judging: a text holding percent-escaped syntax (`%3D`, `%22`, `%3A`, ...) is also
-  scanned percent-decoded, and what is found there is redacted at its place in the original.
+- Decode before judging: a text (up to one scan window long) holding percent-escaped syntax (`%3D`,
+  `%22`, `%3A`, ...) is also scanned percent-decoded, and what is found there is redacted at its
+  place in the original.
 """
 from __future__ import annotations
 
