@@ -31,6 +31,7 @@ bench: install-test
 	$(BIN)/python -m bench.journal
 	$(BIN)/python -m bench.bundle
 	$(BIN)/python bench/redaction.py --quick
+	$(BIN)/python -m bench.episodes --engineers 20
 
 deb:
 	bash packaging/build-deb.sh

@@ -39,6 +39,7 @@ from agent.paths import StatePaths
 from agent.policy import (Policy, PolicyError, default_policy_path, load_effective_policy,
                           load_hmac_key)
 from agent.sources.base import SourceContext
+from agent.sources.git_state import RepoStates
 from agent.supervisor import Supervisor
 
 log = logging.getLogger("tracecap.daemon")
@@ -125,6 +126,7 @@ class Daemon:
         self.redactor: Any = None
         self.supervisor = Supervisor(self._make_context)
         self.contexts: dict[str, SourceContext] = {}
+        self.repo_states = RepoStates()
         self.decision = consent_mod.decide(policy.get("consent.mode"),
                                            consent_mod.ConsentFile.load(paths.consent_file),
                                            time.time_ns())
@@ -257,7 +259,7 @@ class Daemon:
 
         ctx = SourceContext(name=name, policy=self.policy, paths=self.paths, emit=emit,
                             capturing=self.capturing, log=logging.getLogger(f"tracecap.source.{name}"),
-                            set_state=set_state, redactor=self.redactor)
+                            set_state=set_state, redactor=self.redactor, repo_states=self.repo_states)
         old = self.contexts.get(name)
         if old is not None:
             ctx.changed = old.changed

@@ -5,16 +5,19 @@ Takes a command line or the bytes of a JUnit XML report; gives the runner's name
 Every runner is one row of `RUNNERS` with commands it must match and commands it must not; the
 test-suite runs every example, so adding a runner is one row plus its examples. Reports are parsed
 with defusedxml (no entities, no external references); a malformed report raises `ReportError`.
-Failure messages are cut to `MESSAGE_LIMIT` characters; redaction happens later, in emit.
+Failure messages are cut to `MESSAGE_LIMIT` characters; redaction happens later, in emit. Each
+test's id and outcome (passed, failed, skipped, error) are listed, at most `MAX_TESTS` of them
+(`tests_truncated` past that); a pytest report's ids are pytest's node ids (`pytest_node_id`).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable
+from typing import Callable, Iterable
 
 MESSAGE_LIMIT = 2000
 MAX_FAILURES = 200
+MAX_TESTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,16 +111,25 @@ class ReportError(ValueError):
     """A JUnit XML report that cannot be read."""
 
 
+OUTCOME_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}  # the worse wins a tie
+
+
 @dataclasses.dataclass(frozen=True)
 class TestReport:
     passed: int
     failed: int
     skipped: int
-    failures: tuple[tuple[str, str], ...]  # (name, message), at most MAX_FAILURES
+    failures: tuple[tuple[str, str], ...]  # (test id, message), at most MAX_FAILURES
+    tests: tuple[tuple[str, str], ...] = ()  # (test id, outcome), at most MAX_TESTS
+    tests_truncated: bool = False
 
     def as_data(self) -> dict:
-        return {"passed": self.passed, "failed": self.failed, "skipped": self.skipped,
-                "failures": [{"name": n, "message": m} for n, m in self.failures]}
+        data = {"passed": self.passed, "failed": self.failed, "skipped": self.skipped,
+                "failures": [{"name": n, "message": m} for n, m in self.failures],
+                "tests": [{"name": n, "outcome": o} for n, o in self.tests]}
+        if self.tests_truncated:
+            data["tests_truncated"] = True
+        return data
 
 
 def _truncate(text: str, limit: int = MESSAGE_LIMIT) -> str:
@@ -128,8 +140,61 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_junit(raw: bytes) -> TestReport:
-    """Counts and failures of a JUnit XML report (`<testsuites>` or `<testsuite>` root)."""
+def pytest_node_id(classname: str, name: str, file: str | None = None,
+                   is_file: Callable[[str], bool] | None = None) -> str:
+    """The pytest node id (`path/to/test_x.py::Class::test[param]`) of a JUnit testcase.
+
+    pytest writes `classname` as the node id's path with "/" made "." and ".py" dropped, then
+    its classes, joined by "."; `name` is the function with its parameters. To undo that, in
+    order: the testcase's `file` attribute (junit_family xunit1) when its dotted form starts the
+    classname (not so for a test inherited from a class in another file); else the longest
+    leading part of the classname naming a file that `is_file` finds (a path relative to the
+    directory pytest ran in); else the classname up to its first capitalised part (test classes
+    are `Test...` by default) taken as the path.
+    """
+    parts = classname.split(".") if classname else []
+    if file:
+        path = file.replace("\\", "/")
+        dotted = re.sub(r"\.py$", "", path).replace("/", ".")
+        if classname == dotted or classname.startswith(dotted + "."):
+            rest = classname[len(dotted) + 1:]
+            return "::".join([path, *(rest.split(".") if rest else []), name])
+    if is_file is not None:
+        for i in range(len(parts), 0, -1):
+            path = "/".join(parts[:i]) + ".py"
+            if is_file(path):
+                return "::".join([path, *parts[i:], name])
+    if not parts:
+        return name
+    cut = next((i for i in range(1, len(parts)) if parts[i][:1].isupper()), len(parts))
+    return "::".join(["/".join(parts[:cut]) + ".py", *parts[cut:], name])
+
+
+class _Tests:
+    """Test ids in first-seen order with their outcome (a repeated id keeps the worse), at most
+    MAX_TESTS of them."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+        self.truncated = False
+
+    def add(self, test_id: str, outcome: str) -> None:
+        old = self.outcomes.get(test_id)
+        if old is None and len(self.outcomes) >= MAX_TESTS:
+            self.truncated = True
+        elif old is None or OUTCOME_RANK[outcome] > OUTCOME_RANK[old]:
+            self.outcomes[test_id] = outcome
+
+    def result(self) -> tuple[tuple[tuple[str, str], ...], bool]:
+        return tuple(self.outcomes.items()), self.truncated
+
+
+def parse_junit(raw: bytes, *, pytest: bool | None = None,
+                is_file: Callable[[str], bool] | None = None) -> TestReport:
+    """Counts, failures and each test's outcome of a JUnit XML report (`<testsuites>` or
+    `<testsuite>` root). Test ids are pytest node ids (see `pytest_node_id`; `is_file` is handed
+    on to it) when `pytest` is True, or when it is None and a suite is named "pytest" (pytest's
+    default suite name); else `classname::name` as the report has them."""
     from defusedxml import ElementTree
     from defusedxml.common import DefusedXmlException
 
@@ -139,8 +204,11 @@ def parse_junit(raw: bytes) -> TestReport:
         raise ReportError(f"not a readable JUnit XML report: {exc}") from None
     if _local(root.tag) not in ("testsuites", "testsuite"):
         raise ReportError(f"not a JUnit XML report: root element is <{_local(root.tag)}>")
+    if pytest is None:
+        pytest = any(_local(e.tag) == "testsuite" and e.get("name") == "pytest" for e in root.iter())
     passed = failed = skipped = 0
     failures: list[tuple[str, str]] = []
+    tests = _Tests()
     for case in root.iter():
         if _local(case.tag) != "testcase":
             continue
@@ -149,24 +217,30 @@ def parse_junit(raw: bytes) -> TestReport:
         for child in case:
             kind = _local(child.tag)
             if kind in ("failure", "error"):
-                outcome = "failed"
+                outcome = "failed" if kind == "failure" else "error"
                 head = child.get("message") or ""
                 body = (child.text or "").strip()
                 message = head if not body else (f"{head}\n{body}" if head and head not in body else body)
                 break
             if kind == "skipped":
                 outcome = "skipped"
-        if outcome == "failed":
+        cls = case.get("classname") or ""
+        name = case.get("name") or ""
+        if pytest:
+            test_id = pytest_node_id(cls, name, case.get("file"), is_file)
+        else:
+            test_id = f"{cls}::{name}" if cls else name
+        tests.add(test_id, outcome)
+        if outcome in ("failed", "error"):
             failed += 1
             if len(failures) < MAX_FAILURES:
-                cls = case.get("classname") or ""
-                name = case.get("name") or ""
-                failures.append((f"{cls}::{name}" if cls else name, _truncate(message)))
+                failures.append((test_id, _truncate(message)))
         elif outcome == "skipped":
             skipped += 1
         else:
             passed += 1
-    return TestReport(passed, failed, skipped, tuple(failures))
+    listed, truncated = tests.result()
+    return TestReport(passed, failed, skipped, tuple(failures), listed, truncated)
 
 
 def merge_reports(reports: Iterable[TestReport]) -> TestReport | None:
@@ -175,5 +249,11 @@ def merge_reports(reports: Iterable[TestReport]) -> TestReport | None:
     if not reports:
         return None
     failures = tuple(f for r in reports for f in r.failures)[:MAX_FAILURES]
+    tests = _Tests()
+    for r in reports:
+        for test_id, outcome in r.tests:
+            tests.add(test_id, outcome)
+        tests.truncated = tests.truncated or r.tests_truncated
+    listed, truncated = tests.result()
     return TestReport(sum(r.passed for r in reports), sum(r.failed for r in reports),
-                      sum(r.skipped for r in reports), failures)
+                      sum(r.skipped for r in reports), failures, listed, truncated)

@@ -24,6 +24,7 @@ CONTRACT_KINDS = (
     "git.commit",
     "git.checkout",
     "git.ref",
+    "repo.state",
     "input.activity",
     "input.idle",
     "input.active",

@@ -44,3 +44,14 @@ def test_damaged_consent_file_means_no_consent(tmp_path):
     f = tmp_path / "consent.json"
     f.write_text("{not json")
     assert not decide("opt-in", ConsentFile.load(f), NOW).capturing
+
+
+@pytest.mark.parametrize("until, line", [
+    (None, "paused"),
+    ("until resumed", "paused until resumed"),
+    ("2026-12-02T09:00:00+00:00", "paused until 2026-12-02T09:00:00+00:00"),
+])
+def test_pause_line_says_until_once(until, line):
+    from agent.commands.core import pause_line
+
+    assert pause_line(until) == line

@@ -2,7 +2,8 @@
 pytest and git, then flush and decrypt.
 
 1. The coding loop: a failing test, a fix saved with vim, a passing test, a commit: all in the
-   journal in order, and in the decrypted bundle.
+   journal in order, and in the decrypted bundle; the first repo.state and the saves after it,
+   replayed on a fresh clone, give the tree that was committed.
 2. Secrets typed in the shell, written to a watched file, and put in a note appear nowhere under
    the state directory (journal, spool, outbox, uploads, logs) nor in any decrypted bundle.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_harness import TRACECAP, DaemonProcess
+from tests.replay_chain import replay as replay_chain
+from tests.replay_chain import tree
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None or shutil.which("vim") is None,
@@ -116,6 +119,15 @@ def decrypt_all(d: DaemonProcess) -> list[dict]:
     return out
 
 
+def replay(events: list[dict], repo_key: str, repo: Path) -> Path:
+    return replay_chain(repo, events, repo_key, repo.parent.parent / f"replay-{uuid.uuid4().hex[:6]}")
+
+
+def git_show(repo: Path, rev: str, path: str) -> bytes:
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True,
+                          timeout=30).stdout
+
+
 def test_coding_loop_from_failing_to_passing_test(world):
     d, sh, repo = world
     sh.run("python3 -m pytest -q -p no:cacheprovider", settle=0.1)
@@ -137,6 +149,15 @@ def test_coding_loop_from_failing_to_passing_test(world):
     assert commit["message"].startswith("fix add")
     seqs = [e["seq"] for e in evs]
     assert seqs == sorted(seqs)
+    # The first repo.state and the saves after it, replayed on a fresh clone, are what was committed.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+    evs = wait_for(d, lambda e: any(x["kind"] == "repo.state" and x["data"]["head"] == head for x in e))
+    states = [e for e in evs if e["kind"] == "repo.state"]
+    commit_seq = next(e["seq"] for e in evs if e["kind"] == "git.commit")
+    assert states[0]["seq"] < commit_seq < states[-1]["seq"] and states[-1]["data"]["diff"] == ""
+    rebuilt = replay([e for e in evs if e["seq"] < commit_seq], states[0]["data"]["repo"], repo)
+    assert tree(rebuilt) == {p: git_show(repo, head, p) for p in ("calc.py", "test_calc.py")}
     assert d.cli("flush").returncode == 0
     bundled = decrypt_all(d)
     assert [e["seq"] for e in bundled] == [e["seq"] for e in evs][: len(bundled)]

@@ -49,7 +49,8 @@ def make_redactor() -> Any:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, ignore: tuple[str, ...] = ()) -> None:
+        self.ignore = ignore  # kinds not recorded
         self.events: list[tuple[str, dict, int | None]] = []
         self.cond = threading.Condition()
         self.capturing = True
@@ -57,7 +58,7 @@ class Recorder:
     def emit(self, kind: str, data: dict, *, ts: int | None = None, session: str | None = None,
              source: str | None = None) -> None:
         with self.cond:
-            if not self.capturing:
+            if not self.capturing or kind in self.ignore:
                 return
             self.events.append((kind, data, ts))
             self.cond.notify_all()

@@ -98,6 +98,11 @@ def test_overflow_gives_a_gap_then_saves_of_exactly_the_files_that_changed(tmp_p
     assert {p: d["op"] for p, d in recovered.items()} == {
         "app.py": "modify", "gone.py": "delete", "new.py": "create", "pkg/mod.py": "create"}
     assert recovered["app.py"]["base"] == "previous"
+    # What the rescan found is one save each, the versions in between lost: the chain says so.
+    assert {p: d.get("chain_break") for p, d in recovered.items()} == {
+        "app.py": "overflow_rescan", "gone.py": None, "new.py": "overflow_rescan",
+        "pkg/mod.py": "overflow_rescan"}
+    assert "chain_break" not in rec.events[-1][1]  # the next save of app.py, watched as before
     assert apply_unified_diff("v2\n", recovered["app.py"]["diff"]) == "v3\n"
 
     saves = [d for k, d, _ in rec.events if k == "file.save"]

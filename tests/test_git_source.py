@@ -21,7 +21,7 @@ def kinds(rec):
 
 def test_history_before_start_is_not_replayed_and_each_operation_is_one_event(tmp_path):
     repo = init_repo(tmp_path / "src" / "p", {"a.py": "1\n"})
-    rec = Recorder()
+    rec = Recorder(ignore=("repo.state",))
     src = start(tmp_path, rec)
     with Running(src) as r:
         r.wait_ready(lambda: repo in src.repos and src.logs)
@@ -60,7 +60,7 @@ def test_worktrees_submodules_and_late_repos(tmp_path):
     git(main, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
     git(main, "commit", "-qm", "add lib")
     git(main, "worktree", "add", "-q", str(tmp_path / "src" / "wt"), "-b", "topic")
-    rec = Recorder()
+    rec = Recorder(ignore=("repo.state",))
     src = start(tmp_path, rec)
     with Running(src) as r:
         r.wait_ready(lambda: len(src.repos) == 3)
@@ -85,7 +85,7 @@ def test_worktrees_submodules_and_late_repos(tmp_path):
 def test_branch_rename_reports_only_the_rename(tmp_path):
     repo = init_repo(tmp_path / "src" / "p", {"a": "1\n"})
     git(repo, "branch", "old")
-    rec = Recorder()
+    rec = Recorder(ignore=("repo.state",))
     src = start(tmp_path, rec)
     with Running(src) as r:
         r.wait_ready(lambda: src.logs)
@@ -98,7 +98,7 @@ def test_branch_rename_reports_only_the_rename(tmp_path):
 
 def test_paused_entries_are_dropped(tmp_path):
     repo = init_repo(tmp_path / "src" / "p", {"a": "1\n"})
-    rec = Recorder()
+    rec = Recorder(ignore=("repo.state",))
     src = start(tmp_path, rec)
     with Running(src) as r:
         r.wait_ready(lambda: src.logs)

@@ -262,8 +262,10 @@ def test_pytest_addopts_is_appended_and_restored(shell, tmp_path, spool, shells)
     sh.run("echo \"after=[$PYTEST_ADDOPTS]\"")
     screen = sh.screen()
     first = next(r for r in records(spool) if isinstance(r, Start))
-    # the report of command n is <sid>.<n>.junit.xml, where the reader looks for it
-    assert f"during=[-q '--junitxml={spool}/{first.sid}.{first.n}.junit.xml'] test" in screen
+    # the report of command n is <sid>.<n>.junit.xml, where the reader looks for it, in the
+    # xunit1 family, whose `file` attribute gives each test's node id
+    assert (f"during=[-q '--junitxml={spool}/{first.sid}.{first.n}.junit.xml' "
+            "-o junit_family=xunit1] test") in screen
     assert "after=[-q]" in screen
 
 

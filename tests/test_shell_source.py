@@ -278,23 +278,37 @@ def test_hook_drops_become_a_gap_event(tmp_path, harness, shell_session):
 
 def test_failing_pytest_run_gives_test_run_with_failures(tmp_path, harness, shell_session):
     proj = tmp_path / "proj"
-    proj.mkdir()
-    (proj / "test_calc.py").write_text(
+    (proj / "tests" / "unit").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+    (proj / "tests" / "unit" / "test_calc.py").write_text(
         "import pytest\n"
         "def test_ok():\n    assert 1 + 1 == 2\n"
         "def test_bad():\n    assert 2 + 2 == 5, 'arithmetic is broken'\n"
-        "@pytest.mark.skip\ndef test_later():\n    pass\n")
+        "@pytest.mark.skip\ndef test_later():\n    pass\n"
+        "class TestCalc:\n"
+        "    @pytest.mark.parametrize('n', [1, 'x.y'])\n"
+        "    def test_param(self, n):\n        assert n != 1\n")
     h = harness().start()
     sh = shell_session("bash", h.paths.shell_spool)
-    sh.run(f"cd {proj}")
-    sh.run(f"{sys.executable} -m pytest -q -p no:cacheprovider test_calc.py")
+    # Run from a directory below the rootdir: node ids stay relative to the rootdir.
+    sh.run(f"cd {proj}/tests")
+    sh.run(f"{sys.executable} -m pytest -q -p no:cacheprovider unit")
     h.wait(lambda: h.kinds("test.run"), timeout=60)
     (kind, data, ts, session, source), = h.kinds("test.run")
     assert source == "tests"
     assert data["runner"] == "pytest" and data["exit"] == 1
-    assert (data["passed"], data["failed"], data["skipped"]) == (1, 1, 1)
-    (failure,) = data["failures"]
-    assert failure["name"].endswith("test_bad") and "arithmetic is broken" in failure["message"]
+    assert (data["passed"], data["failed"], data["skipped"]) == (2, 2, 1)
+    assert data["failures"][0]["name"].endswith("test_bad")
+    assert "arithmetic is broken" in data["failures"][0]["message"]
+    # each test as pytest names it, with its outcome
+    f = "tests/unit/test_calc.py"
+    assert data["tests"] == [
+        {"name": f"{f}::test_ok", "outcome": "passed"},
+        {"name": f"{f}::test_bad", "outcome": "failed"},
+        {"name": f"{f}::test_later", "outcome": "skipped"},
+        {"name": f"{f}::TestCalc::test_param[1]", "outcome": "failed"},
+        {"name": f"{f}::TestCalc::test_param[x.y]", "outcome": "passed"}]
+    assert "tests_truncated" not in data
     assert not list(h.paths.shell_spool.glob("*.junit.xml"))  # the report is consumed
 
 
@@ -317,6 +331,7 @@ def test_other_runners_reports_are_found_under_cwd(tmp_path, harness, shell_sess
     assert data["runner"] == "maven" and data["exit"] == 1
     assert (data["passed"], data["failed"]) == (1, 1)
     assert data["failures"] == [{"name": "b", "message": "boom"}]
+    assert data["tests"] == [{"name": "a", "outcome": "passed"}, {"name": "b", "outcome": "failed"}]
 
 
 def test_no_test_run_when_tests_source_is_off(tmp_path, harness, shell_session):

@@ -62,7 +62,7 @@ def test_surefire_report():
 def test_pytest_report_and_as_data():
     data = parse_junit(PYTEST).as_data()
     assert data["passed"] == 1 and data["failed"] == 1 and data["skipped"] == 0
-    assert data["failures"][0]["name"] == "test_m::test_bad"
+    assert data["failures"][0]["name"] == "test_m.py::test_bad"  # named as in `tests`
     assert "assert 1 == 2" in data["failures"][0]["message"]
 
 
@@ -90,3 +90,68 @@ def test_merge_reports():
     assert (merged.passed, merged.failed, merged.skipped) == (2, 3, 1)
     assert len(merged.failures) == 3
     assert merge_reports([]) is None
+
+
+@pytest.mark.parametrize("classname,name,file,files,expected", [
+    # the xunit1 `file` attribute decides
+    ("tests.test_x.TestC", "test_a", "tests/test_x.py", (), "tests/test_x.py::TestC::test_a"),
+    ("tests.test_x", "test_a[1-a.b]", "tests/test_x.py", (), "tests/test_x.py::test_a[1-a.b]"),
+    ("tests.v1.2.test_x.TestC.TestD", "test_a", "tests/v1.2/test_x.py", (),
+     "tests/v1.2/test_x.py::TestC::TestD::test_a"),
+    # inherited from a class in another file: `file` names that file, the disk decides
+    ("tests.test_x.TestC", "test_base", "tests/base.py", ("tests/test_x.py",),
+     "tests/test_x.py::TestC::test_base"),
+    # no `file` (xunit2): the longest leading part that is a file on disk
+    ("tests.unit.test_x.TestC", "test_a[p::q]", None, ("tests/unit/test_x.py", "tests/unit.py"),
+     "tests/unit/test_x.py::TestC::test_a[p::q]"),
+    ("test_x", "test_a", None, ("test_x.py",), "test_x.py::test_a"),
+    # nothing on disk: up to the first capitalised part
+    ("pkg.test_x.TestC", "test_a", None, (), "pkg/test_x.py::TestC::test_a"),
+    ("pkg.test_x", "test_a", None, (), "pkg/test_x.py::test_a"),
+    ("", "test_a", None, (), "test_a"),
+])
+def test_pytest_node_ids(classname, name, file, files, expected):
+    assert testruns.pytest_node_id(classname, name, file, lambda p: p in files) == expected
+
+
+def test_each_test_is_listed_with_its_outcome():
+    r = parse_junit(SUREFIRE)
+    assert r.tests == (("com.acme.CalcTest::adds", "passed"), ("com.acme.CalcTest::divides", "failed"),
+                       ("com.acme.CalcTest::parses", "error"), ("com.acme.CalcTest::later", "skipped"))
+    # a suite named "pytest" gives node ids
+    assert parse_junit(PYTEST).as_data()["tests"] == [
+        {"name": "test_m.py::test_ok", "outcome": "passed"},
+        {"name": "test_m.py::test_bad", "outcome": "failed"}]
+
+
+def test_tests_are_bounded_and_a_repeated_id_keeps_the_worse_outcome():
+    cases = "".join(f"<testcase classname='C' name='t{i}'/>" for i in range(1500))
+    r = parse_junit(f"<testsuite>{cases}<testcase classname='C' name='t1'><error/></testcase>"
+                    "</testsuite>".encode())
+    assert len(r.tests) == testruns.MAX_TESTS and r.tests_truncated
+    assert r.tests[1] == ("C::t1", "error")
+    assert r.as_data()["tests_truncated"] is True
+    assert (r.passed, r.failed) == (1500, 1)  # the counts still count every testcase
+    merged = merge_reports([r, parse_junit(SUREFIRE)])
+    assert len(merged.tests) == testruns.MAX_TESTS and merged.tests_truncated
+    small = parse_junit(SUREFIRE)
+    assert not small.tests_truncated and "tests_truncated" not in small.as_data()
+
+
+def test_a_real_pytest_run_of_more_tests_than_listed_is_flagged(tmp_path):
+    import subprocess
+    import sys
+
+    from agent.sources.shell import read_reports
+
+    (tmp_path / "test_many.py").write_text(
+        "import pytest\n@pytest.mark.parametrize('i', range(1001))\ndef test_i(i):\n    assert i != 7\n")
+    report = tmp_path / "r.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                    "-o", "junit_family=xunit1", "test_many.py"], cwd=tmp_path, capture_output=True,
+                   timeout=120)
+    r = read_reports([report], str(tmp_path), pytest=True)
+    assert (r.passed, r.failed) == (1000, 1)
+    assert len(r.tests) == testruns.MAX_TESTS and r.tests_truncated
+    assert r.tests[7] == ("test_many.py::test_i[7]", "failed")
+    assert r.tests[-1] == ("test_many.py::test_i[999]", "passed")

@@ -126,6 +126,13 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def pause_line(until: str | None) -> str:
+    """`paused until 2026-…`, or `paused until resumed` (describe_pause already says "until")."""
+    if not until:
+        return "paused"
+    return f"paused {until}" if until == "until resumed" else f"paused until {until}"
+
+
 def render_status(st: dict[str, Any]) -> str:
     lines = []
     if st["capturing"]:
@@ -133,7 +140,7 @@ def render_status(st: dict[str, Any]) -> str:
     else:
         lines.append(f"tracecap {st['version']}: not recording: {st['reason']}")
     if st.get("paused_until"):
-        lines.append(f"  paused until {st['paused_until']}")
+        lines.append("  " + pause_line(st["paused_until"]))
     lines.append("sources:")
     for name, state in st["sources"].items():
         lines.append(f"  {name:<7} {state}")
@@ -182,7 +189,7 @@ def cmd_consent(args: argparse.Namespace) -> int:
     elif args.op == "opt-out":
         print("opted out: capture is off; nothing more is recorded until you opt in again")
     elif args.op == "pause":
-        print(f"paused {('until ' + st['paused_until']) if st.get('paused_until') else ''}".rstrip())
+        print(pause_line(st.get("paused_until")))
     else:
         print("resumed: capture is " + ("on" if st["capturing"] else f"off ({st['reason']})"))
     return 0
@@ -230,7 +237,9 @@ def render_event(e: dict[str, Any]) -> str:
     summary = {
         "shell.start": lambda: f"$ {d.get('cmd', '')}  [{d.get('cwd', '')}]",
         "shell.end": lambda: f"exit {d.get('exit')} after {d.get('duration_ms')} ms",
-        "file.save": lambda: f"{d.get('op')} {d.get('path')} ({d.get('size')} B)",
+        "file.save": lambda: (f"{d.get('op')} {d.get('path')} ({d.get('size')} B)"
+                              + (f", chain broken: {d['chain_break']}" if d.get("chain_break") else "")),
+        "repo.state": lambda: _render_repo_state(d),
         "test.run": lambda: (f"{d.get('runner')}: exit {d.get('exit')}"
                              + (f", {d.get('passed')} passed, {d.get('failed')} failed"
                                 if d.get("passed") is not None else "")),
@@ -240,6 +249,15 @@ def render_event(e: dict[str, Any]) -> str:
     }.get(e["kind"], lambda: json.dumps(d, ensure_ascii=False)[:160])()
     summary = " ".join(str(summary).splitlines())[:200]
     return f"{e['seq']:>8}  {t}  {e['kind']:<16} {summary}"
+
+
+def _render_repo_state(d: dict[str, Any]) -> str:
+    """`~/src/app main @ 1a2b3c4d5e, 2 files changed`: where the repo stands and how dirty."""
+    where = f"{d.get('repo')} {d.get('branch') or '(detached)'} @ {str(d.get('head') or 'no commit')[:10]}"
+    if d.get("diff_omitted"):
+        return f"{where}, uncommitted diff left out: {d['diff_omitted']}"
+    files = str(d.get("diff") or "").count("diff --git ")
+    return f"{where}, " + (f"{files} file{'s' if files != 1 else ''} changed" if files else "clean")
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

@@ -140,7 +140,7 @@ __tc_start() {  # $1 start time; $2 form: h (the newest history line) or r (the 
 
 __tc_pyo_set() {  # add command __tc_n's JUnit report to PYTEST_ADDOPTS, after the user's options
     __tc_go=0 __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-    __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
+    __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
     export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
 }
 

@@ -148,7 +148,7 @@ if not set -q __tracecap_loaded
     function __tc_pyo_set # a line that may run pytest: append our report path to PYTEST_ADDOPTS
         set -g __tc_pyo_had (set -q PYTEST_ADDOPTS; and echo 1)
         set -g __tc_pyo_old "$PYTEST_ADDOPTS"
-        set -g __tc_pyo_ours "'--junitxml=$__tc_dir/$__tc_sid.$__tc_i.junit.xml'"
+        set -g __tc_pyo_ours "'--junitxml=$__tc_dir/$__tc_sid.$__tc_i.junit.xml' -o junit_family=xunit1"
         if test -n "$PYTEST_ADDOPTS"
             set -gx PYTEST_ADDOPTS "$PYTEST_ADDOPTS $__tc_pyo_ours"
         else

@@ -100,7 +100,7 @@ __tc_preexec() {  # $1: the line as typed (empty when history dropped it), $3: t
     if (( __tc_fd )); then syswrite -o $__tc_fd -- $__tc_rec || __tc_fd=0; else __tc_put $__tc_rec; fi
     if [[ $__tc_junit == 1 && $__tc_cmd == *(test|tox|nox|check)* ]]; then
         __tc_pyo_on=1 __tc_pyo_had=${PYTEST_ADDOPTS+1} __tc_pyo_old=${PYTEST_ADDOPTS-}
-        __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml'"
+        __tc_pyo_ours="'--junitxml=$__tc_dir/$__tc_sid.$__tc_n.junit.xml' -o junit_family=xunit1"
         export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:+$PYTEST_ADDOPTS }$__tc_pyo_ours"
     fi
     : "$__tc_la"

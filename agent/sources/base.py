@@ -44,6 +44,10 @@ class SourceContext:
     changed: threading.Event = dataclasses.field(default_factory=threading.Event)
     # `changed` is set by the daemon when consent, pause or policy changes, so a source blocked on
     # its own wait can wake up and re-read `capturing()` / `policy`.
+    # The last `repo.state` of each repository (agent.sources.git_state.RepoStates), one registry
+    # shared by the git source, which announces states, and the files source, whose saves chain
+    # from them. None: no chain (the files source diffs as if no state had been announced).
+    repo_states: Any = None
 
 
 class Source(Protocol):

@@ -25,7 +25,8 @@ Promises:
   saved when its content differs from its cached version, else from HEAD. Unchanged files make no
   event; the versions a file went through while events were lost are what the gap stands for.
 - One logical save is one event whatever the editor did (see files_coalesce), after `debounce_ms`
-  of quiet on that file. `ts` is the file's mtime.
+  of quiet on that file. `ts` is the file's mtime (for a move, its ctime: when it moved), or just
+  after the repo's last `repo.state` if that is later.
 - Nothing raw is kept: the cache of previous versions (bounded by `diff_cache_bytes`, LRU) holds
   only redacted text, and every diff is made from redacted text. Binary files, files over
   `max_file_bytes`, symlinks, and paths the redactor forbids content for are metadata only. Without
@@ -36,9 +37,22 @@ Promises:
   "head"): no event ever describes an edit made while paused as a step of its own, and a receiver
   can still rebuild every file from the events.
 - Replay: applying each event's diff to its base, in `seq` order, rebuilds every captured text file.
+- The chain (with the git source's `repo.state`, see git_state): the first save of a file after a
+  repo's state diffs against what that state implies for it (HEAD's blob at the state's head with
+  the state's diff of the file applied: `base` "previous"; unchanged: "head"; untracked: "empty"),
+  each later one against the version captured before it; so a clone at the state's head, its diff,
+  then the repo's saves in `seq` order rebuild the working tree. Reading a file and emitting its
+  save happen under the repository's lock that the state is announced under, and a save's `ts`
+  is later than the state's, so the journal orders each save wholly before or after a state. A
+  save after which the chain no longer holds for its file says why in `chain_break`: "binary",
+  "too_large", "never_capture", "metadata" (no diff), "redacted" (redaction changed a line the
+  diff shows, or a redacted line outside it changed), "overflow_rescan" (a save found by the
+  rescan after lost events), "unknown_base" (the state left that file's diff out, or what it
+  implies could not be rebuilt). The next state restarts the chain.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import selectors
 import stat
@@ -51,10 +65,13 @@ from agent.repos import (CaptureSettings, RepoIgnore, discover_repos, is_always_
                          is_repo, walk_repo)
 from agent.sources.base import SourceContext
 from agent.sources.files_coalesce import RawChange, Touched, coalesce, is_editor_junk
-from agent.sources.files_diff import VersionCache, decode_text, unified_diff
+from agent.sources.files_diff import (PatchError, VersionCache, apply_unified_diff, decode_text,
+                                     unified_diff)
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.files_inotify import available as inotify_available
 from agent.sources.git_catfile import CatFile
+from agent.sources.git_state import (CLEAN, Redacted, RepoState, RepoStates, redacted_lines,
+                                     redaction_breaks, section_deletes)
 
 if TYPE_CHECKING:
     from agent.sources.files_watchdog import WatchdogWatcher
@@ -88,6 +105,14 @@ class FilesSource:
         self.emitted = 0
         self._watcher: InotifyWatcher | WatchdogWatcher | None = None
         self._drained_ns = 0  # wall clock when the event queue was last read empty
+        self.states: RepoStates | None = ctx.repo_states
+        self._line_key = self.states.line_key if self.states is not None else os.urandom(32)
+        self._rescanned: set[str] = set()  # paths queued by an overflow rescan, not yet saved
+        # The state epoch of each file's last save (oldest dropped past _MAX_STAMPS; the floor is
+        # the newest epoch dropped): a file saved since a state, whose version has left the cache,
+        # must not diff against what the state implies, which the trace has moved past.
+        self._saved_in: dict[tuple[Path, str], int] = {}
+        self._saved_floor = 0
 
     # ---------------------------------------------------------------- lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -298,6 +323,9 @@ class FilesSource:
         changes = [RawChange(now, kind, path)
                    for kind, path in self._drifted(self._drained_ns - _MTIME_SLACK_NS)]
         self.pending.extend(changes)
+        if len(self._rescanned) > _MAX_STAMPS:
+            self._rescanned.clear()
+        self._rescanned.update(c.path for c in changes)
         self.ctx.emit("agent.gap", {
             "dropped": 0,
             "reason": "the file watcher's kernel event queue overflowed: saves made meanwhile may "
@@ -422,10 +450,18 @@ class FilesSource:
 
     # ---------------------------------------------------------------- one logical save
     def save(self, touched: Touched) -> None:
-        """Decide the op from the disk and what was known, build the event, emit it."""
+        """Decide the op from the disk and what was known, build the event, emit it; from reading
+        the file to emitting, under the repository's lock, so no `repo.state` falls in between."""
         repo = self._repo_of(touched.path)
         if repo is None:
             return
+        if self.states is None:
+            self._save(repo, touched)
+            return
+        with self.states.lock(repo.root):
+            self._save(repo, touched)
+
+    def _save(self, repo: _Repo, touched: Touched) -> None:
         rel = Path(touched.path).relative_to(repo.root).as_posix()
         if not self.ctx.capturing():
             self._forget_version((repo.root, rel))
@@ -455,20 +491,51 @@ class FilesSource:
         data: dict[str, Any] = {"repo": str(repo.root), "path": rel, "op": op, "size": st.st_size}
         if src is not None:
             data["from"] = src
-        new_text = self._content(touched.path, rel, st)
+        new = self._read_content(touched.path, rel, st)
         base_rel = src if src is not None else rel
-        if new_text is None:
+        state = self.states.current(repo.root) if self.states is not None else None
+        chain_break = new.reason
+        if new.text is None:
             self.cache.pop((repo.root, rel))
         else:
-            base, base_text = self._base(repo, base_rel)
-            data["diff"] = unified_diff(base_text, new_text, rel)
-            data["base"] = base
-            self.cache.put((repo.root, rel), new_text)
+            base = self._base(repo, base_rel, state)
+            diff = unified_diff(base.text, new.text, rel)
+            data["diff"] = diff
+            data["base"] = base.kind
+            chain_break = base.chain_break or (
+                "redacted" if redaction_breaks(diff, base.redacted, new.redacted) else None)
+            self.cache.put((repo.root, rel), new.text,
+                           _Version(state.epoch if state is not None else 0, new.redacted))
+        if touched.path in self._rescanned:
+            self._rescanned.discard(touched.path)
+            chain_break = chain_break or "overflow_rescan"
+        self._note_saved((repo.root, rel), state)
+        if chain_break is not None:
+            data["chain_break"] = chain_break
         if src is not None:
             self._forget_version((repo.root, src))
         self._stamp((repo.root, rel), st)
         self.emitted += 1
-        self.ctx.emit("file.save", data, ts=st.st_mtime_ns)
+        # A rename keeps the file's mtime, which may predate capture (and be dropped as having
+        # happened while capture was off); its ctime is when it moved.
+        ts = max(st.st_mtime_ns, st.st_ctime_ns) if src is not None else st.st_mtime_ns
+        if self.states is not None:
+            # A file written before the last repo.state but saved after it (the debounce window)
+            # still sorts after the state, which its diff chains from; an mtime in the future
+            # (`touch -d`, an unpacked archive) must not sort a save after a later state.
+            ts = self.states.stamp_after(repo.root, min(ts, time.time_ns()))
+        self.ctx.emit("file.save", data, ts=ts)
+
+    def _note_saved(self, key: tuple[Path, str], state: RepoState | None) -> None:
+        self._saved_in.pop(key, None)
+        self._saved_in[key] = state.epoch if state is not None else 0
+        if len(self._saved_in) > _MAX_STAMPS:
+            oldest = next(iter(self._saved_in))
+            self._saved_floor = max(self._saved_floor, self._saved_in.pop(oldest))
+
+    def _saved_since(self, key: tuple[Path, str], state: RepoState) -> bool:
+        epoch = self._saved_in.get(key)
+        return epoch >= state.epoch if epoch is not None else self._saved_floor >= state.epoch
 
     def _stamp(self, key: tuple[Path, str], st: os.stat_result) -> None:
         """Remember size and mtime as captured, so a rescan can skip the file cheaply; the
@@ -505,40 +572,127 @@ class FilesSource:
         self._forget_version((repo.root, rel))
         if not known:
             return  # made and removed within the window: a scratch file, not a save
+        if self.states is not None:
+            self._note_saved((repo.root, rel), self.states.current(repo.root))
         self.emitted += 1
         self.ctx.emit("file.save", {"repo": str(repo.root), "path": rel, "op": "delete", "size": 0})
 
     def _content(self, path: str, rel: str, st: os.stat_result) -> str | None:
         """The redacted text of the file, or None when only metadata may be captured."""
+        return self._read_content(path, rel, st).text
+
+    def _read_content(self, path: str, rel: str, st: os.stat_result) -> _Content:
+        """The redacted text of the file and which lines redaction changed; or, when only
+        metadata may be captured, why (the save's `chain_break`)."""
         redactor = self.ctx.redactor
-        if redactor is None or not stat.S_ISREG(st.st_mode) or \
-                st.st_size > self.settings.max_file_bytes or is_editor_junk(path):
-            return None
-        if not redactor.content_allowed(path):
-            return None
+        if redactor is None or getattr(redactor, "content", "full") == "metadata":
+            return _Content(None, CLEAN, "metadata")
+        if not stat.S_ISREG(st.st_mode) or is_editor_junk(path):
+            return _Content(None, CLEAN, "binary")  # a symlink or special file: no text to diff
+        if st.st_size > self.settings.max_file_bytes:
+            return _Content(None, CLEAN, "too_large")
+        # The same two checks emit makes before it keeps a save's diff.
+        if not (redactor.content_allowed(path) and redactor.content_allowed(rel)):
+            return _Content(None, CLEAN, "never_capture")
         try:
             with open(path, "rb") as f:
                 raw = f.read(self.settings.max_file_bytes + 1)
         except OSError:
-            return None
+            return _Content(None, CLEAN, "unknown_base")
         if len(raw) > self.settings.max_file_bytes:
-            return None
+            return _Content(None, CLEAN, "too_large")
         text = decode_text(raw)
+        if text is None:
+            return _Content(None, CLEAN, "binary")
         # by identity (a hard link to a never-capture file) and content (mostly KEY=value secrets)
-        if text is None or not redactor.file_allowed(path, st, text):
-            return None
-        return redactor.redact_text(text).text
+        if not redactor.file_allowed(path, st, text):
+            return _Content(None, CLEAN, "never_capture")
+        return self._redact(text)
 
-    def _base(self, repo: _Repo, rel: str) -> tuple[str, str]:
-        cached = self.cache.get((repo.root, rel))
-        if cached is not None:
-            return "previous", cached
-        blob = repo.catfile.head_blob(rel)
-        if blob is not None:
-            text = decode_text(blob)
-            if text is not None:
-                return "head", self.ctx.redactor.redact_text(text).text
-        return "empty", ""
+    def _redact(self, text: str) -> _Content:
+        result = self.ctx.redactor.redact_text(text)
+        findings = getattr(result, "findings", None)
+        if findings is None:  # a redactor that does not say where: any line may have changed
+            return _Content(result.text, CLEAN if result.text == text else Redacted(None, b""), None)
+        return _Content(result.text, redacted_lines(text, findings, self._line_key), None)
+
+    def _base(self, repo: _Repo, rel: str, state: RepoState | None) -> _Base:
+        """What the save of `rel` diffs against. Within a state's chain: the version captured
+        since the state, else what the state implies (HEAD's blob at the state's head, with the
+        state's diff of that file applied). With no state: the cached version, else HEAD now."""
+        key = (repo.root, rel)
+        cached = self.cache.get(key)
+        meta = self.cache.meta(key)
+        if cached is not None and (state is None or (isinstance(meta, _Version)
+                                                     and meta.epoch == state.epoch)):
+            return _Base("previous", cached, meta.redacted if isinstance(meta, _Version) else CLEAN)
+        if state is None:
+            return self._text_base("head", repo.catfile.head_blob(rel), None)
+        if state.omitted is not None and rel in state.changed:
+            # The state does not say what this file held: diff against the best guess, and say so.
+            if cached is not None:
+                return _Base("previous", cached, CLEAN, "unknown_base")
+            return dataclasses.replace(self._text_base("head", repo.catfile.head_blob(rel), None),
+                                       chain_break="unknown_base")
+        blob = self._blob_at(repo, state.head, rel)
+        if self._saved_since(key, state):
+            # Saved since the state, and that version is gone (evicted, or not text): HEAD's blob
+            # is a base a replay can find whatever its tree holds.
+            return self._text_base("head", blob, "unknown_base")
+        section = state.sections.get(rel)
+        if section is None:
+            return self._text_base("head", blob, "unknown_base")
+        if section_deletes(section):
+            return _Base("empty", "", CLEAN)
+        old = "" if blob is None else decode_text(blob)
+        try:
+            if old is None:
+                raise PatchError("HEAD's version is binary")
+            implied = apply_unified_diff(old, section)
+        except PatchError:
+            return _Base("empty", "", CLEAN, "unknown_base")
+        content = self._redact(implied)
+        return _Base("previous", content.text or "", content.redacted)
+
+    def _text_base(self, kind: str, blob: bytes | None, binary_break: str | None) -> _Base:
+        """HEAD's blob as a base ("empty" when there is none)."""
+        if blob is None:
+            return _Base("empty", "", CLEAN)
+        text = decode_text(blob)
+        if text is None:
+            return _Base("empty", "", CLEAN, binary_break)
+        content = self._redact(text)
+        return _Base(kind, content.text or "", content.redacted)
+
+    @staticmethod
+    def _blob_at(repo: _Repo, head: str | None, rel: str) -> bytes | None:
+        if head is None:
+            return None
+        found = repo.catfile.object(f"{head}:{rel}")
+        return found[1] if found is not None and found[0] == "blob" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Content:
+    text: str | None  # redacted; None: metadata only
+    redacted: Redacted
+    reason: str | None  # why there is no text (a chain_break reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Base:
+    kind: str  # "previous" | "head" | "empty"
+    text: str  # redacted
+    redacted: Redacted
+    chain_break: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Version:
+    """What the cache notes beside a captured version: the state it chains from, and which of
+    its lines redaction changed."""
+    epoch: int
+    redacted: Redacted
 
 
 def _files_in(d: Path) -> list[Path]:

@@ -103,12 +103,13 @@ def decode_text(raw: bytes) -> str | None:
 
 
 class VersionCache:
-    """Last captured (redacted) text per key, LRU, bounded by `max_bytes` of UTF-8."""
+    """Last captured (redacted) text per key, with an optional small note about it (`meta`), LRU,
+    bounded by `max_bytes` of UTF-8 text."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: collections.OrderedDict[object, tuple[str, int]] = collections.OrderedDict()
+        self._items: collections.OrderedDict[object, tuple[str, int, object]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -126,15 +127,19 @@ class VersionCache:
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: object, text: str) -> None:
+    def meta(self, key: object) -> object:
+        item = self._items.get(key)
+        return None if item is None else item[2]
+
+    def put(self, key: object, text: str, meta: object = None) -> None:
         self.pop(key)
         size = len(text.encode("utf-8"))
         if size > self.max_bytes:
             return
-        self._items[key] = (text, size)
+        self._items[key] = (text, size, meta)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
+            _, (_, evicted, _) = self._items.popitem(last=False)
             self.bytes -= evicted
 
     def pop(self, key: object) -> str | None:

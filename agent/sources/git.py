@@ -3,7 +3,9 @@
 Takes the policy's `[capture]` roots, repo_depth and exclude; gives `git.commit` (repo, sha, branch,
 message: the commit's full message, redacted by emit; parent, action), `git.checkout` (repo, from,
 to, old, new) and `git.ref` (repo, ref, old, new, action: merge, rebase, reset, pull, branch,
-rename, fetch, push, stash, ...). `repo` is the work tree's absolute root.
+rename, fetch, push, stash, ...) and `repo.state` (see git_state) when a repository is first
+seen and after the events of each batch of HEAD reflog entries, computed on a thread of its own
+(`StateAnnouncer`). `repo` is the work tree's absolute root.
 
 Promises:
 - Read from the reflogs (`logs/HEAD` of each work tree, `logs/refs/...` of each repository),
@@ -20,11 +22,13 @@ Promises:
 """
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from agent.repos import (CaptureSettings, GitDirs, RepoIgnore, discover_repos, git_dirs,
                          is_always_ignored_dir, iter_all_repos, walk_repo)
@@ -32,6 +36,10 @@ from agent.sources.base import SourceContext
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
 from agent.sources.git_reflog import branch_after, classify, commit_message, parse_reflog
+from agent.sources.git_state import RepoStates
+
+
+HEAD_SETTLE_S = 2.0  # how long a state waits for HEAD to reach the reflog's last entry
 
 
 class _Log:
@@ -67,9 +75,13 @@ class GitSource:
         self.logs: dict[str, _Log] = {}
         self.roles: dict[str, object] = {}  # watched dir -> ("discovery", level) | ("git", _Repo)
         self._watcher: InotifyWatcher | None = None
+        self.states: RepoStates = ctx.repo_states if ctx.repo_states is not None else RepoStates()
+        self._moved: dict[Path, str] = {}  # repo root -> where HEAD's entries read moved it, unannounced
+        self.announcer = StateAnnouncer(self._announce, ctx.log)
 
     def run(self, stop: threading.Event) -> None:
         self._watcher = InotifyWatcher()
+        self.announcer.start()
         try:
             with stop_pipe(stop, "git-waker") as wake_r:
                 self._scan_roots(initial=True)
@@ -84,6 +96,7 @@ class GitSource:
                     if any(fd == self._watcher.fileno() for fd, _ in ready):
                         self.ingest(self._watcher.read())
         finally:
+            self.announcer.stop()
             for repo in self.repos.values():
                 repo.catfile.close()
             self._watcher.close()
@@ -121,6 +134,7 @@ class GitSource:
         if dirs.common_dir != dirs.git_dir:
             self._watch(dirs.common_dir, ("git", repo))
             self._follow_tree(dirs.common_dir / "logs", since, at_end=initial)
+        self.announcer.request(repo, self._moved.pop(root, None))
 
     def _follow_tree(self, d: Path, since: float, at_end: bool) -> None:
         """Watch a logs directory and everything below it; follow each log in it. Logs found
@@ -209,6 +223,10 @@ class GitSource:
             if str(log.path) not in seen:
                 seen.add(str(log.path))
                 self._read(log)
+        moved, self._moved = self._moved, {}
+        for root, sha in moved.items():
+            if root in self.repos:
+                self.announcer.request(self.repos[root], sha)
 
     def _refresh(self, repo: _Repo) -> None:
         dirs = git_dirs(repo.root)
@@ -260,10 +278,41 @@ class GitSource:
             return
         if any(part.startswith(".") or part.endswith(".lock") for part in log.name.split("/")):
             return  # git's scratch names (refs/.tmp-renamed-log): followed for the offset only
+        moved_to = None
         for entry in entries:
             if entry.ts < int(log.since):
                 continue
             self._entry(repo, log.name, entry)
+            if log.name == "HEAD":
+                moved_to = entry.new
+        if moved_to is not None:
+            # One state after the entries read together: a rebase's steps make one, not one each.
+            self._moved[repo.root] = moved_to
+
+    def _announce(self, repo: _Repo, expect: str | None = None) -> None:
+        """Emit the repo's `repo.state` (after the git events that moved HEAD, if any). git
+        writes a reflog entry before it moves the ref the entry is about: wait (briefly) until
+        HEAD is where the entry says, so the state is not of the moment before."""
+        deadline = time.monotonic() + HEAD_SETTLE_S
+        while time.monotonic() < deadline:
+            # A repo seen the moment `git init` made its .git is not one to git until HEAD,
+            # objects and refs exist.
+            common = repo.dirs.common_dir
+            ready = (repo.dirs.git_dir / "HEAD").exists() and (common / "objects").is_dir() \
+                and (common / "refs").is_dir()
+            if ready and (expect is None or (not (repo.dirs.git_dir / "HEAD.lock").exists()
+                                             and head_sha(repo.dirs) == expect)):
+                break
+            time.sleep(0.01)
+
+        def emit(data: dict, ts: int) -> bool:
+            if not self.ctx.capturing():
+                return False
+            self.ctx.emit("repo.state", data, ts=ts)
+            return True
+
+        self.states.announce(repo.root, read_head_branch(repo.dirs.git_dir), self.ctx.redactor,
+                             self.settings.max_file_bytes, emit)
 
     def _entry(self, repo: _Repo, log_name: str, entry) -> None:
         if not repo.branch_known:
@@ -284,6 +333,76 @@ class GitSource:
         # Reflog times have one-second precision; read promptly, now is the better clock.
         ts = now if abs(now - entry.ts * 10**9) < 5 * 10**9 else entry.ts * 10**9
         self.ctx.emit(kind, data, ts=ts)
+
+
+class StateAnnouncer:
+    """Computes and emits `repo.state`s on a thread of its own, so that the reader keeps reading
+    the reflogs promptly while git runs: entries that pile up are read log by log, not in the
+    order they were written. Requests for a repo not yet served are merged (the last one wins)."""
+
+    def __init__(self, announce: Callable[[Any, str | None], None], log: logging.Logger) -> None:
+        self._announce = announce
+        self._log = log
+        self._cond = threading.Condition()
+        self._pending: dict[Path, tuple[Any, str | None]] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="git-states", daemon=True)
+        self._thread.start()
+
+    def request(self, repo: Any, expect: str | None) -> None:
+        with self._cond:
+            self._pending.pop(repo.root, None)
+            self._pending[repo.root] = (repo, expect)
+            self._cond.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._pending.clear()
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stopping)
+                if self._stopping:
+                    return
+                root = next(iter(self._pending))
+                repo, expect = self._pending.pop(root)
+            try:
+                self._announce(repo, expect)
+            except Exception:  # one repo's failure must not end the states of the others
+                self._log.exception("git: the state of %s could not be taken", root)
+
+
+def head_sha(dirs: GitDirs) -> str | None:
+    """The commit HEAD names, read from the files (HEAD, the branch's ref file, packed-refs)."""
+    try:
+        head = (dirs.git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head
+    ref = head[len("ref: "):]
+    try:
+        return (dirs.common_dir / ref).read_text(encoding="utf-8").strip()
+    except OSError:
+        pass
+    try:
+        packed = (dirs.common_dir / "packed-refs").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in packed.splitlines():
+        sha, _, name = line.partition(" ")
+        if name == ref:
+            return sha
+    return None
 
 
 def read_head_branch(git_dir: Path) -> str | None:

@@ -74,7 +74,7 @@ import time
 import urllib.parse
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from agent import testruns
 from agent.sources import files_inotify
@@ -390,11 +390,30 @@ def find_reports(cwd: str, since_ns: int, until_ns: int, *, limit: int = 500) ->
     return found
 
 
-def read_reports(paths: Iterable[Path]) -> testruns.TestReport | None:
+def pytest_files(cwd: str, levels: int = 8) -> Callable[[str], bool]:
+    """Whether a '/'-separated path names a file under `cwd` or one of the `levels` directories
+    above it (pytest's rootdir, which its node ids are relative to, may be an ancestor holding
+    its configuration). Asked while the report is read, just after the run; answers cached."""
+    bases = [Path(cwd), *list(Path(cwd).parents)[:levels]]
+    known: dict[str, bool] = {}
+
+    def is_file(rel: str) -> bool:
+        if rel not in known:
+            known[rel] = any((b / rel).is_file() for b in bases)
+        return known[rel]
+
+    return is_file
+
+
+def read_reports(paths: Iterable[Path], cwd: str | None = None, *,
+                 pytest: bool | None = None) -> testruns.TestReport | None:
+    """The reports merged; `cwd` (where the command ran) resolves pytest node ids, `pytest`
+    True says the reports are pytest's (see testruns.parse_junit)."""
+    is_file = pytest_files(cwd) if cwd else None
     reports = []
     for path in paths:
         try:
-            reports.append(testruns.parse_junit(path.read_bytes()))
+            reports.append(testruns.parse_junit(path.read_bytes(), pytest=pytest, is_file=is_file))
         except (OSError, testruns.ReportError):
             continue
     return testruns.merge_reports(reports)
@@ -679,10 +698,10 @@ class ShellSource:
         data: dict[str, Any] = {"runner": runner, "cmd": fin.start.cmd, "exit": fin.end.exit,
                                 "duration_ms": fin.duration_ms}
         if own.exists():
-            report = read_reports([own])
+            report = read_reports([own], fin.start.cwd, pytest=True)
         else:
             since = fin.start.t_ns or (fin.end_ns - fin.duration_ms * 1_000_000)
-            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()))
+            report = read_reports(find_reports(fin.start.cwd, since, time.time_ns()), fin.start.cwd)
         self._remove(own)
         if report is not None:
             data.update(report.as_data())
