@@ -238,10 +238,11 @@ class Daemon:
 
     def _build_redactor(self) -> None:
         from redaction import Redactor
+        from redaction.identity import own_names
 
         self.redactor = Redactor.from_policy(
             self.policy.data["redaction"], hmac_key=load_hmac_key(self.policy, self.paths),
-            home=str(Path.home()), username=_username())
+            home=str(Path.home()), username=_username(), full_names=own_names(_username()))
 
     def _journal(self, kind: str, data: dict[str, Any], *, source: str = "agent",
                  session: str | None = None, ts: int | None = None, durable: bool = False,

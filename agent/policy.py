@@ -28,13 +28,11 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.paths import StatePaths
+from redaction import paths as _redaction_paths
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "policy.schema.json"
 
-DEFAULT_NEVER_CAPTURE = [
-    "**/.env*", "**/*.pem", "**/*.key", "**/id_rsa*", "**/id_ed25519*", "**/secrets/**",
-    "**/.aws/**", "**/.ssh/**", "**/*.kdbx", "**/.netrc", "**/.pgpass",
-]
+DEFAULT_NEVER_CAPTURE = list(_redaction_paths.DEFAULT_NEVER_CAPTURE)
 
 DEFAULTS: dict[str, Any] = {
     "consent": {"mode": "opt-in"},

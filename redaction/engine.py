@@ -1,6 +1,6 @@
 """The redaction engine: text in, redacted text and findings out.
 
-Takes compiled rules (built-in, admin, and the user's home directory and name) and an HMAC key;
+Takes compiled rules (built-in, admin, and the user's home directory, account and full names) and an HMAC key;
 gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - Linear time: every pattern is RE2. One RE2 set pass over the text finds which rules can apply
   (their keywords, or the whole pattern for rules without keywords); only those rules then run.
@@ -9,6 +9,12 @@ gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
 - Text longer than `max_scan_bytes` is scanned in windows that overlap by `OVERLAP` characters,
   so a secret on a window boundary is still found.
 - `hash` gives `[rule:hmac8]`, HMAC-SHA256 keyed by the caller's key: stable per key, never unkeyed.
+- A rule with a `repeat` pattern (a command's secret flags) keeps matching it right after each of
+  its matches, so every secret flag of one command is found, not only the first.
+- Every finding says why (`Finding.reason`): the format, the context key, or what decoding showed.
+- Decode before judging: a text (up to one scan window long) holding percent-escaped syntax (`%3D`,
+  `%22`, `%3A`, ...) is also scanned percent-decoded, and what is found there is redacted at its
+  place in the original.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from collections import Counter
 import re2
 
 from redaction.rules import BUILTIN_RULES, Rule, RuleError, compile_admin_rules, compile_rule, quiet_options
-from redaction.validators import VALIDATORS, shannon_entropy
+from redaction.validators import KEYED_VALIDATORS, VALIDATORS, github_checksum_ok, shannon_entropy
 
 OVERLAP = 16384  # characters shared by neighbouring scan windows; longer than any PEM key block
 MIN_WINDOW = 4 * OVERLAP
@@ -35,6 +41,7 @@ class Finding:
     start: int
     end: int
     action: str
+    reason: str = dataclasses.field(default="", compare=False)  # why: format, context key, decoded
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,10 +88,22 @@ class _Compiled:
     rule: Rule
     regex: object
     check: object  # validator function or None
+    keyed: bool  # the check is given the key (group `key_group`) instead of the whole match
+    again: object  # the rule's `repeat` pattern compiled, or None
 
 
-def _user_rules(home: str | None, username: str | None) -> list[Rule]:
+def _user_rules(home: str | None, username: str | None, full_names: list[str] | tuple[str, ...] = ()) -> list[Rule]:
     rules = []
+    for i, name in enumerate(full_names):
+        words = name.split()
+        if len(words) < 2:
+            continue
+        # "Ada Lovelace" and "Lovelace, Ada", any case and spacing
+        forward = r"\s+".join(re2.escape(w) for w in words)
+        backward = re2.escape(words[-1]) + r",\s*" + r"\s+".join(re2.escape(w) for w in words[:-1])
+        rules.append(Rule("own-name", r"(?i)\b(?:" + forward + "|" + backward + r")\b",
+                          keywords=(words[-1].lower(),), replacement="[user]", category="pii",
+                          reason="personal data: the user's own name"))
     home = (home or "").rstrip("/\\")
     if len(home) > 1:
         rules.append(Rule("home-path", "(" + re2.escape(home) + r")(?:[/\\]|\z|[^A-Za-z0-9._-])", group=1,
@@ -99,12 +118,14 @@ def _user_rules(home: str | None, username: str | None) -> list[Rule]:
 
 
 CLEAN_MEMO_ITEMS = 4096  # short texts last found clean, skipped on sight (cwd, shell names, ids)
+USER_RULES = frozenset(("home-path", "user-name", "own-name"))  # findings that are never secrets
 CLEAN_MEMO_CHARS = 512
 
 
 class Redactor:
     """Applies a fixed rule set; safe to share between threads (no mutable state but `stats` and
-    a memo of short texts found clean, which only ever holds texts that no rule matched)."""
+    two memos of short texts: those no rule matched, and those where only the user's own home
+    directory or name was found, such as a working directory; neither ever holds a secret)."""
 
     def __init__(self, rules: list[Rule], *, hmac_key: bytes, max_scan_bytes: int = DEFAULT_MAX_SCAN_BYTES,
                  content: str = "full", never_capture: list[str] | None = None) -> None:
@@ -112,10 +133,13 @@ class Redactor:
             raise ValueError("Redactor needs a non-empty HMAC key for the hash action")
         self._key = bytes(hmac_key)
         self._clean: set[str] = set()
+        self._own: dict[str, RedactionResult] = {}
         self._window = max(int(max_scan_bytes), MIN_WINDOW)
         self.content = content
         self.stats = RedactionStats()
-        self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None)
+        self._rules = [_Compiled(r, compile_rule(r), VALIDATORS.get(r.validator) if r.validator else None,
+                                 bool(r.key_group) and r.validator in KEYED_VALIDATORS,
+                                 compile_rule(r, r.repeat) if r.repeat else None)
                        for r in rules]
         self._set, self._set_owner, self._always = self._build_prefilter()
         from redaction.events import redact_event_data  # local: events imports this module
@@ -127,7 +151,7 @@ class Redactor:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_policy(cls, redaction: dict, *, hmac_key: bytes, home: str | None = None,
-                    username: str | None = None) -> "Redactor":
+                    username: str | None = None, full_names: list[str] | tuple[str, ...] = ()) -> "Redactor":
         """From the policy's [redaction] table (defaults filled in); raises RuleError on bad rules."""
         from redaction.paths import DEFAULT_NEVER_CAPTURE
 
@@ -141,7 +165,7 @@ class Redactor:
             if r.policy_flag and not redaction.get(r.policy_flag, True):
                 continue
             rules.append(r)
-        rules.extend(_user_rules(home, username))
+        rules.extend(_user_rules(home, username, full_names))
         never = redaction.get("never_capture")
         return cls(rules, hmac_key=hmac_key,
                    max_scan_bytes=_size(redaction.get("max_scan_bytes", DEFAULT_MAX_SCAN_BYTES)),
@@ -176,6 +200,10 @@ class Redactor:
         """Redacted text and findings (spans of `text`). Raises only on internal errors."""
         if text in self._clean:
             return RedactionResult(text, [])
+        known = self._own.get(text)
+        if known is not None:
+            self.stats.add_findings(known.findings)
+            return known
         spans = self._scan(text)
         if not spans:
             if len(text) <= CLEAN_MEMO_CHARS:
@@ -186,19 +214,28 @@ class Redactor:
         out = []
         findings = []
         pos = 0
-        for start, end, idx in spans:
+        for start, end, idx, detail in spans:
             rule = self._rules[idx].rule
             out.append(text[pos:start])
             out.append(self._replacement(rule, text[start:end]))
-            findings.append(Finding(rule.name, start, end, rule.action))
+            findings.append(Finding(rule.name, start, end, rule.action, _reason(rule, detail)))
             pos = end
         out.append(text[pos:])
         self.stats.add_findings(findings)
-        return RedactionResult("".join(out), findings)
+        result = RedactionResult("".join(out), findings)
+        if len(text) <= CLEAN_MEMO_CHARS and all(f.rule in USER_RULES for f in findings):
+            # A working directory under home: only the user's own path or name, no secret, in it.
+            if len(self._own) >= CLEAN_MEMO_ITEMS:
+                self._own = {}
+            self._own[text] = result
+        return result
 
-    def _scan(self, text: str) -> list[tuple[int, int, int]]:
+    def _scan(self, text: str) -> list[tuple[int, int, int, str]]:
         if len(text) <= self._window:
-            return _merge(self._scan_window(text, 0))
+            found = self._scan_window(text, 0)
+            if "%" in text and _PERCENT_SYNTAX.search(text):
+                found += self._scan_percent_decoded(text)
+            return _merge(found)
         raw = []
         step = self._window - OVERLAP
         start = 0
@@ -209,7 +246,7 @@ class Redactor:
             start += step
         return _merge(raw)
 
-    def _scan_window(self, text: str, base: int) -> list[tuple[int, int, int]]:
+    def _scan_window(self, text: str, base: int) -> list[tuple[int, int, int, str]]:
         ascii_text = text.isascii()
         data = text.encode("ascii" if ascii_text else "utf-8", "surrogatepass")
         hits = self._set.Match(data)
@@ -221,28 +258,64 @@ class Redactor:
         found = []
         for idx in sorted(todo):
             c = self._rules[idx]
-            group = c.rule.group
             for m in c.regex.finditer(data):
-                s, e = m.span(group)
-                if s < 0 or e <= s:
-                    continue
-                if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
-                    s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
-                if c.check is not None or c.rule.entropy is not None:
-                    secret = data[s:e].decode("utf-8", "replace")
-                    if c.rule.entropy is not None and shannon_entropy(secret) < c.rule.entropy:
-                        continue
-                    if c.check is not None:
-                        ms = m.span()[0]
-                        before = data[max(0, ms - 64):ms].decode("utf-8", "replace")
-                        if not c.check(secret, m.group(0).decode("utf-8", "replace"), before):
-                            continue
-                found.append((s, e, idx))
+                hit = self._judge(c, m, c.rule.group, data)
+                if hit is not None:
+                    found.append((hit[0], hit[1], idx, hit[2]))
+                if c.again is not None:  # the same command's further secret flags
+                    pos = m.end()
+                    while (m2 := c.again.match(data, pos)) is not None and m2.end() > pos:
+                        hit = self._judge(c, m2, 1, data)
+                        if hit is not None:
+                            found.append((hit[0], hit[1], idx, hit[2]))
+                        pos = m2.end()
         if found and not ascii_text:
             found = _bytes_to_chars(data, found)
         if base:
-            found = [(s + base, e + base, i) for s, e, i in found]
+            found = [(s + base, e + base, i, d) for s, e, i, d in found]
         return found
+
+    def _scan_percent_decoded(self, text: str) -> list[tuple[int, int, int, str]]:
+        """Findings in the percent-decoded text (`password%3DS3cr3t`, `%7B%22token%22%3A...`),
+        as spans of `text`: a secret is judged once its syntax can be read."""
+        view, starts = percent_decoded(text)
+        out = []
+        for s, e, i, d in self._scan_window(view, 0):
+            out.append((starts[s], starts[e], i, d + _PCT if d else _PCT))
+        return out
+
+    def _judge(self, c: _Compiled, m, group: int, data: bytes) -> tuple[int, int, str] | None:
+        """The span to redact for match `m` (quotes trimmed) and the detail for `--explain`, or
+        None when the rule's entropy floor or check rejects it."""
+        rule = c.rule
+        s, e = m.span(group)
+        if s < 0 or e <= s:
+            return None
+        if data[s:s + 1] in b"bBrRuU" and e - s >= 4 and data[s + 1:s + 2] in (b'"', b"'") \
+                and data[e - 1:e] == data[s + 1:s + 2]:
+            s += 1  # a bytes or raw literal (`b"..."`): the quotes inside are trimmed next
+        if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
+            s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
+        elif data[s:s + 2] == b'\\"' and e - s >= 5 and data[e - 2:e] == b'\\"':
+            s, e = s + 2, e - 2  # the same inside an escaped string (JSON in JSON, diffs)
+        if c.check is not None or rule.entropy is not None:
+            secret = data[s:e].decode("utf-8", "replace")
+            if rule.entropy is not None and shannon_entropy(secret) < rule.entropy:
+                return None
+            if c.check is not None:
+                ms, me = m.span()
+                before = data[max(0, ms - 64):ms].decode("utf-8", "replace")
+                after = data[me:me + 16].decode("utf-8", "replace")
+                keyed = c.keyed and group == rule.group
+                told = m.group(rule.key_group if keyed else 0).decode("utf-8", "replace")
+                if not c.check(secret, told, before, after):
+                    return None
+        detail = ""
+        if rule.validator == "known-token" and github_checksum_ok(data[s:e].decode("ascii", "replace")):
+            detail = "checksum verified"
+        if rule.key_group and group == rule.group:
+            detail = m.group(rule.key_group).decode("utf-8", "replace").strip("\"'<>: ")
+        return s, e, detail
 
     def _replacement_for(self, rule_name: str, secret: str) -> str:
         """The replacement the named rule gives `secret` (argv pieces use this)."""
@@ -271,25 +344,66 @@ class Redactor:
         """False when `path` matches a never-capture glob: its content must not be captured."""
         return self._paths.content_allowed(path)
 
+    def file_allowed(self, path: str, st=None, text: str | None = None) -> bool:
+        """False when the file is a never-capture file by name, by identity (a hard link to one;
+        `st` is its stat) or by content (`text`: mostly `KEY=value` secrets)."""
+        return self._paths.file_allowed(path, st, text)
 
-def _merge(found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+
+_PCT = "\x00%"  # marks a detail found in the percent-decoded text
+_PERCENT_SYNTAX = re2.compile(r"%(?:3[DdAa]|22|27|26|2[Cc]|7[BbDd])")  # = : " ' & , { }
+_PERCENT_ESCAPE = re2.compile(r"%[0-7][0-9A-Fa-f]")
+
+
+def percent_decoded(text: str) -> tuple[str, list[int]]:
+    """`text` with ASCII percent-escapes decoded, and for each character of the result the offset in
+    `text` where it starts (one more entry: `len(text)`), so spans map back."""
+    out: list[str] = []
+    starts: list[int] = []
+    pos = 0
+    for m in _PERCENT_ESCAPE.finditer(text):
+        s, e = m.span()
+        out.append(text[pos:s])
+        starts.extend(range(pos, s))
+        out.append(chr(int(text[s + 1:e], 16)))
+        starts.append(s)
+        pos = e
+    out.append(text[pos:])
+    starts.extend(range(pos, len(text)))
+    starts.append(len(text))
+    return "".join(out), starts
+
+
+def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     """Sorted, non-overlapping spans; overlapping spans merge into their union, attributed to the
     rule of highest priority (lowest index) among them."""
     if not found:
         return []
     found.sort(key=lambda f: (f[0], -f[1], f[2]))
     merged = [list(found[0])]
-    for s, e, i in found[1:]:
+    for s, e, i, d in found[1:]:
         last = merged[-1]
         if s < last[1]:
             last[1] = max(last[1], e)
-            last[2] = min(last[2], i)
+            if i < last[2]:
+                last[2], last[3] = i, d
         else:
-            merged.append([s, e, i])
+            merged.append([s, e, i, d])
     return [tuple(m) for m in merged]
 
 
-def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _reason(rule: Rule, detail: str) -> str:
+    """One phrase for `--explain`: why this rule redacted this span."""
+    if detail.endswith(_PCT):
+        return _reason(rule, detail[:-len(_PCT)]) + ", after percent-decoding"
+    if rule.key_group and detail:
+        return f"context: key {detail!r}" + (f" ({rule.reason})" if rule.reason else "")
+    reason = rule.reason or {"known": f"format: {rule.name}", "context": "context", "pii": "personal data",
+                             "admin": "admin rule"}.get(rule.category, rule.category)
+    return f"{reason} ({detail})" if detail else reason
+
+
+def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:
     cache: dict[int, int] = {}
 
     def conv(off: int) -> int:
@@ -297,7 +411,7 @@ def _bytes_to_chars(data: bytes, found: list[tuple[int, int, int]]) -> list[tupl
             cache[off] = len(data[:off].decode("utf-8", "surrogatepass"))
         return cache[off]
 
-    return [(conv(s), conv(e), i) for s, e, i in found]
+    return [(conv(s), conv(e), i, d) for s, e, i, d in found]
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3, "TB": 1000 ** 4,

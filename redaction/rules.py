@@ -7,7 +7,12 @@ test suite runs; every keyword of a row is a literal the pattern cannot match wi
 only runs a rule when one of its keywords occurs, case-insensitively). `compile_admin_rules` raises
 `RuleError`, one sentence naming the rule and the reason, for anything RE2 or the schema rejects.
 
-Adding a detector is one `Rule(...)` row below plus its examples.
+Adding a detector is one `Rule(...)` row plus its examples: here (the core formats, context
+detectors and personal data), in `redaction.catalogue` (more token formats, base64 decoders, the
+shortened-token rule) or in `redaction.cli_secrets` (command-line tools and their secret flags).
+Context rules name the group holding their key (`key_group`) and say what they recognise
+(`reason`), which `tracecap redact --explain` prints; format rows without a check of their own are
+judged by `known-token` (placeholder tokens stay).
 """
 from __future__ import annotations
 
@@ -41,23 +46,43 @@ class Rule:
     policy_flag: str | None = None  # the [redaction] boolean that turns this rule on
     examples: tuple[tuple[str, str], ...] = ()  # (text, the secret that must disappear)
     negatives: tuple[str, ...] = ()  # texts this rule must leave alone
+    key_group: int = 0  # context rules: the group holding the key name, for `--explain`
+    reason: str = ""  # `--explain`: what this rule recognises (a format, a tool's flag, ...)
+    repeat: str | None = None  # matched again right after each match (group 1: the value): more flags
 
 
-_Q = "[\"'`]?"  # an optional quote around a key
-# Values: a quoted string (quotes trimmed later) or a run up to whitespace/quote/separator.
-_VALUE = r"(\"[^\"\n]{1,300}\"|'[^'\n]{1,300}'|`[^`\n]{1,300}`|[^\s\"'`,;=<>(){}\[\]][^\s\"'`,;<>]{0,300})"
+_Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
+# Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
+# whitespace/quote/separator.
+_VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
+          r"|[^\s\"'`,;=<>(){}\[\]\\&][^\s\"'`,;<>\\&]*)")
+# Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
+# env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
-    r"secret|pass[_.-]?w(?:or)?d|passphrase|\bpwd|token|api[_.-]?key|apikey|access[_.-]?key|auth[_.-]?key"
-    r"|private[_.-]?key|signing[_.-]?key|encryption[_.-]?key|master[_.-]?key|account[_.-]?key"
-    r"|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|(?-i:[A-Z0-9]_KEY)\b"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
+    r"|account[_.-]?key"
+    r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
+    r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|sig|pepper|hmac)\b)"
+    r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
+                    "_sig", "_pepper", "_hmac", "_nonce", "_pin")
+# Names whose value is a secret when written as an element, attribute pair or code pair.
+_KEY_NAME = (
+    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
+    r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt)[A-Za-z0-9_.:-]*"
+)
+_KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt")
 
 _SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
+_DISCORD = "Qm8kZ2xLp9Rt4Vy7Nc1Df3Gh5Jk7Lm9Pq2Rt4Vz6Nc8Df0Gh2Jk4Lm6Pq8Rt0Vz2Nc4Df6Gh8Jk0_x"
+_DO = "7e3b9a1f04c6d82e5b7a90f13c4d6e8f2a5b7c9d1e3f50a2b4c6d8e0f1a3b5c7"
 _AGE = "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58]
 
-# Table order is priority: when two rules' spans overlap, the merged span is attributed to the
-# rule that comes first (admin rules come before all of these).
-BUILTIN_RULES: tuple[Rule, ...] = (
+_KNOWN_RULES: tuple[Rule, ...] = (
     # ---- cloud ----
     Rule("aws-access-key-id", r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}\b",
          keywords=("akia", "asia", "abia", "acca", "a3t"),
@@ -66,12 +91,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          negatives=("AKIAIOSFODNN7EXAMPL", "asian cuisine", "AKIA_LOWERCASE_thing")),
     Rule("aws-secret-access-key",
          r"(?i)aws.{0,24}?(?:secret|private).{0,24}?[=:]\s*[\"']?([A-Za-z0-9/+]{40})\b",
-         keywords=("aws",), group=1, category="context",
-         examples=(("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+         keywords=("aws",), group=1, category="context", validator="not-reference",
+         examples=(("aws_secret_access_key = q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey",
+                    "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey"),
                    ('"AWS_SECRET_ACCESS_KEY": "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4"',
                     "Zk9pQ2x3Rm1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4")),
-         negatives=("aws_secret_access_key = os.environ['AWS_SECRET_ACCESS_KEY']",)),
+         negatives=("aws_secret_access_key = os.environ['AWS_SECRET_ACCESS_KEY']",
+                    "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")),
     Rule("gcp-api-key", r"\bAIza[0-9A-Za-z_-]{35}", keywords=("aiza",),
          examples=(("curl 'https://maps.googleapis.com/api?key=AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN'",
                     "AIzaSyD3b2Xk9_pQ-7rTzLmN0aBcDeFgHiJkLmN"),),
@@ -86,7 +112,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("google-oauth-token", r"\bya29\.[0-9A-Za-z_-]{30,}", keywords=("ya29.",),
          examples=(("Authorization: OAuth ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd",
                     "ya29.a0AfH6SMBxQ2xLmN9pQrStUvWxYz0123456789abcd"),)),
-    Rule("azure-storage-key", r"(?i)(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,100}={0,2})",
+    Rule("azure-storage-key", r"(?i)(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,}={0,2})",
          keywords=("accountkey", "sharedaccesskey"), group=1,
          examples=(("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey="
                     "q0k9V2h3cGFzc3dvcmRfMTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g0==;"
@@ -96,9 +122,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          examples=(("https://acme.blob.core.windows.net/c/f?sv=2021-08-06&sig=Xy7k2L9mQpR4sT6vW8zA1bC3dE5fG7hJ%2BkL0mN2o%3D",
                     "Xy7k2L9mQpR4sT6vW8zA1bC3dE5fG7hJ%2BkL0mN2o%3D"),)),
     Rule("digitalocean-token", r"\bdo[por]_v1_[a-f0-9]{64}\b", keywords=("dop_v1_", "doo_v1_", "dor_v1_"),
-         examples=(("doctl auth init -t dop_v1_" + "4f" * 32, "dop_v1_" + "4f" * 32),)),
+         examples=(("doctl auth init -t dop_v1_" + _DO, "dop_v1_" + _DO),)),
     # ---- version control ----
-    Rule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b",
+    Rule("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
          keywords=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
          examples=(("git clone https://ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4@github.com/o/r",
                     "ghp_R8tk2Lm9QpX4sV7nB1cZ6wY3aE5dF0gH2jK4"),),
@@ -107,8 +133,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          keywords=("github_pat_",),
          examples=(("GH_TOKEN=github_pat_11ABCDEFG0aBcDeFgHiJkL_" + "mNoPqRsTuVwXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678",
                     "github_pat_11ABCDEFG0aBcDeFgHiJkL_" + "mNoPqRsTuVwXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678"),)),
-    Rule("gitlab-token", r"\b(?:glpat|gldt|glptt|glrt|glft|glsoat)-[0-9A-Za-z_-]{20,}",
-         keywords=("glpat-", "gldt-", "glptt-", "glrt-", "glft-", "glsoat-"),
+    Rule("gitlab-token", r"\b(?:glpat|gldt|glptt|glrt|glft|glsoat|gloas|glcbt|glimt|glagent|glffct)-[0-9A-Za-z_.-]{20,}",
+         keywords=("glpat-", "gldt-", "glptt-", "glrt-", "glft-", "glsoat-", "gloas-", "glcbt-", "glimt-", "glagent-",
+                   "glffct-"),
          examples=(("PRIVATE-TOKEN: glpat-x7Yk2LmN9pQrS4tUvW1z", "glpat-x7Yk2LmN9pQrS4tUvW1z"),)),
     # ---- chat ----
     Rule("slack-token", r"\bxox[abposre]-[0-9A-Za-z-]{10,}|\bxapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{20,}",
@@ -121,30 +148,33 @@ BUILTIN_RULES: tuple[Rule, ...] = (
                     "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX"),)),
     Rule("discord-webhook", r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{40,}",
          keywords=("/api/webhooks/",),
-         examples=(("https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17,
-                    "https://discord.com/api/webhooks/123456789012345678/" + "aB3_" * 17),)),
+         examples=(("https://discord.com/api/webhooks/123456789012345678/" + _DISCORD,
+                    "https://discord.com/api/webhooks/123456789012345678/" + _DISCORD),)),
     Rule("telegram-bot-token", r"\d{8,10}:AA[0-9A-Za-z_-]{33}", keywords=(":aa",),
          examples=(("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0/getMe",
                     "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),)),
     # ---- payments ----
-    Rule("stripe-key", r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{20,247}\b",
-         keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "pk_test_"),
+    # publishable keys (`pk_live_`) are public by design: not redacted
+    Rule("stripe-key", r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{20,}\b",
+         keywords=("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
          examples=(("curl https://api.stripe.com/v1/charges -u sk_live_4eC39HqLyjWDarjtT1zdp7dc:",
                     "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),),
-         negatives=("sk_live_", "stripe_sk_live_setting")),
+         negatives=("sk_live_", "stripe_sk_live_setting", "Stripe('pk_live_51HqLm2Xv9Rt4Yb7Nc1Kd6Wf')")),
     Rule("stripe-webhook-secret", r"\bwhsec_[A-Za-z0-9]{32,}\b", keywords=("whsec_",),
          examples=(("STRIPE_WEBHOOK=whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX", "whsec_1a2B3c4D5e6F7g8H9i0JkLmNoPqRsTuVwX"),)),
     Rule("shopify-token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", keywords=("shpat_", "shpca_", "shppa_", "shpss_"),
-         examples=(("X-Shopify-Access-Token: shpat_" + "0a1b2c3d" * 4, "shpat_" + "0a1b2c3d" * 4),)),
+         examples=(("X-Shopify-Access-Token: shpat_" + _DO[:32], "shpat_" + _DO[:32]),)),
     # ---- package registries ----
     Rule("npm-token", r"\bnpm_[A-Za-z0-9]{36}\b", keywords=("npm_",),
          examples=(("//registry.npmjs.org/:_authToken=npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5",
                     "npm_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5"),),
          negatives=("npm_config_cache=/tmp/npm",)),
-    Rule("npm-auth-token", r"(?im)(?::|^)_auth(?:Token)?\s*=\s*[\"']?([^\s\"'()]{8,})(?:\s|$)", keywords=("_auth",), group=1,
+    Rule("npm-auth-token", r"(?im)(?::|^)_auth(?:Token)?(?:\s*=\s*|\s+)[\"']?([^\s\"'()]{8,})(?:\s|$)", keywords=("_auth",), group=1,
          validator="not-reference", category="context",
-         examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-aaaa-bbbb-cccc-0123456789ab", "7c1e2d3f-aaaa-bbbb-cccc-0123456789ab"),),
-         negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",)),
+         examples=(("//npm.acme.dev/:_authToken=7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c", "7c1e2d3f-94b1-4e8a-b0c5-5f2d81a6e93c"),
+                   ("npm config set //registry.npmjs.org/:_authToken Npm-Cfg-14x", "Npm-Cfg-14x")),
+         negatives=("//registry.npmjs.org/:_authToken=${NPM_TOKEN}",
+                    "npm config set //registry.npmjs.org/:_authToken $NPM_TOKEN")),
     Rule("pypi-token", r"\bpypi-AgE[A-Za-z0-9_-]{50,}", keywords=("pypi-age",),
          examples=(("twine upload -p pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz",
                     "pypi-AgEIcHlwaS5vcmcCJGI0ZDFhOGQ3LTk5YzEtNGM5ZC1iNmY1LTE4MzU5NGU2NmQ5YgACKlsz"),)),
@@ -157,7 +187,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("anthropic-key", r"\bsk-ant-[a-z]{3,8}\d{0,2}-[A-Za-z0-9_-]{32,}", keywords=("sk-ant-",),
          examples=(("ANTHROPIC_API_KEY='sk-ant-api03-" + "Xy9_Kp2-Lm4Qr7St" * 6 + "AA'",
                     "sk-ant-api03-" + "Xy9_Kp2-Lm4Qr7St" * 6 + "AA"),)),
-    Rule("huggingface-token", r"\b(?:hf|api_org)_[A-Za-z]{34}\b", keywords=("hf_", "api_org_"),
+    Rule("huggingface-token", r"\b(?:hf|api_org)_[A-Za-z0-9]{34}\b", keywords=("hf_", "api_org_"),
          examples=(("huggingface-cli login --token hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",
                     "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"),),
          negatives=("from huggingface_hub import hf_hub_download",)),
@@ -165,25 +195,25 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("sendgrid-key", r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", keywords=("sg.",),
          examples=(("SENDGRID=" + _SG, _SG),)),
     Rule("twilio-key", r"\b(?:SK|AC)[0-9a-f]{32}\b",
-         examples=(("twilio api:core:keys:fetch --sid SK0123456789abcdef0123456789abcdef",
-                    "SK0123456789abcdef0123456789abcdef"),),
+         examples=(("twilio api:core:keys:fetch --sid SK7e3b9a1f04c6d82e5b7a90f13c4d6e8f",
+                    "SK7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),),
          negatives=("SKIP0123", "ACCEPTED")),
     Rule("mailgun-key", r"\bkey-[0-9a-z]{32}\b", keywords=("key-",),
          examples=(("curl -s --user 'api:key-3ax6xnjp29jd6fds4gc373sgvjxteol0' https://api.mailgun.net",
                     "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"),)),
     Rule("mailchimp-key", r"\b[0-9a-f]{32}-us\d{1,2}\b", keywords=("-us",),
-         examples=(("MAILCHIMP=0123456789abcdef0123456789abcdef-us21", "0123456789abcdef0123456789abcdef-us21"),)),
+         examples=(("MAILCHIMP=7e3b9a1f04c6d82e5b7a90f13c4d6e8f-us21", "7e3b9a1f04c6d82e5b7a90f13c4d6e8f-us21"),)),
     Rule("datadog-key", r"(?i)(?:datadog|\bdd)[_-]?(?:api|app(?:lication)?)[_-]?key\s*[\"']?\s*[:=]\s*[\"']?([a-f0-9]{32,40})\b",
          keywords=("datadog", "dd_", "dd-"), group=1, category="context",
          examples=(("DD_API_KEY=0123456789abcdef0123456789abcdef docker compose up", "0123456789abcdef0123456789abcdef"),)),
     Rule("databricks-token", r"\bdapi[a-f0-9]{32}(?:-\d)?\b", keywords=("dapi",),
-         examples=(("databricks configure --token dapi0123456789abcdef0123456789abcdef", "dapi0123456789abcdef0123456789abcdef"),)),
+         examples=(("databricks configure --token dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f", "dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
     Rule("linear-key", r"\blin_(?:api|oauth)_[A-Za-z0-9]{40}\b", keywords=("lin_api_", "lin_oauth_"),
          examples=(("LINEAR=lin_api_" + "aB3dE5gH7j" * 4, "lin_api_" + "aB3dE5gH7j" * 4),)),
     Rule("sentry-dsn", r"https://([0-9a-f]{32})(?::[0-9a-f]{32})?@[A-Za-z0-9.-]+\.ingest(?:\.[a-z]+)?\.sentry\.io",
          keywords=("sentry.io",), group=1,
-         examples=(("SENTRY_DSN=https://0123456789abcdef0123456789abcdef@o12345.ingest.sentry.io/123",
-                    "0123456789abcdef0123456789abcdef"),)),
+         examples=(("SENTRY_DSN=https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123",
+                    "7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
     Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
          examples=(("age key: " + _AGE, _AGE),)),
     # ---- structured tokens and key material ----
@@ -205,19 +235,24 @@ BUILTIN_RULES: tuple[Rule, ...] = (
                     "MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM")),
          negatives=('if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    parse(line)',
                     "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----")),
-    # ---- credentials in context ----
-    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,100}:([^\s/@\"'<>]{1,200})@",
+)
+
+_CONTEXT_RULES: tuple[Rule, ...] = (
+    Rule("url-credentials", r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@\"'<>]*:([^\s/@\"'<>]+)@",
          keywords=("://",), group=1, validator="not-reference", category="context",
          examples=(("psql postgres://app:S3cr3t-Pa55@db.internal:5432/app", "S3cr3t-Pa55"),
+                   ("REDIS_URL=redis://:Rds-Pw-99x@cache:6379/0", "Rds-Pw-99x"),
                    ("git remote add o https://bob:hunter2x@git.example.com/r.git", "hunter2x")),
          negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
                     "http://localhost:8080/path@v2", "https://user@example.com/repo")),
     Rule("auth-header",
-         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token|digest|bot|apikey|sso-key)\s+"
+         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
          r"([A-Za-z0-9._~+/:=-]{6,})",
          keywords=("authorization",), group=1, validator="not-reference", category="context",
          examples=(('curl -H "Authorization: Bearer 9f8e7d6c5b4a3210fedcba" https://api', "9f8e7d6c5b4a3210fedcba"),
-                   ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0")),
+                   ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0"),
+                   ('curl -H "Authorization: Splunk 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55" https://splunk:8088',
+                    "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55")),
          negatives=('headers["Authorization"] = f"Bearer {token}"', "Authorization: Bearer $TOKEN")),
     Rule("bearer-token", r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{20,}=*)", keywords=("bearer",), group=1,
          validator="generated", category="context",
@@ -229,19 +264,29 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          examples=(('curl -H "X-Api-Key: 7Fq2Lm9Px4Rt6Vz8" https://svc', "7Fq2Lm9Px4Rt6Vz8"),
                    ("PRIVATE-TOKEN: k2Jd8sLq0ZmX7Pw3", "k2Jd8sLq0ZmX7Pw3")),
          negatives=("X-Api-Key: $API_KEY",)),
-    Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]{0,200}?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']{0,100}:([^\s\"']+)",
+    Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]*?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']*:([^\s\"']+)",
          keywords=("curl", "wget", "http", "xh"), group=1, validator="not-reference", category="context",
          examples=(("curl -u admin:Pa55w0rd! https://host/api", "Pa55w0rd!"),
                    ("curl --user 'deploy:t0ps3cret' -X POST https://h", "t0ps3cret")),
          negatives=("curl -u $USER:$PASS https://host", "curl -u admin https://host")),
-    Rule("password-flag", r"(?i)(?:^|\s)--[a-z-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey)(?:=|\s+)([^\s\"'][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
-         keywords=("password", "passwd", "passphrase", "secret", "token", "api-key", "apikey"), group=1,
+    Rule("password-flag",
+         r"(?i)(?:^|\s)(--?[a-z0-9-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey|account-key|access-key"
+         r"|private-key|auth-key|signing-key|connection-string|conn-str|bearer|secret-string)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))"
+         r"(?:=|\s+)"
+         r"([^\s\"'][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
+         keywords=("password", "passwd", "passphrase", "secret", "token", "api-key", "apikey", "account-key",
+                   "access-key", "private-key", "auth-key", "signing-key", "connection-string", "conn-str", "bearer",
+                   "-pass", "-pw"), group=2, key_group=1,
          validator="not-reference", category="context",
          examples=(("mysql --user=root --password=Sup3r-S3cret db", "Sup3r-S3cret"),
+                   ("curl --oauth2-bearer Zq8kLm2Np4Rt6Vx8 https://api.acme.io", "Zq8kLm2Np4Rt6Vx8"),
+                   ("app --db-pass Kq2-Lm9-Xz --port 80", "Kq2-Lm9-Xz"),
+                   ("influx -username admin -password Infl-Pw-31 -host db", "Infl-Pw-31"),
+                   ("aws secretsmanager create-secret --name db --secret-string 'Sm-Str-57x'", "Sm-Str-57x"),
                    ("vault login --token s.Xk2Lm9Pq4Rt6", "s.Xk2Lm9Pq4Rt6"),
                    ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!")),
          negatives=("docker login --password-stdin < pw.txt", "app --token-file /run/tok", "--password $PASS")),
-    Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]{0,200}?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
+    Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]*?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
          keywords=("mysql", "mariadb"), group=1, validator="not-reference", category="context",
          examples=(("mysql -u root -pS3cretPw -h db", "S3cretPw"), ("mysqldump -uroot -p'x y z!' app", "x y z!")),
          negatives=("mysql -u root -p app", "mysql -u root -p$MYSQL_PWD")),
@@ -254,10 +299,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
                    ("docker login -u bob -p Dkr-P4ss registry.io", "Dkr-P4ss")),
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
-         r"(?i)([A-Za-z0-9_.-]{0,40}(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]{0,40})" + _Q
-         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-)\s{0,4}" + _VALUE,
-         keywords=("secret", "pass", "pwd", "token", "key", "credential", "cred"),
-         group=2, validator="literal", category="context",
+         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
+         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-|\|\|=|\?=)\s{0,4}" + _VALUE,
+         keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
                    ("SMTP_PASS_WORD='*K-T4yycS3vUUeEh'", "*K-T4yycS3vUUeEh"),
@@ -265,39 +309,234 @@ BUILTIN_RULES: tuple[Rule, ...] = (
                    ('  "client_secret": "k8Jd-2ls_Qm9Zx",', "k8Jd-2ls_Qm9Zx"),
                    ("password: Tr0ub4dor&3", "Tr0ub4dor&3"),
                    ("api_key = 'A1b2C3d4E5f6'", "A1b2C3d4E5f6"),
-                   ('private_key := "c2VjcmV0IGtleSBtYXRlcmlhbA=="', "c2VjcmV0IGtleSBtYXRlcmlhbA==")),
+                   ('private_key := "c2VjcmV0IGtleSBtYXRlcmlhbA=="', "c2VjcmV0IGtleSBtYXRlcmlhbA=="),
+                   ("SESSION_SALT=q8Vd93kd", "q8Vd93kd"), ("SMTP_CRED=Mx-77-pq", "Mx-77-pq"),
+                   ("export SIGNING_SEED=ab12cd34ef", "ab12cd34ef"),
+                   ('psycopg2.connect("host=db user=app password=Pg4pp-S3cret")', "Pg4pp-S3cret"),
+                   ('sql.Open("postgres", "user=app password=G0-Db-Pw dbname=app")', "G0-Db-Pw"),
+                   ('"Server=db;Database=app;User Id=sa;Password=Mssql-Pw-2024;"', "Mssql-Pw-2024"),
+                   ('psql "host=db.acme.io port=5432 user=app password=Lq-Pg-881"', "Lq-Pg-881"),
+                   ('{\\"password\\": \\"Esc-Json-Pw1\\"}', "Esc-Json-Pw1"),
+                   ("$password = 'Php-Pw-2x';", "Php-Pw-2x"), (':password => "Rb-Pw-77a",', "Rb-Pw-77a"),
+                   ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9"),
+                   ('ENV["API_TOKEN"] ||= "Rb-Or-Eq-71"', "Rb-Or-Eq-71"), ('let secret_key = b"Rs-Bytes-K3y-8";', "Rs-Bytes-K3y-8"),
+                   ('<machineKey validationKey="9F8E7D6C5B4A39281706F5E4D3C2B1A0" decryptionKey="A1B2C3D4E5F60718293A4B5C6D7E8F90" />',
+                    "A1B2C3D4E5F60718293A4B5C6D7E8F90")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True")),
+                    "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
+                    'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
+                    'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
+                    "conn = connect(host=h, password=password)", "password:", '"password": "example"',
+                    "  password: cGFzc3dvcmQ=")),
     Rule("high-entropy-near-keyword",
-         r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|auth)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/_=.-]{20,200})",
-         keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth"),
+         r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
+         r"|private|hmac|\bkey\b|_key\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
+         keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
+                   "session", "private", "hmac", "bearer"),
          group=1, validator="generated", category="context",
          examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),),
          negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
                     'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"')),
-    # ---- personal data ----
+    Rule("xml-secret-element",
+         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*([^<>\s][^<>\n]*?)\s*</",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML element",
+         examples=(("<datasource><password>Xml-El-Pw42</password></datasource>", "Xml-El-Pw42"),
+                   ("  <ApiKey>Zk8Lm2Pq9Rt4Vx7Nc1</ApiKey>", "Zk8Lm2Pq9Rt4Vx7Nc1"),
+                   ("<password>{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}</password>",
+                    "{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}")),
+         negatives=("<password>${DB_PASSWORD}</password>", "<password></password>", "<token>changeme</token>",
+                    "<passwordPolicy>strict</passwordPolicy>")),
+    Rule("xml-key-value",
+         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML key/value pair",
+         examples=(('<add key="StorageAccountKey" value="Kq9Lm2Zx8Pw4Rt6Vy1Nc3Df5Gh7Jk0=" />',
+                    "Kq9Lm2Zx8Pw4Rt6Vy1Nc3Df5Gh7Jk0="),
+                   ('<property name="db.password" value="Sp-Ring-Pw9"/>', "Sp-Ring-Pw9")),
+         negatives=('<add key="ApiKeyHeader" value="X-Api-Key" />', '<add key="Password" value="" />',
+                    '<add key="SecretName" value="db-creds" />')),
+    Rule("xml-key-text",
+         r"(?i)\b(?:key|name)\s*=\s*[\"'](" + _KEY_NAME + r")[\"'][^<>\n]*?>\s*(?:<value>)?\s*([^<>\s][^<>\n]*?)\s*<",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML element named by its key",
+         examples=(('<entry key="api.token">Ent-Tok-77x</entry>', "Ent-Tok-77x"),
+                   ('<setting name="ClientSecret" serializeAs="String"><value>Cs-Val-991</value></setting>', "Cs-Val-991")),
+         negatives=('<entry key="api.token">${API_TOKEN}</entry>',)),
+    Rule("name-value-pair",
+         r"(?i)\b(?:name|key|parameterkey|parameter_name)[\"']?\s*[:=]\s*[\"']?(" + _KEY_NAME + r")[\"']?\s*(?:,|\n)"
+         r"\s*(?:-\s+)?[\"']?(?:value|parametervalue)[\"']?\s*[:=]\s*(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"',}#]+)",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="a name/value pair (Kubernetes env, ECS, CloudFormation parameters)",
+         examples=(("env:\n  - name: DB_PASSWORD\n    value: \"K8s-Env-Pw1\"", "K8s-Env-Pw1"),
+                   ('"environment": [{"name": "API_TOKEN", "value": "Ecs-Tok-9Lq2"}]', "Ecs-Tok-9Lq2"),
+                   ("- ParameterKey: DBPassword\n  ParameterValue: Cfn-Par-77", "Cfn-Par-77")),
+         negatives=("  - name: DB_PASSWORD\n    valueFrom:\n      secretKeyRef:", '{"name": "API_TOKEN", "value": "${TOKEN}"}')),
+    Rule("xml-name-value-elements",
+         r"(?i)<name>\s*(" + _KEY_NAME + r")\s*</name>\s*<value>\s*([^<>\s][^<>\n]*?)\s*</value>",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML <name>/<value> property (Hadoop, Hive)",
+         examples=(("<property>\n  <name>fs.s3a.secret.key</name>\n  <value>Hd-S3a-Sk-4q</value>\n</property>", "Hd-S3a-Sk-4q"),
+                   ("<property><name>javax.jdo.option.ConnectionPassword</name><value>Hv-Ms-Pw-8</value></property>",
+                    "Hv-Ms-Pw-8")),
+         negatives=("<property><name>fs.s3a.secret.key</name><value>${env.S3_SECRET}</value></property>",)),
+    Rule("code-pair",
+         r"(?i)[\"'](" + _KEY_NAME + r")[\"']\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?[\"']([^\"'\n]+)[\"']",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="pair", category="context",
+         reason="code: a key and its value side by side",
+         examples=(('var cfg = new Dictionary<string,string> { { "AccountKey", "Dct-Acc-Key-88" } };', "Dct-Acc-Key-88"),
+                   ('new SqlParameter("password", "Prm-Pw-55")', "Prm-Pw-55"),
+                   ('props.setProperty("db.password", "Jv-Prop-Pw3");', "Jv-Prop-Pw3"),
+                   ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z")),
+         negatives=('parser.add_argument("--password", "-p")', 'os.getenv("API_TOKEN", "")',
+                    '("password", "Password")', 'choices = [("password", "password_hash")]',
+                    'form.add("password", "Enter your password")')),
+    Rule("code-call",
+         r"(?i)\b([A-Za-z0-9_]{0,30}?(?:password|passwd|passphrase|secret|token|api_?key|access_?key|account_?key"
+         r"|private_?key|credential)[A-Za-z0-9_]{0,20})\s*\(\s*[\"']([^\"'\n]+)[\"']\s*\)",
+         keywords=("pass", "secret", "token", "key", "credential"), group=2, key_group=1, validator="call",
+         category="context", reason="code: a setter or builder given a literal",
+         examples=(('ds.setPassword("Ds-Set-Pw4");', "Ds-Set-Pw4"),
+                   ('Client.builder().apiKey("Bld-Api-K3y9").build()', "Bld-Api-K3y9")),
+         negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
+                    'hash_password("Pw")', 'getSecret("db-password")')),
+    Rule("credential-constructor",
+         r"(?:\b[A-Za-z]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
+         r"|\bgetConnection\s*\(\s*[\"'][^\"'\n]+[\"']\s*,)\s*"
+         r"[\"'][^\"'\n]+[\"']\s*,\s*[\"']([^\"'\n]+)[\"']",
+         keywords=("credential", "auth", "login", "getconnection"), group=1, validator="pair", category="context",
+         reason="code: a credential object built from user and password",
+         examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
+                   ('requests.get(url, auth=("bob", "Req-Auth-99"))', "Req-Auth-99"),
+                   ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42"),
+                   ('server.login("reports@acme.io", "Smtp-Lg-77")', "Smtp-Lg-77"),
+                   ('DriverManager.getConnection("jdbc:mysql://db/app", "root", "Jdbc-Gc-31")', "Jdbc-Gc-31")),
+         negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
+    Rule("netrc-password",
+         r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
+         keywords=("machine", "default"), group=1, validator="context", category="context", reason=".netrc entry",
+         examples=(("machine api.heroku.com\n  login me@acme.io\n  password 8f2c1e4a-77b0-4d3e-9a61-2c5e8b7d9f01",
+                    "8f2c1e4a-77b0-4d3e-9a61-2c5e8b7d9f01"),
+                   ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
+         negatives=("machine learning password reset flow", "machine x login y password $PW")),
+    Rule("dockerfile-env",
+         r"(?im)^\s*(?:ENV|ARG)\s+([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
+         keywords=("env", "arg"), group=2, key_group=1, validator="context", category="context",
+         reason="Dockerfile ENV/ARG",
+         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),),
+         negatives=("ENV API_TOKEN $API_TOKEN", "ENV PASSWORD_FILE /run/secrets/pw")),
+    Rule("pgpass-line", r"(?m)^(?:[A-Za-z0-9_.-]+|\*):(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(\S+)$",
+         group=1, validator="context", category="context", reason=".pgpass entry",
+         examples=(("db.acme.io:5432:app:app_user:Pgp-Ass-84", "Pgp-Ass-84"),),
+         negatives=("root:x:0:0:root:/root:/bin/bash", "localhost:5432:*:app:*")),
+    Rule("signing-key-literal",
+         r"(?:\bSymmetricSecurityKey\s*\(\s*Encoding\.\w+\.GetBytes\(\s*"
+         r"|\bSecretKeySpec\s*\(\s*"
+         r"|\bjwt\.(?:encode|sign|decode|verify)\s*\(\s*[^,()\n]+,\s*"
+         r"|\bhmac\.new\s*\(\s*b?)"
+         r"[\"']([^\"'\n]+)[\"']",
+         keywords=("symmetricsecuritykey", "secretkeyspec", "jwt.", "hmac.new"), group=1, validator="pair",
+         category="context", reason="code: a literal signing key",
+         examples=(('new SymmetricSecurityKey(Encoding.UTF8.GetBytes("Jwt-Sign-K3y-9x"))', "Jwt-Sign-K3y-9x"),
+                   ('token = jwt.encode(payload, "Py-Jwt-K3y-41", algorithm="HS256")', "Py-Jwt-K3y-41"),
+                   ('hmac.new(b"Hm-Ac-K3y-22", body, hashlib.sha256)', "Hm-Ac-K3y-22"),
+                   ('new SecretKeySpec("Jv-Spec-K3y-5".getBytes(UTF_8), "HmacSHA256")', "Jv-Spec-K3y-5")),
+         negatives=('jwt.sign(payload, "secret")', "jwt.encode(payload, key, algorithm='HS256')")),
+    Rule("sql-password",
+         r"(?i)\b(?:password\s+|identified\s+(?:with\s+\S+\s+)?by\s+(?:password\s+)?)'([^'\n]+)'",
+         keywords=("password", "identified"), group=1, validator="context", category="context",
+         reason="SQL: a user's password",
+         examples=(("psql -c \"CREATE USER app WITH PASSWORD 'Crt-Pw-06'\"", "Crt-Pw-06"),
+                   ("ALTER USER app PASSWORD 'Alt-Pw-95';", "Alt-Pw-95"),
+                   ("CREATE USER 'a'@'%' IDENTIFIED BY 'Idb-Pw-17';", "Idb-Pw-17")),
+         negatives=("ALTER USER app PASSWORD NULL;", "CREATE USER app WITH PASSWORD :'pw'")),
+    Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
+         keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
+         reason="ODBC connection string",
+         examples=(("Driver={ODBC Driver 18 for SQL Server};Server=db;Uid=sa;Pwd={Od;bc-Pw-1};", "Od;bc-Pw-1"),)),
+    Rule("jdbc-oracle-password", r"\bjdbc:oracle:[a-z]+:[^/\s:@\"']{1,60}/([^@\s\"']+)@",
+         keywords=("jdbc:oracle",), group=1, validator="context", category="context", reason="JDBC Oracle URL",
+         examples=(("jdbc:oracle:thin:scott/Ora-Jdbc-7@db.acme.io:1521:ORCL", "Ora-Jdbc-7"),)),
+    Rule("url-query-secret",
+         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
+         r"|client_secret|secret|password|passwd|pwd|pass|x-amz-signature|x-amz-security-token|x-goog-signature"
+         r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,})",
+         keywords=("sig=", "signature=", "token=", "key=", "code=", "secret=", "password=", "passwd=", "pwd=",
+                   "pass=", "x-amz-", "x-goog-"), group=2, key_group=1, validator="url-param", category="context",
+         reason="URL query parameter",
+         examples=(("https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D",
+                    "Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D"),
+                   ("wget 'https://dl.acme.io/a.tgz?token=Dl7Tok3nQx9Lm2'", "Dl7Tok3nQx9Lm2"),
+                   ("https://maps.example.net/api?key=k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G&q=x", "k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G"),
+                   ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==")),
+         negatives=("https://shop.acme.io/search?key=summer-dress&page=2", "https://x.io/cb?code=200",
+                    "https://api.acme.io/v1?token=${TOKEN}", "https://x.io/?key=value")),
+    Rule("env-generated-value",
+         r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,}={0,2})[\"']?\s*$",
+         group=2, key_group=1, validator="generated", category="context", reason="env file: a generated value",
+         examples=(("export LICENSE_BLOB=Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0", "Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0"),),
+         negatives=("COMMIT_SHA=3f4e5d6c7b8a99887766554433221100ffeeddcc", "BUILD_ID=6f1c2d3e-0a1b-4c5d-8e9f-001122334455",
+                    "PYTHONPATH=/usr/lib/python3/dist-packages")),
+)
+
+_PII_RULES: tuple[Rule, ...] = (
     Rule("email", r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b",
          action="hash", category="pii", keywords=("@",), validator="email",
          examples=(("git config user.email alice.smith@acme-corp.com", "alice.smith@acme-corp.com"),),
          negatives=("@property", "pkg@1.2.3", "git@github.com:org/repo.git", "https://deploy@example.com/x")),
-    Rule("credit-card", r"\b(?:[2-6]\d{3}(?:[ -]?\d{4}){2}[ -]?\d{1,7}|3[47]\d{2}[ -]?\d{6}[ -]?\d{5})\b",
-         validator="luhn", category="pii",
+    Rule("credit-card", r"\b\d{4}(?:[ -]?\d{2,7}){2,4}\b",
+         validator="card", category="pii", reason="personal data: payment card (issuer prefix, length, Luhn)",
          examples=(("card 4111 1111 1111 1111 exp 12/30", "4111 1111 1111 1111"),
-                   ("charge(5555555555554444)", "5555555555554444")),
-         negatives=("ts=1700000000123456789", "4111111111111112", "id 2024 0115 1200 00")),
+                   ("charge(5555555555554444)", "5555555555554444"), ("amex 3782 822463 10005", "3782 822463 10005"),
+                   ("diners 3056-930902-5904", "3056-930902-5904")),
+         negatives=("ts=1700000000123456789", "4111111111111112", "id 2024 0115 1200 00", "1234 5678 9012 3456")),
+    Rule("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+         validator="iban", category="pii", reason="personal data: IBAN (country length, mod-97)",
+         examples=(("pay to DE89 3704 0044 0532 0130 00 today", "DE89 3704 0044 0532 0130 00"),
+                   ("iban=GB82WEST12345698765432", "GB82WEST12345698765432")),
+         negatives=("DE89 3704 0044 0532 0130 01", "AB12 CDEF GHIJ")),
+    Rule("us-ssn", r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b|(?i:ssn|social security|ss#)[^\n\d]{0,20}(\d{9})\b",
+         validator="ssn", category="pii", reason="personal data: US SSN (area, group, serial)",
+         examples=(("SSN 536-22-1456 on file", "536-22-1456"), ("ssn: 536221456", "536221456")),
+         negatives=("000-12-3456", "666-12-3456", "call 555-0132", "order 123456789")),
     Rule("phone-number",
-         r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\b\d{3})[ .-]\d{3}[ .-]\d{4}\b|\+\d{1,3}(?:[ .-]\d{2,5}){2,4}\b",
+         r"(?:\+|\b00)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,8}(?:[ .-]\d{1,8}){0,4}\b"
+         r"|(?:\b1[-. ])?(?:\(\d{3}\)\s?|\b\d{3}[-. ])\d{3}[-. ]\d{4}\b"
+         r"|(?:\(0\d{1,4}\)|\b0\d{1,4})[ -]\d{3,4}[ -]?\d{3,4}\b"
+         r"|\b\d{10,11}\b",
          validator="phone", category="pii", policy_flag="phone_numbers",
-         examples=(("call +1 415-555-0132 now", "415-555-0132"), ("Tel: (020) 794-6095", "794-6095"),
-                   ("+44 20 7946 0958", "+44 20 7946 0958")),
-         negatives=("2024-01-15 12:30:45", "v1.2.3", "port 5432", "555-0132")),
+         reason="personal data: phone number valid by libphonenumber",
+         examples=(("call +1 415-555-0132 now", "415-555-0132"), ("Tel: (020) 7946 0958", "7946 0958"),
+                   ("+44 20 7946 0958", "+44 20 7946 0958"), ("Ruf mich an: +49 30 901820", "+49 30 901820"),
+                   ("phone 4155550132", "4155550132"), ("toll free 1-800-555-0199", "1-800-555-0199")),
+         negatives=("2024-01-15 12:30:45", "v1.2.3", "port 5432", "555-0132", "order 4155550132", "1.23.456.7890")),
     Rule("ip-address", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", action="hash", validator="ipv4", category="pii",
          policy_flag="ip_addresses",
          examples=(("ssh deploy@81.2.69.160 -p 22", "81.2.69.160"),),
          negatives=("listen 127.0.0.1:8000", "IPv4Network('192.0.2.0/25')", "0.0.0.0", "mask 255.255.255.0", "version 1.2.3", "999.1.1.1")),
 )
+
+
+# The tables in their own modules need `Rule`, defined above.
+from redaction.catalogue import CATALOGUE_RULES, DECODE_RULES, TRUNCATED_RULE  # noqa: E402
+from redaction.cli_secrets import CLI_RULES  # noqa: E402
+
+# Table order is priority: when two rules' spans overlap, the merged span is attributed to the
+# rule that comes first (admin rules come before all of these).
+# Format rows without a check of their own are judged by `known-token` (no `xxxx`, `EXAMPLE`, runs
+# or repeated units in the token); key blocks are exempt (their bodies hold runs of `A`).
+_KEY_BLOCKS = ("private-key", "putty-private-key")
+# Context rules that see any key: the more specific ones (a tool's flag, a URL parameter, an XML
+# pair) come first, so `--explain` names them when both see the same secret.
+_GENERIC = ("secret-assignment", "high-entropy-near-keyword", "env-generated-value")
+BUILTIN_RULES: tuple[Rule, ...] = tuple(
+    dataclasses.replace(r, validator="known-token")
+    if r.category == "known" and r.validator is None and r.name not in _KEY_BLOCKS else r
+    for r in (_KNOWN_RULES + CATALOGUE_RULES + DECODE_RULES + (TRUNCATED_RULE,) + CLI_RULES
+              + tuple(r for r in _CONTEXT_RULES if r.name not in _GENERIC)
+              + tuple(r for r in _CONTEXT_RULES if r.name in _GENERIC) + _PII_RULES))
 
 
 def _check_row(row: dict, where: str) -> None:
@@ -324,16 +563,19 @@ def quiet_options() -> "re2.Options":
     return opts
 
 
-def compile_rule(rule: Rule) -> "re2._Regexp":
-    """The compiled pattern of `rule`; `RuleError` names the rule when RE2 rejects it."""
+def compile_rule(rule: Rule, pattern: str | None = None) -> "re2._Regexp":
+    """The compiled pattern of `rule` (or `pattern`, another of its patterns); `RuleError` names the
+    rule when RE2 rejects it."""
     try:
-        compiled = re2.compile(rule.pattern, quiet_options())
+        compiled = re2.compile(pattern or rule.pattern, quiet_options())
     except re2.error as exc:
         reason = exc.args[0] if exc.args else "unknown error"
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise RuleError(f"redaction rule '{rule.name}' has a pattern RE2 cannot compile ({reason}); "
                         f"RE2 has no lookarounds or backreferences") from None
+    if pattern is not None:
+        return compiled
     if not 0 <= rule.group <= compiled.groups:
         raise RuleError(f"redaction rule '{rule.name}' uses group {rule.group} but its pattern has "
                         f"{compiled.groups} group(s)")

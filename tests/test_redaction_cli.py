@@ -25,7 +25,7 @@ def test_redact_stdin_to_stdout_with_explain(tmp_path):
     p = run(tmp_path, f"export T={GHP}\nnothing here\n", "--explain")
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode() == "export T=[REDACTED:github-token]\nnothing here\n"
-    assert "github-token 9-49 replace" in p.stderr.decode()
+    assert "github-token 9-49 replace format: github-token" in p.stderr.decode()
     key = tmp_path / "state" / "keys" / "redaction.key"
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
 
@@ -43,3 +43,14 @@ def test_a_rule_re2_cannot_compile_is_exit_2_naming_it(tmp_path):
     assert p.returncode == 2
     err = p.stderr.decode()
     assert "lookbehind" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_explain_names_detector_and_reason_for_context_and_decoded_findings(tmp_path):
+    auth = "Ym90OlJlZy1QdXNoLTc3eA=="  # bot:Reg-Push-77x
+    p = run(tmp_path, f'DB_PASSWORD=Falcon203\n{{"auth": "{auth}"}}\nredis-cli -a Rd-Pw-881 ping\n', "--explain")
+    assert p.returncode == 0, p.stderr
+    assert "Falcon203" not in p.stdout.decode() and auth not in p.stdout.decode()
+    err = p.stderr.decode().splitlines()
+    assert "secret-assignment 12-21 replace context: key 'DB_PASSWORD'" in err
+    assert any(line.startswith("base64-credentials ") and line.endswith("decoded: base64 of user:password") for line in err)
+    assert any(line.startswith("cli-redis-cli ") and "command line: redis-cli -a" in line for line in err)

@@ -604,6 +604,9 @@ class FilesSource:
         text = decode_text(raw)
         if text is None:
             return _Content(None, CLEAN, "binary")
+        # by identity (a hard link to a never-capture file) and content (mostly KEY=value secrets)
+        if not redactor.file_allowed(path, st, text):
+            return _Content(None, CLEAN, "never_capture")
         return self._redact(text)
 
     def _redact(self, text: str) -> _Content:
