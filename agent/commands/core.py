@@ -151,6 +151,12 @@ def render_status(st: dict[str, Any]) -> str:
     if up:
         lines.append(f"upload:  {up.get('url')}; last success {_ago(up.get('last_success_ns'))}"
                      + (f"; last error: {up['last_error']}" if up.get("last_error") else ""))
+        fl = up.get("in_flight")
+        if fl:
+            age = (time.time_ns() - fl["since_ns"]) / 1e9
+            left = max(0.0, (fl["deadline_ns"] - time.time_ns()) / 1e9)
+            lines.append(f"         uploading {fl['bundle']} for {age:.0f}s"
+                         + (f" (stalled? given up in {left:.0f}s)" if age >= 5 else ""))
     pol = st["policy"]
     lines.append(f"policy:  {pol['origin']} ({pol['digest'][:12]})"
                  + (f"; REFUSED: {pol['error']}" if pol.get("error") else ""))
