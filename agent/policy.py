@@ -287,6 +287,8 @@ def check_directories(path: Path) -> None:
 
 def _read_policy_bytes(path: Path, strict_modes: bool) -> bytes:
     """Open once (no symlink followed, no blocking on a FIFO), check what was opened, read it."""
+    if strict_modes and os.path.lexists(path):
+        check_directories(path)  # first: where others can write, nothing else about it matters
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
         getattr(os, "O_CLOEXEC", 0)
     try:
@@ -305,7 +307,6 @@ def _read_policy_bytes(path: Path, strict_modes: bool) -> bytes:
             raise PolicyError(f"policy file {path} is not a regular file; point to a TOML file")
         if strict_modes:
             check_file_ownership(path, st)
-            check_directories(path)
         if st.st_size > MAX_POLICY_BYTES:
             raise PolicyError(f"policy file {path} is larger than {MAX_POLICY_BYTES >> 20} MiB; "
                               f"a policy is a few kilobytes, check the path")
