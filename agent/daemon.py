@@ -22,6 +22,7 @@ and answers the control socket. Promises:
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import logging.handlers
@@ -466,7 +467,9 @@ def run_daemon() -> int:
         # Stay up with capture off and say why in `status`, as for a policy refused later: a
         # service manager restarting the daemon would only meet the same policy again.
         log.error("%s; capture is off until the policy is fixed", exc)
-        policy, refused = builtin_policy(), str(exc)
+        policy = dataclasses.replace(builtin_policy(), personal=False,
+                                     origin=f"{default_policy_path()} (refused; none applied yet)")
+        refused = str(exc)
     daemon = Daemon(paths, policy, policy_error=refused)
     try:
         return daemon.run()

@@ -118,6 +118,8 @@ def test_daemon_survives_unappliable_policies_live_and_at_start(tmp_path, daemon
     st = d2.status()
     assert not st["capturing"] and "upload.recipients[0]" in st["reason"]
     assert d2.cli("note", "x", check=False).returncode == 1
+    assert "forgot" in d2.cli("forget", "--last", "1h").stdout.lower()  # privacy works regardless
+    assert st["policy"]["origin"].startswith(str(p)) and "none applied" in st["policy"]["origin"]
     write(p, QUIET)
     d2.proc.send_signal(1)
     assert _wait(d2, lambda s: s["capturing"])["capturing"]
