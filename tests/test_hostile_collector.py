@@ -30,6 +30,7 @@ class Hostile(socketserver.ThreadingTCPServer):
         self.mode = mode
         self.requests = 0
         self.sent = 0  # answer bytes written, over all connections
+        self.bodies: list[bytes] = []
         self.stopping = threading.Event()
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 
@@ -66,6 +67,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             body += chunk
         srv.requests += 1
+        srv.bodies.append(body)
         try:
             if srv.mode == "huge":  # a 1 GiB error page, sent as fast as the agent reads it
                 sock.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
@@ -83,6 +85,9 @@ class _Handler(socketserver.BaseRequestHandler):
                         return
                     sock.sendall(answer[i:i + 1] if i < len(answer) else b" ")
                     srv.sent += 1
+            elif srv.mode == "accept":
+                sock.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
             elif srv.mode == "retry-now":
                 sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n")
         except OSError:
@@ -201,3 +206,55 @@ def test_retry_after_zero_is_not_a_spin(tmp_path, daemon_factory, hostile):
     time.sleep(4.0)
     made = srv.requests - n0
     assert made <= 6, f"{made} requests in 4 s after Retry-After: 0"
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_upload_verifies_the_collector_with_the_policy_ca_bundle(tmp_path, daemon_factory, hostile):
+    import ssl
+
+    srv = hostile("accept")
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    url = srv.url.replace("http://", "https://")
+    p = policy(tmp_path, url)
+    p.write_text(p.read_text() + f'ca_bundle = "{cert}"\n')
+    d = daemon_factory(policy=p).start()
+    d.cli("opt-in")
+    d.cli("note", "over tls")
+    r = d.cli("flush", "--timeout", "15", check=False)
+    assert r.returncode == 0, r.stderr
+    assert srv.requests >= 1 and srv.bodies and srv.bodies[0].startswith(b"TRACECAP")
+    # Without the CA bundle the same collector is not trusted: the upload fails, saying why.
+    p.write_text(p.read_text().replace(f'ca_bundle = "{cert}"\n', ""))
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    d.cli("note", "untrusted")
+    r = d.cli("flush", "--timeout", "4", check=False)
+    assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
