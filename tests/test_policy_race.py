@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy import PolicyError, load_policy_file
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import TRACECAP, DaemonProcess
 from tests.local_users import PYTHON, other_user, popen_as, run_as
 
 GOOD = '[capture]\nsources = []\n[consent]\nmode = "opt-in"\n'
@@ -120,6 +121,13 @@ def test_sticky_directory_is_refused_saying_why(shared, tmp_path):
         assert "other users can write" in reason and "sticky bit" in reason and "/etc/tracecap" in reason
     finally:
         d.stop()
+    # `policy check` of the policy in force refuses it the same way; a draft elsewhere is content only.
+    r = d.cli("policy", "check", str(policy), check=False)
+    assert r.returncode == 2 and "sticky bit" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    env = {k: v for k, v in d.env.items() if k != "TRACECAP_POLICY"}
+    r = subprocess.run([TRACECAP, "policy", "check", str(policy)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_symlink_and_foreign_directory_are_refused(shared, mallory, tmp_path):

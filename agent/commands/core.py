@@ -273,9 +273,12 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- policy
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from agent.policy import load_policy_file
+    from agent.policy import default_policy_path, load_policy_file
 
-    pol = load_policy_file(args.file, strict_modes=False)
+    # A draft anywhere is checked for content; the policy in force (the file the daemon reads) is
+    # also held to the daemon's ownership and directory rules, so check refuses what it would.
+    in_force = os.path.abspath(args.file) == os.path.abspath(default_policy_path())
+    pol = load_policy_file(args.file, strict_modes=in_force)
     print(f"{args.file}: valid (digest {pol.digest[:12]})")
     return 0
 
