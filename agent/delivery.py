@@ -194,6 +194,12 @@ class Delivery:
             self._client.close()
             self._client = None
 
+    def abort_upload(self) -> None:
+        """Cut the request in flight short (it fails at once and is retried later)."""
+        client = self._client
+        if client is not None:
+            client.abort()
+
     def request_deadline(self, size: int) -> float:
         """Seconds one upload of `size` bytes may take from connect to the last byte of the answer:
         `upload.timeout`, plus a second per 64 KiB sent (a slow link still gets its bundle out)."""

@@ -11,7 +11,6 @@ Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -62,17 +61,26 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
     if delivery is None:  # no policy applied yet (refused at start): nothing seals or uploads
         from agent.delivery import DeliveryState
 
-        outbox, state, lock = daemon.paths.outbox, DeliveryState(
-            daemon.paths.outbox.parent / "delivery.json"), contextlib.nullcontext()
+        outbox, state = daemon.paths.outbox, DeliveryState(daemon.paths.outbox.parent / "delivery.json")
     else:
-        outbox, state, lock = delivery.outbox, delivery.state, delivery.lock
-    with daemon._state_lock, lock:
-        daemon.journal.flush()
-        resealed = _rewind_outbox(outbox, state, cutoff)
-        removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
-        ticket = daemon.journal.append("agent.forget", "agent", None,
-                                       {"count": len(removed), "from": cutoff, "to": now}, durable=True)
-        ticket.wait(10)
+        outbox, state = delivery.outbox, delivery.state
+    with daemon._state_lock:
+        if delivery is not None and not delivery.lock.acquire(timeout=0.5):
+            # An upload holds the outbox, perhaps to a stalled collector: the user's forget does
+            # not wait for its deadline. The bundle in flight stays and is forgotten if in the span.
+            delivery.abort_upload()
+            delivery.lock.acquire()
+        try:
+            daemon.journal.flush()
+            resealed = _rewind_outbox(outbox, state, cutoff)
+            removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
+            ticket = daemon.journal.append("agent.forget", "agent", None,
+                                           {"count": len(removed), "from": cutoff, "to": now},
+                                           durable=True)
+            ticket.wait(10)
+        finally:
+            if delivery is not None:
+                delivery.lock.release()
     if delivery is not None:
         delivery.seal_wake.set()
     return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}

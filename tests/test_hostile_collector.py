@@ -181,7 +181,13 @@ def test_flush_timeout_and_sigterm_are_kept_mid_upload(tmp_path, daemon_factory,
     took = time.monotonic() - t0
     assert r.returncode == 1 and "pending" in r.stderr, r.stderr
     assert took < 7, f"flush --timeout 4 took {took:.1f}s"
-    assert d.status()["upload"].get("in_flight")  # still stalled: SIGTERM meets an upload mid-way
+    assert d.status()["upload"].get("in_flight")
+    t0 = time.monotonic()  # forget does not wait for the stalled upload either
+    r = d.cli("forget", "--last", "1s", check=False, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 0 and took < 4, (took, r.stderr)
+    # Stalled again after its retry: SIGTERM meets an upload mid-way.
+    assert _wait_for(lambda: d.status()["upload"].get("in_flight"), 8, 0.1)
     t0 = time.monotonic()
     d.proc.send_signal(signal.SIGTERM)
     rc = d.proc.wait(30)
