@@ -342,7 +342,7 @@ class Daemon:
             if self.delivery is None:
                 self._start_delivery()
             else:
-                with self.delivery.lock:
+                with self.delivery.outbox_now():
                     self.delivery.configure()
         except Exception as exc:  # noqa: BLE001 - anything at all: the daemon must keep running
             self.policy, self.redactor = old, old_redactor  # configure() assigns nothing when it fails

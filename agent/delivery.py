@@ -29,6 +29,7 @@ Takes durable journal records; gives bundles to `upload.url`. Promises:
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -39,7 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from agent.durable import fsync_dir, write_atomic
@@ -199,6 +200,20 @@ class Delivery:
         client = self._client
         if client is not None:
             client.abort()
+
+    @contextlib.contextmanager
+    def outbox_now(self) -> Iterator[None]:
+        """Hold the outbox (`lock`) at once: an upload in flight, perhaps to a stalled collector,
+        is cut short rather than waited for; it is retried afterwards."""
+        if not self.lock.acquire(timeout=0.5):
+            self.abort_upload()
+            self.lock.acquire()
+            if self._client is not None:
+                self._client.resume()
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def request_deadline(self, size: int) -> float:
         """Seconds one upload of `size` bytes may take from connect to the last byte of the answer:

@@ -11,6 +11,7 @@ Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -64,23 +65,16 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
         outbox, state = daemon.paths.outbox, DeliveryState(daemon.paths.outbox.parent / "delivery.json")
     else:
         outbox, state = delivery.outbox, delivery.state
-    with daemon._state_lock:
-        if delivery is not None and not delivery.lock.acquire(timeout=0.5):
-            # An upload holds the outbox, perhaps to a stalled collector: the user's forget does
-            # not wait for its deadline. The bundle in flight stays and is forgotten if in the span.
-            delivery.abort_upload()
-            delivery.lock.acquire()
-        try:
-            daemon.journal.flush()
-            resealed = _rewind_outbox(outbox, state, cutoff)
-            removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
-            ticket = daemon.journal.append("agent.forget", "agent", None,
-                                           {"count": len(removed), "from": cutoff, "to": now},
-                                           durable=True)
-            ticket.wait(10)
-        finally:
-            if delivery is not None:
-                delivery.lock.release()
+    # The user's forget does not wait for a stalled upload's deadline: it is cut short, and the
+    # bundle it was sending stays, to be forgotten with the rest if it is in the span.
+    hold = delivery.outbox_now() if delivery is not None else contextlib.nullcontext()
+    with daemon._state_lock, hold:
+        daemon.journal.flush()
+        resealed = _rewind_outbox(outbox, state, cutoff)
+        removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
+        ticket = daemon.journal.append("agent.forget", "agent", None,
+                                       {"count": len(removed), "from": cutoff, "to": now}, durable=True)
+        ticket.wait(10)
     if delivery is not None:
         delivery.seal_wake.set()
     return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}

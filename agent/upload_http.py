@@ -9,8 +9,9 @@ Promises, whatever the collector does:
   uploader needs a status and a short reason, and a 1 GiB body costs nothing. Bodies are never
   decompressed (httpcore leaves `Content-Encoding` alone), so a compressed bomb costs nothing either;
   h11 caps the headers.
-- `abort()` (another thread: stop) shuts down the sockets of the request in flight at once, so it
-  fails with `NetworkError` within milliseconds.
+- `abort()` (another thread: stop, forget) shuts down the sockets of the request in flight at once,
+  and fails every socket operation until `resume()`, so the request fails with `NetworkError`
+  within milliseconds even if it was between sockets (connecting) when aborted.
 httpcore (httpx's own transport layer) does the protocol; this module only bounds its I/O.
 """
 from __future__ import annotations
@@ -57,11 +58,13 @@ class _Stream(httpcore.NetworkStream):
         self.inner, self.backend = inner, backend
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.backend.check()
         return self.inner.read(max_bytes, self.backend.deadline.left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         view = memoryview(buffer)
         for i in range(0, len(view), _WRITE_CHUNK):
+            self.backend.check()
             self.inner.write(bytes(view[i:i + _WRITE_CHUNK]),
                              self.backend.deadline.left(timeout, httpcore.WriteTimeout))
 
@@ -86,6 +89,11 @@ class _Backend(httpcore.NetworkBackend):
         self.deadline = _Deadline()
         self._live: set[_Stream] = set()
         self._lock = threading.Lock()
+        self.aborted = False
+
+    def check(self) -> None:
+        if self.aborted:
+            raise httpcore.ReadError("the upload was aborted")
 
     def track(self, stream: _Stream) -> _Stream:
         with self._lock:
@@ -98,6 +106,7 @@ class _Backend(httpcore.NetworkBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+        self.check()
         inner = self.inner.connect_tcp(host, port, self.deadline.left(timeout, httpcore.ConnectTimeout),
                                        local_address, socket_options)
         return self.track(_Stream(inner, self))
@@ -112,6 +121,7 @@ class _Backend(httpcore.NetworkBackend):
         time.sleep(min(seconds, self.deadline.left(seconds, httpcore.PoolTimeout)))
 
     def abort(self) -> None:
+        self.aborted = True
         with self._lock:
             live = list(self._live)
         for s in live:
@@ -167,6 +177,10 @@ class Uploader:
 
     def abort(self) -> None:
         self.backend.abort()
+
+    def resume(self) -> None:
+        """Requests may run again after an `abort()`."""
+        self.backend.aborted = False
 
     def close(self) -> None:
         self.backend.abort()
