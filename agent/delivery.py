@@ -508,6 +508,8 @@ class Delivery:
         except upload_http.NetworkError as exc:
             if self.stop_event.is_set():
                 return "retry", "the upload was stopped with the daemon", None
+            if self._client.backend.aborted:
+                return "retry", "the upload was cut short (forget or a policy change); it is sent again", None
             return "retry", f"cannot reach the collector at {self.url}: {str(exc) or type(exc).__name__}", None
         finally:
             self.in_flight = None
