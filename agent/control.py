@@ -104,6 +104,12 @@ class ControlServer:
         uid = peer_uid(sock)
         if uid is None or uid not in (os.getuid(), 0):
             log.warning("refused a control connection from uid %s", uid)
+            # Take its request first (briefly), so the refusal is read, not met with a broken pipe.
+            sock.settimeout(1.0)
+            try:
+                rfile.readline(MAX_REQUEST + 1)
+            except OSError:
+                pass
             _send(wfile, {"ok": False, "error": "only the user running the daemon (or root) may "
                           "control it", "code": 1})
             return

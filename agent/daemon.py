@@ -15,11 +15,14 @@ and answers the control socket. Promises:
 - SIGTERM/SIGINT: sources stop, the journal is flushed and fsynced, `agent.stop` is written (if
   capture was on), pending events are sealed into a bundle, and the process exits 0.
 - A policy change on disk (checked every 2 s, or at once on SIGHUP) is applied live and journaled
-  as `agent.policy` with the new digest; a policy that stops being valid or safe turns capture off
-  and `status` says why, until it is fixed.
+  as `agent.policy` with the new digest; a policy that stops being valid or safe, or that cannot be
+  applied (a key file it names is gone), turns capture off and `status` says why, until it is fixed.
+  A daemon that starts with such a policy runs the same way: capture off, the reason in `status`,
+  and nothing sealed or uploaded (no destination or key is known) until a policy can be applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import logging.handlers
@@ -36,8 +39,8 @@ from agent import consent as consent_mod
 from agent.errors import RuntimeFailure, TracecapError, UsageError
 from agent.journal import Journal, JournalFull
 from agent.paths import StatePaths
-from agent.policy import (Policy, PolicyError, default_policy_path, load_effective_policy,
-                          load_hmac_key)
+from agent.policy import (Policy, PolicyError, builtin_policy, default_policy_path,
+                          load_effective_policy, load_hmac_key)
 from agent.replay import JournaledKeys
 from agent.sources.base import DurableAcks, SourceContext
 from agent.sources.git_state import RepoStates
@@ -113,10 +116,12 @@ def setup_logging(paths: StatePaths, foreground: bool = True) -> None:
 
 
 class Daemon:
-    def __init__(self, paths: StatePaths, policy: Policy) -> None:
+    def __init__(self, paths: StatePaths, policy: Policy, policy_error: str | None = None) -> None:
         self.paths = paths
         self.policy = policy
-        self.policy_error: str | None = None
+        # Set while the policy on disk is refused; `policy` is then the last one applied (or, when
+        # none could be applied since start, the built-in defaults, used for nothing but the spine).
+        self.policy_error: str | None = policy_error
         self.policy_path = default_policy_path()
         self._policy_stat = self._stat_policy()
         self.stop_event = threading.Event()
@@ -159,10 +164,8 @@ class Daemon:
             self.journal.start()
             for gap in recovery.gaps:
                 self._journal("agent.gap", gap)
-            from agent.delivery import Delivery
-
-            self.delivery = Delivery(self)
-            self.delivery.start()
+            if self.policy_error is None:
+                self._start_delivery()
             self.control.start()
             self._install_signals()
             if self.capturing():
@@ -174,6 +177,13 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _start_delivery(self) -> None:
+        from agent.delivery import Delivery
+
+        delivery = Delivery(self)
+        delivery.start()
+        self.delivery = delivery
 
     def _lifecycle_data(self) -> dict[str, Any]:
         return {"version": agent.__version__, "pid": os.getpid(), "policy": self.policy.digest,
@@ -335,6 +345,16 @@ class Daemon:
         except OSError:
             return None
 
+    def _refuse_policy(self, reason: str) -> None:
+        with self._state_lock:
+            was = self.capturing()
+            if was:
+                self._journal("agent.pause", {"reason": "policy became invalid"})
+            self.policy_error = reason
+            self._track_capture(was)
+            log.error("%s; capture is off until the policy is fixed", reason)
+            self._apply_sources()
+
     def _check_policy(self, force: bool = False) -> None:
         st = self._stat_policy()
         if st == self._policy_stat and not force:
@@ -343,22 +363,29 @@ class Daemon:
         try:
             new = load_effective_policy()
         except PolicyError as exc:
-            with self._state_lock:
-                was = self.capturing()
-                if was:
-                    self._journal("agent.pause", {"reason": "policy became invalid"})
-                self.policy_error = str(exc)
-                self._track_capture(was)
-                log.error("%s; capture is off until the policy is fixed", exc)
-                self._apply_sources()
+            self._refuse_policy(str(exc))
             return
         if new.digest == self.policy.digest and self.policy_error is None:
+            return
+        old, old_redactor = self.policy, self.redactor
+        try:
+            # Everything that can fail is built before anything is switched, so a policy that
+            # passed the checks and still cannot be applied leaves the last one's state intact.
+            self.policy = new
+            self._build_redactor()
+            if self.delivery is None:
+                self._start_delivery()
+            else:
+                with self.delivery.outbox_now():
+                    self.delivery.configure()
+        except Exception as exc:  # noqa: BLE001 - anything at all: the daemon must keep running
+            self.policy, self.redactor = old, old_redactor  # configure() assigns nothing when it fails
+            self._refuse_policy(f"policy file {new.origin} cannot be applied: {exc}")
             return
         with self._state_lock:
             was = self.capturing()
             self.supervisor.stop()
             self.policy, self.policy_error = new, None
-            self._build_redactor()
             self.decision = consent_mod.decide(new.get("consent.mode"),
                                                consent_mod.ConsentFile.load(self.paths.consent_file),
                                                time.time_ns())
@@ -369,7 +396,7 @@ class Daemon:
             if was and not self.capturing():
                 self._journal("agent.pause", {"reason": "policy change"})
             if self.delivery is not None:
-                self.delivery.policy_changed()
+                self.delivery.policy_changed(configured=True)
             self._apply_sources()
         log.info("policy %s applied (digest %s)", new.origin, new.digest[:12])
 
@@ -392,6 +419,9 @@ class Daemon:
 
             return forget_span(self, float(req["seconds"]))
         if op == "flush":
+            if self.delivery is None:
+                raise RuntimeFailure(f"nothing can be uploaded while the policy is refused "
+                                     f"({self.policy_error})")
             return self.delivery.flush(float(req.get("timeout_s", 60)))
         if op == "reload":
             self._check_policy(force=True)
@@ -478,8 +508,16 @@ def _username() -> str | None:
 def run_daemon() -> int:
     paths = StatePaths.from_env().ensure()
     setup_logging(paths)
-    policy = load_effective_policy()
-    daemon = Daemon(paths, policy)
+    try:
+        policy, refused = load_effective_policy(), None
+    except PolicyError as exc:
+        # Stay up with capture off and say why in `status`, as for a policy refused later: a
+        # service manager restarting the daemon would only meet the same policy again.
+        log.error("%s; capture is off until the policy is fixed", exc)
+        policy = dataclasses.replace(builtin_policy(), personal=False,
+                                     origin=f"{default_policy_path()} (refused; none applied yet)")
+        refused = str(exc)
+    daemon = Daemon(paths, policy, policy_error=refused)
     try:
         return daemon.run()
     except TracecapError:

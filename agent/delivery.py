@@ -17,12 +17,19 @@ Takes durable journal records; gives bundles to `upload.url`. Promises:
   too, so a fleet does not stampede a recovering collector), honouring Retry-After; 401/403 are
   retried on a longer backoff and shown in `status`; 400/413/422 move the bundle to the quarantine
   directory with the reason (retried after a policy change or an upgrade). Every wait blocks on an
-  event that stop and flush set, so neither ever waits out a backoff.
+  event that stop and flush set, so neither ever waits out a backoff, and no wait is zero (a
+  `Retry-After: 0` is taken as one second).
+- A hostile or broken collector (`agent/upload_http.py`): each request is over by its deadline,
+  `upload.timeout` plus a second per 64 KiB of bundle, whatever the collector sends or withholds;
+  at most 64 KiB of an answer is read; a request in flight shows in `status` with its age, and
+  becomes the last error when its deadline passes. `flush` returns by its timeout and stop within a
+  few seconds even mid-upload: they never wait on a request, and stop shuts its sockets down.
 - Quota: journal + outbox are kept under `spool.max_bytes` by dropping the oldest undelivered bundle;
   an `agent.gap` event records exactly which seq range and how many events were lost.
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -33,7 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from agent.durable import fsync_dir, write_atomic
@@ -150,6 +157,7 @@ class Delivery:
         self.last_error: str | None = None
         self.next_attempt_ns: int | None = None
         self.held_reason: str | None = None
+        self.in_flight: dict[str, Any] | None = None  # the request being made, for `status`
         self._last_seal_mono = time.monotonic()
         self._threads: list[threading.Thread] = []
         self._device_key = None
@@ -160,29 +168,62 @@ class Delivery:
 
     # ------------------------------------------------------------------ config
     def configure(self) -> None:
+        """Take the policy's upload settings. Everything is loaded before anything is assigned, so
+        a key file that cannot be read leaves the previous settings in force."""
         from schemas.keys import load_or_create_device_key, load_org_public
 
         pol = self.d.policy
-        self.url, recipient_files = resolve_upload(pol, self.paths)
+        url, recipient_files = resolve_upload(pol, self.paths)
         if pol.personal or not pol.data["upload"]["recipients"]:
             ensure_personal_keys(self.paths)
-        self._recipients = [load_org_public(p) for p in recipient_files]
-        self._device_key = load_or_create_device_key(self.paths.keys / "device.key")
+        recipients = [load_org_public(p) for p in recipient_files]
+        device_key = load_or_create_device_key(self.paths.keys / "device.key")
+        settings = dict(
+            # Floors as in agent.policy's lower bounds: no wait below them can become a spin.
+            interval=max(1.0, parse_duration(pol.get("upload.interval"))),
+            hold_s=parse_duration(pol.get("upload.hold")),
+            bundle_bytes=max(1024, parse_size(pol.get("upload.bundle_bytes"))),
+            level=pol.get("upload.zstd_level"),
+            backoff_max=max(1.0, parse_duration(pol.get("upload.backoff_max"))),
+            timeout=max(1.0, parse_duration(pol.get("upload.timeout"))),
+            max_bytes=parse_size(pol.get("spool.max_bytes")))
         self._device_id = device_id(self.paths)
-        self.interval = parse_duration(pol.get("upload.interval"))
-        self.hold_s = parse_duration(pol.get("upload.hold"))
-        self.bundle_bytes = parse_size(pol.get("upload.bundle_bytes"))
-        self.level = pol.get("upload.zstd_level")
-        self.backoff_max = parse_duration(pol.get("upload.backoff_max"))
-        self.timeout = parse_duration(pol.get("upload.timeout"))
-        self.max_bytes = parse_size(pol.get("spool.max_bytes"))
+        self.url, self._recipients, self._device_key = url, recipients, device_key
+        for k, v in settings.items():
+            setattr(self, k, v)
         if self._client is not None:
             self._client.close()
             self._client = None
 
-    def policy_changed(self) -> None:
+    def abort_upload(self) -> None:
+        """Cut the request in flight short (it fails at once and is retried later)."""
+        client = self._client
+        if client is not None:
+            client.abort()
+
+    @contextlib.contextmanager
+    def outbox_now(self) -> Iterator[None]:
+        """Hold the outbox (`lock`) at once: an upload in flight, perhaps to a stalled collector,
+        is cut short rather than waited for; it is retried afterwards."""
+        if not self.lock.acquire(timeout=0.5):
+            self.abort_upload()
+            self.lock.acquire()
+            if self._client is not None:
+                self._client.resume()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def request_deadline(self, size: int) -> float:
+        """Seconds one upload of `size` bytes may take from connect to the last byte of the answer:
+        `upload.timeout`, plus a second per 64 KiB sent (a slow link still gets its bundle out)."""
+        return self.timeout + size / 65536
+
+    def policy_changed(self, configured: bool = False) -> None:
         with self.lock:
-            self.configure()
+            if not configured:
+                self.configure()
             self._requeue_quarantine("the policy changed")
         self.seal_wake.set()
         self.upload_wake.set()
@@ -216,22 +257,29 @@ class Delivery:
 
     def stop(self, upload_grace: float = 3.0) -> None:
         """Seal what the journal holds; give the uploader a moment; stop. Called after the journal
-        has been flushed, so the final bundle holds everything captured."""
+        has been flushed, so the final bundle holds everything captured. Bounded: about
+        `upload_grace` plus two seconds, whatever an upload is doing (its sockets are shut down)."""
+        deadline = time.monotonic() + upload_grace
         try:
-            self.seal_now()
+            if not self.seal_now(lock_timeout=upload_grace):
+                log.info("nothing sealed at stop (an upload held the outbox); the events stay in "
+                         "the journal and are sealed at the next start")
         except Exception as exc:
             log.error("could not seal the final bundle: %s (the events stay in the journal)", exc)
         self.upload_wake.set()
-        deadline = time.monotonic() + upload_grace
         while list_bundles(self.outbox) and time.monotonic() < deadline and self.next_attempt_ns is None:
             self.stop_event.wait(0.05)
         self.stop_event.set()
         self.seal_wake.set()
         self.upload_wake.set()
+        client = self._client
+        if client is not None:
+            client.abort()
+        end = time.monotonic() + 2.0
         for t in self._threads:
-            t.join(self.timeout + 5)
-        if self._client is not None:
-            self._client.close()
+            t.join(max(0.0, end - time.monotonic()))
+        if client is not None and not any(t.is_alive() for t in self._threads):
+            client.close()
 
     def _reconcile(self) -> None:
         """After a crash: drop half-written temp files; move the cursor past bundles that reached
@@ -285,10 +333,13 @@ class Delivery:
         unsealed = j.durable_seq - self.state.sealed_upto
         return int(st["bytes"] * unsealed / held)
 
-    def seal_now(self) -> int:
-        """Seal every durable, unsealed journal record into bundles. Returns bundles written."""
+    def seal_now(self, lock_timeout: float = -1) -> int:
+        """Seal every durable, unsealed journal record into bundles. Returns bundles written; 0
+        without sealing when `lock_timeout` (seconds) passes while an upload holds the outbox."""
         written = 0
-        with self.lock:
+        if not self.lock.acquire(timeout=lock_timeout):
+            return 0
+        try:
             batch: list[dict] = []
             size = 0
             for ev in self.d.journal.read(self.state.sealed_upto + 1):
@@ -304,6 +355,8 @@ class Delivery:
                 written += 1
             self._last_seal_mono = time.monotonic()
             self._enforce_quota()
+        finally:
+            self.lock.release()
         if written:
             self.upload_wake.set()
         return written
@@ -380,7 +433,7 @@ class Delivery:
             age = (time.time_ns() - h.created_ns) / 1e9
             if age < self.hold_s:
                 self.held_reason = f"held for review until {self.hold_s:.0f}s old (upload.hold)"
-                self.upload_wake.wait(self.hold_s - age)
+                self.upload_wake.wait(max(0.05, self.hold_s - age))
                 self.upload_wake.clear()
                 continue
             self.held_reason = None
@@ -408,8 +461,8 @@ class Delivery:
             else:
                 delay = backoff_delay(attempt, 1.0, self.backoff_max, self.rng)
                 attempt += 1
-            if retry_after is not None:
-                delay = min(max(retry_after, 0.0), max(self.backoff_max, 1.0))
+            if retry_after is not None:  # honoured, but "at once" from a collector is not a spin
+                delay = min(max(retry_after, 1.0), max(self.backoff_max, 1.0))
             self.next_attempt_ns = time.time_ns() + int(delay * 1e9)
             log.warning("upload of %s failed (%s); retrying in %.1fs", b.name, detail, delay)
             if self.upload_wake.wait(delay):
@@ -425,36 +478,51 @@ class Delivery:
                 return "ok", "", None
             except OSError as exc:
                 return "retry", f"cannot write to {unquote(url.path)}: {exc.strerror}", None
-        import httpx
+        from agent import upload_http
 
         if self._client is None:
             pol = self.d.policy.data["upload"]
-            verify: Any = pol["ca_bundle"] or True
-            cert = (pol["client_cert"], pol["client_key"] or None) if pol["client_cert"] else None
-            self._client = httpx.Client(verify=verify, cert=cert, timeout=self.timeout,
-                                        headers={"User-Agent": "tracecap"})
+            ctx = None
+            if url.scheme == "https":
+                ctx = upload_http.ssl_context(
+                    *(str(Path(pol[k]).expanduser()) if pol[k] else "" for k in
+                      ("ca_bundle", "client_cert", "client_key")))
+            self._client = upload_http.Uploader(ctx, self.timeout)
         token = self.d.policy.get("upload.token")
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream", "User-Agent": "tracecap",
+                   "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         target = self.url.rstrip("/") + f"/v1/bundles/{h.bundle_id}"
+        with open(path, "rb") as f:
+            body = f.read()
+        limit = self.request_deadline(len(body))
+        started = time.monotonic()
+        self.in_flight = {"bundle": path.name, "since_ns": time.time_ns(),
+                          "deadline_ns": time.time_ns() + int(limit * 1e9)}
         try:
-            with open(path, "rb") as f:
-                resp = self._client.put(target, content=f.read(), headers=headers)
-        except httpx.TimeoutException:
-            return "retry", f"the collector at {self.url} did not answer within {self.timeout:.0f}s", None
-        except httpx.HTTPError as exc:
-            return "retry", f"cannot reach the collector at {self.url}: {exc}", None
-        if 200 <= resp.status_code < 300:
+            resp = self._client.put(target, headers, body, started + limit)
+        except upload_http.Timeout:
+            return "retry", (f"the collector at {self.url} did not answer within {limit:.0f}s "
+                             f"(upload.timeout); it accepted the connection but stalled"), None
+        except upload_http.NetworkError as exc:
+            if self.stop_event.is_set():
+                return "retry", "the upload was stopped with the daemon", None
+            if self._client.backend.aborted:
+                return "retry", "the upload was cut short (forget or a policy change); it is sent again", None
+            return "retry", f"cannot reach the collector at {self.url}: {str(exc) or type(exc).__name__}", None
+        finally:
+            self.in_flight = None
+        if 200 <= resp.status < 300:
             return "ok", "", None
         reason = _reason(resp)
-        ra = retry_after_seconds(resp.headers.get("Retry-After"))
-        if resp.status_code in AUTH:
-            return "auth", f"the collector refused the token (HTTP {resp.status_code}: {reason}); " \
+        ra = retry_after_seconds(resp.headers.get("retry-after"))
+        if resp.status in AUTH:
+            return "auth", f"the collector refused the token (HTTP {resp.status}: {reason}); " \
                            f"check upload.token in the policy", ra
-        if resp.status_code in REFUSED:
-            return "refused", f"HTTP {resp.status_code}: {reason}", None
-        return "retry", f"the collector answered HTTP {resp.status_code}: {reason}", ra
+        if resp.status in REFUSED:
+            return "refused", f"HTTP {resp.status}: {reason}", None
+        return "retry", f"the collector answered HTTP {resp.status}: {reason}", ra
 
     def _quarantine(self, path: Path, reason: str) -> None:
         self.quarantine.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -484,9 +552,11 @@ class Delivery:
 
     # ------------------------------------------------------------------ flush / status
     def flush(self, timeout: float) -> dict[str, Any]:
+        """Seal and upload; returns by `timeout` whatever the collector does (an upload in flight
+        holds the outbox at most until its own deadline, and flush does not wait for it)."""
         deadline = time.monotonic() + timeout
         self.d.journal.flush(timeout)
-        self.seal_now()
+        self.seal_now(lock_timeout=max(0.0, deadline - time.monotonic()))
         before = self.state.uploaded_total
         # Cut a pending backoff short once: the user asked for an attempt now. Waking it again on
         # every check would turn an unreachable collector into a retry storm for the whole timeout.
@@ -507,6 +577,7 @@ class Delivery:
 
     def upload_status(self) -> dict[str, Any]:
         return {"url": self.url, "last_success_ns": self.last_success_ns, "last_error": self.last_error,
+                "in_flight": self.in_flight,
                 "next_attempt_ns": self.next_attempt_ns, "held": self.held_reason,
                 "uploaded_upto": self.state.uploaded_upto, "uploaded_total": self.state.uploaded_total,
                 "device_id": self._device_id}
@@ -530,10 +601,13 @@ def _approx_size(obj: Any) -> int:
 
 
 def _reason(resp: Any) -> str:
+    """The collector's one sentence (`{"error": ...}`), else the start of its answer, printable."""
+    text = resp.body.decode("utf-8", "replace")
     try:
-        body = resp.json()
+        body = json.loads(text)
         if isinstance(body, dict) and body.get("error"):
-            return str(body["error"])[:300]
+            text = str(body["error"])
     except ValueError:
         pass
-    return (resp.text or resp.reason_phrase or "")[:300]
+    text = "".join(c if c.isprintable() else " " for c in text[:300]).strip()
+    return text or "no reason given"

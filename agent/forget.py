@@ -11,6 +11,7 @@ Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,24 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
     now = time.time_ns()
     cutoff = now - int(seconds * 1e9)
     delivery = daemon.delivery
-    with daemon._state_lock, delivery.lock:
+    if delivery is None:  # no policy applied yet (refused at start): nothing seals or uploads
+        from agent.delivery import DeliveryState
+
+        outbox, state = daemon.paths.outbox, DeliveryState(daemon.paths.outbox.parent / "delivery.json")
+    else:
+        outbox, state = delivery.outbox, delivery.state
+    # The user's forget does not wait for a stalled upload's deadline: it is cut short, and the
+    # bundle it was sending stays, to be forgotten with the rest if it is in the span.
+    hold = delivery.outbox_now() if delivery is not None else contextlib.nullcontext()
+    with daemon._state_lock, hold:
         daemon.journal.flush()
-        resealed = _rewind_outbox(delivery.outbox, delivery.state, cutoff)
-        removed = daemon.journal.rewrite(_drop(cutoff, delivery.state.uploaded_upto))
+        resealed = _rewind_outbox(outbox, state, cutoff)
+        removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
         ticket = daemon.journal.append("agent.forget", "agent", None,
                                        {"count": len(removed), "from": cutoff, "to": now}, durable=True)
         ticket.wait(10)
-    delivery.seal_wake.set()
+    if delivery is not None:
+        delivery.seal_wake.set()
     return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}
 
 

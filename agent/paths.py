@@ -2,8 +2,12 @@
 
 Takes the environment; gives `StatePaths`. Promise: with `TRACECAP_HOME` set, every file the agent
 writes for this user is under that one directory; otherwise platformdirs' per-user directories.
-`ensure()` creates each directory with mode 0700 and raises `StateDirError` (one sentence) if it
-cannot.
+`ensure()` creates each directory with mode 0700 and raises `StateDirError` (one sentence, exit 1) if
+it cannot, or if one it finds is not private: owned by another user (who may have made it first to
+plant files or read ours), a symbolic link where a directory of ours belongs, writable by anyone
+else, or (for those holding captured data, keys or the control socket) readable by anyone else. The
+directory that only holds ours (`TRACECAP_HOME` itself) is tightened to 0700 when it is merely
+readable by others, since nothing of ours is in it directly.
 """
 from __future__ import annotations
 
@@ -16,11 +20,51 @@ from pathlib import Path
 
 import platformdirs
 
+from agent.errors import RuntimeFailure
+
 APP = "tracecap"
 
 
-class StateDirError(Exception):
-    """A state directory cannot be created or written."""
+class StateDirError(RuntimeFailure):
+    """A state directory cannot be created or written, or is not private (exit 1)."""
+
+
+def check_private(d: Path, *, holder: bool) -> None:
+    """Raise StateDirError unless `d` is a directory of this user's that no one else can write
+    (nor read, unless `holder`: a directory holding only our other directories, tightened)."""
+    if not hasattr(os, "getuid"):
+        return
+    uid = os.getuid()
+    try:
+        st = os.lstat(d)
+        if stat.S_ISLNK(st.st_mode):
+            if not holder or st.st_uid not in (0, uid):
+                raise StateDirError(
+                    f"state directory {d} is a symbolic link (owned by uid {st.st_uid}), where tracecap "
+                    f"makes a directory of its own; remove the link and start again")
+            st = os.stat(d)
+    except OSError as exc:
+        raise StateDirError(f"state directory {d} cannot be examined ({exc.strerror}); "
+                            f"set TRACECAP_HOME to a directory of your own") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state directory {d} is not a directory; remove it or set TRACECAP_HOME")
+    if st.st_uid != uid:
+        raise StateDirError(
+            f"state directory {d} belongs to uid {st.st_uid}, not to you (uid {uid}), so its owner "
+            f"could read what tracecap keeps there or plant files in it; remove it or set "
+            f"TRACECAP_HOME to a directory you own")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateDirError(
+            f"state directory {d} can be written by other users (mode {mode:o}), so files planted there "
+            f"could end up in your traces; check what is in it, then run chmod 700 {d}")
+    if mode & 0o077:
+        if holder:
+            os.chmod(d, 0o700)
+            return
+        raise StateDirError(
+            f"state directory {d} can be read by other users (mode {mode:o}) and holds your captured "
+            f"data or keys; run chmod 700 {d}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,24 +125,23 @@ class StatePaths:
     def ensure(self) -> "StatePaths":
         # The directories holding ours (the TRACECAP_HOME root, platformdirs' `.../tracecap`) are
         # made private too, not only the leaves.
-        for top in {d.parent for d in self.all_dirs() if d.parent.name == APP} | (
-                {self.spool.parent} if self.spool.parent == self.config.parent else set()):
+        tops = {d.parent for d in self.all_dirs() if d.parent.name == APP} | (
+            {self.spool.parent} if self.spool.parent == self.config.parent else set())
+        for top in sorted(tops):
             try:
                 top.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if top.stat().st_uid == os.getuid():
-                    os.chmod(top, 0o700)
             except OSError:
-                pass  # reported below, for the directory that cannot be made
+                continue  # reported below, for the directory that cannot be made
+            check_private(top, holder=True)
         for d in self.all_dirs():
             try:
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if d.stat().st_uid == os.getuid():
-                    os.chmod(d, 0o700)
             except OSError as exc:
                 raise StateDirError(
                     f"cannot create state directory {d}: {exc.strerror}; "
                     f"set TRACECAP_HOME to a writable directory"
                 ) from None
+            check_private(d, holder=False)
             if not os.access(d, os.W_OK | os.X_OK):
                 raise StateDirError(
                     f"state directory {d} is not writable; fix its permissions or set TRACECAP_HOME"

@@ -176,7 +176,9 @@ class ExportSummary:
                  f"({self.bundles} bundles) to {self.out} as {self.format}"]
         for d in self.devices:
             gaps = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d.gaps) or "none"
-            lines.append(f"  {d.device_id}: {d.events} events, seq {d.first_seq}..{d.last_seq}, "
+            from collector.verify import printable
+
+            lines.append(f"  {printable(d.device_id)}: {d.events} events, seq {d.first_seq}..{d.last_seq}, "
                          f"{len(d.files)} files, {d.duplicates} duplicates dropped, missing seq: {gaps}")
         if self.invalid:
             lines.append(f"{self.invalid} events failed the event schema ({self.schema}); "

@@ -15,14 +15,23 @@ Promises: the body is streamed to a temporary file and never held in memory; a b
 size cap is refused as soon as the cap is passed (or at once, from `Content-Length`); a response
 of 2xx means the bundle is durably stored and indexed. Verification and the store's fsyncs run in
 worker threads so one slow disk write never stalls the event loop.
+
+Against slow or idle clients (`serve`): a connection must deliver a request's headers within
+`HEADER_TIMEOUT` of opening or of its previous answer, a body that stops for `BODY_IDLE_TIMEOUT`
+is answered 408, idle keep-alive connections close after `KEEP_ALIVE`, and open connections are
+capped below the open-file limit (raised to its hard limit at start): past the cap a new
+connection closes the oldest one that is not in a request. So half-open connections cannot starve
+`/v1/health` or real uploads, whatever the process's file limit.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import os
 import socket
+import time
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +46,10 @@ log = logging.getLogger("tracecap.collector")
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+HEADER_TIMEOUT = 10.0
+BODY_IDLE_TIMEOUT = 30.0
+KEEP_ALIVE = 15
+MAX_CONNECTIONS = 4096
 
 
 def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
@@ -80,7 +93,15 @@ def create_app(store: BundleStore, token: str | None, max_bundle_bytes: int = DE
         try:
             received = 0
             with open(temp, "wb") as f:
-                async for block in request.stream():
+                blocks = request.stream().__aiter__()
+                while True:
+                    try:
+                        block = await asyncio.wait_for(blocks.__anext__(), BODY_IDLE_TIMEOUT)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.TimeoutError:
+                        return _error(408, f"the bundle's bytes stopped arriving for "
+                                           f"{BODY_IDLE_TIMEOUT:.0f}s; send it again")
                     received += len(block)
                     if received > max_bundle_bytes:
                         return _error(413, f"the bundle is over the collector's limit of {max_bundle_bytes} bytes")
@@ -157,13 +178,86 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (at most 65,536); returns the soft limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return MAX_CONNECTIONS + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _guarded_h11(max_connections: int):
+    """uvicorn's h11 protocol with a deadline for each request's headers and a connection cap
+    that closes the oldest connection not in a request (uvicorn has neither)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            self.opened = time.monotonic()
+            self._header_timer = None
+            super().connection_made(transport)
+            self._arm_header_timer()
+            if len(self.connections) > max_connections:
+                idle = [c for c in self.connections
+                        if c is not self and not c.transport.is_closing()
+                        and getattr(c, "_waiting_for_headers", lambda: False)()]
+                if idle:
+                    oldest = min(idle, key=lambda c: c.opened)
+                    oldest.transport.close()
+                else:  # every connection is in a request: this one waits its turn no longer
+                    transport.close()
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_overdue)
+
+        def _headers_overdue(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return Guarded
+
+
 def serve(store: BundleStore, sock: socket.socket, token: str | None, max_bundle_bytes: int) -> None:
     """Run the collector over `store` on `sock` until SIGINT/SIGTERM (uvicorn's graceful
     shutdown); the store is closed when the server stops."""
     import uvicorn
 
+    limit = raise_file_limit()
+    # Room under the file limit for the listening socket, the index, bundles being written, the
+    # threads' files, and the connections accepted or closed but not yet through the event loop
+    # (asyncio accepts up to a backlog per pass of its loop, and an evicted connection's file is
+    # released a pass later); below that, the oldest idle connection makes way for a new one.
+    backlog = max(64, min(1024, (limit - 64) // 6))
+    max_connections = max(16, min(MAX_CONNECTIONS, limit - 64 - 2 * backlog))
     app = create_app(store, token, max_bundle_bytes)
     config = uvicorn.Config(app, log_level=os.environ.get("TRACECAP_COLLECTOR_LOG_LEVEL", "warning"),
-                            access_log=False, lifespan="on", timeout_keep_alive=30,
-                            server_header=False)
+                            access_log=False, lifespan="on", timeout_keep_alive=KEEP_ALIVE,
+                            server_header=False, http=_guarded_h11(max_connections),
+                            h11_max_incomplete_event_size=16 * 1024, backlog=backlog)
     uvicorn.Server(config).run(sockets=[sock])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import unicodedata
 from typing import Any, Sequence
 
 from collector.storage import BundleRow, BundleStore, DeviceSummary
@@ -191,10 +192,25 @@ def _ranges(gaps: Sequence[Gap]) -> str:
     return ", ".join(f"{g.first}" if g.first == g.last else f"{g.first}-{g.last}" for g in gaps)
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control and format characters (escape sequences, bidi
+    overrides) and backslashes are shown escaped, so a device id cannot forge what is printed."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def format_report(report: DeviceReport) -> str:
-    """A few human lines for one device."""
+    """A few human lines for one device (its id escaped with `printable`)."""
     r = report
-    head = (f"{r.device_id}: {'ok' if r.ok else 'NOT OK'} - {r.bundles} bundles, {r.events} events, "
+    head = (f"{printable(r.device_id)}: {'ok' if r.ok else 'NOT OK'} - {r.bundles} bundles, {r.events} events, "
             f"seq {r.first_seq}..{r.last_seq}, last contiguous seq {r.last_contiguous_seq}")
     lines = [head]
     if r.missing:

@@ -57,8 +57,17 @@ max_bytes = "1GiB"
 '''
 
 
+def with_org_key(tmp_path, body):
+    """The example with its recipient replaced by a real org public key (check loads it)."""
+    from schemas.keys import generate_org_keypair, write_org_keypair
+
+    priv, pub = generate_org_keypair()
+    write_org_keypair(tmp_path / "org", priv, pub)
+    return body.replace("/etc/tracecap/org.pub", str(tmp_path / "org" / "org.pub"))
+
+
 def test_contract_example_is_valid_and_fills_defaults(tmp_path):
-    pol = load_policy_file(write(tmp_path, CONTRACT_EXAMPLE))
+    pol = load_policy_file(write(tmp_path, with_org_key(tmp_path, CONTRACT_EXAMPLE)))
     assert pol.get("capture.roots") == ["~/src"]
     assert pol.get("spool.fsync_ms") == 200 and pol.get("spool.reorder_ms") == 250
     assert not pol.personal
@@ -125,7 +134,7 @@ def run(*args, env_extra=None):
 
 
 def test_cli_policy_check_exit_codes(tmp_path):
-    good = write(tmp_path, CONTRACT_EXAMPLE)
+    good = write(tmp_path, with_org_key(tmp_path, CONTRACT_EXAMPLE))
     r = run("policy", "check", str(good))
     assert r.returncode == 0 and "valid" in r.stdout
     bad = tmp_path / "bad.toml"
@@ -136,7 +145,7 @@ def test_cli_policy_check_exit_codes(tmp_path):
 
 
 def test_cli_policy_show_prints_effective_policy(tmp_path):
-    p = write(tmp_path, CONTRACT_EXAMPLE)
+    p = write(tmp_path, with_org_key(tmp_path, CONTRACT_EXAMPLE))
     r = run("policy", "show", env_extra={"TRACECAP_POLICY": str(p), "TRACECAP_HOME": str(tmp_path)})
     assert r.returncode == 0
     assert 'roots = ["~/src"]' in r.stdout and "fsync_ms = 200" in r.stdout

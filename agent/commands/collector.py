@@ -99,6 +99,20 @@ def _open_store(args: argparse.Namespace, create: bool):
         raise UsageError(str(exc)) from None
 
 
+def _private_files(data: Path) -> None:
+    """Everything the collector makes is its own alone (umask 077: files 0600, directories 0700);
+    the index and the directories of a data directory made before are tightened as well."""
+    os.umask(0o077)
+    for name in ("", "objects", "tmp", "index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
+        p = data / name
+        try:
+            st = p.lstat()
+            if st.st_uid == os.getuid() and not p.is_symlink() and st.st_mode & 0o077:
+                os.chmod(p, 0o700 if p.is_dir() else 0o600)
+        except OSError:
+            continue
+
+
 def cmd_collector_serve(args: argparse.Namespace) -> int:
     from collector.server import bind, parse_listen, serve
 
@@ -111,11 +125,14 @@ def cmd_collector_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--max-bundle-bytes: {exc}") from None
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    os.umask(0o077)  # what the collector makes is its own alone
     store = _open_store(args, create=True)  # fail early, in one sentence, on a bad store
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     log = logging.getLogger("tracecap.collector")
+    if args.data:
+        _private_files(args.data)
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -137,6 +154,7 @@ def cmd_collector_verify(args: argparse.Namespace) -> int:
     from collector.storage import Refused, StorageUnavailable
     from collector.verify import format_report, verify_store
 
+    os.umask(0o077)  # the index's WAL files it may create are the collector's alone
     with _open_store(args, create=False) as store:
         try:
             reports = verify_store(store, check_objects=args.check_objects or args.data is not None)

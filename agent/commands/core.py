@@ -158,6 +158,12 @@ def render_status(st: dict[str, Any]) -> str:
     if up:
         lines.append(f"upload:  {up.get('url')}; last success {_ago(up.get('last_success_ns'))}"
                      + (f"; last error: {up['last_error']}" if up.get("last_error") else ""))
+        fl = up.get("in_flight")
+        if fl:
+            age = (time.time_ns() - fl["since_ns"]) / 1e9
+            left = max(0.0, (fl["deadline_ns"] - time.time_ns()) / 1e9)
+            lines.append(f"         uploading {fl['bundle']} for {age:.0f}s"
+                         + (f" (stalled? given up in {left:.0f}s)" if age >= 5 else ""))
     pol = st["policy"]
     lines.append(f"policy:  {pol['origin']} ({pol['digest'][:12]})"
                  + (f"; REFUSED: {pol['error']}" if pol.get("error") else ""))
@@ -285,9 +291,12 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- policy
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from agent.policy import load_policy_file
+    from agent.policy import default_policy_path, load_policy_file
 
-    pol = load_policy_file(args.file, strict_modes=False)
+    # A draft anywhere is checked for content; the policy in force (the file the daemon reads) is
+    # also held to the daemon's ownership and directory rules, so check refuses what it would.
+    in_force = os.path.abspath(args.file) == os.path.abspath(default_policy_path())
+    pol = load_policy_file(args.file, strict_modes=in_force)
     print(f"{args.file}: valid (digest {pol.digest[:12]})")
     return 0
 
