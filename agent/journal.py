@@ -92,11 +92,12 @@ class ScanResult:
     skipped: list[tuple[int, int]]  # (offset, end) byte ranges that held no valid record
 
 
-def scan_segment(buf: bytes) -> ScanResult:
-    """Parse a segment body (after its header). Pure; never raises on bad bytes."""
+def scan_segment(buf: bytes, start: int = SEG_HEADER.size) -> ScanResult:
+    """Parse a segment body (after its header), from `start` (a record boundary, such as a previous
+    scan's `good_end`). Pure; never raises on bad bytes."""
     records: list[tuple[int, int, bytes]] = []
     skipped: list[tuple[int, int]] = []
-    pos = SEG_HEADER.size
+    pos = max(start, SEG_HEADER.size)
     good_end = pos
     n = len(buf)
     while pos < n:
@@ -116,6 +117,12 @@ def scan_segment(buf: bytes) -> ScanResult:
         skipped.append((pos, stop))
         pos = stop
     return ScanResult(records, good_end, skipped)
+
+
+def record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:
+    """The record starting at `pos` as (its end, its payload), or None unless one with a valid
+    check starts exactly there."""
+    return _record_at(buf, pos)
 
 
 def _record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:

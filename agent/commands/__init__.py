@@ -12,4 +12,5 @@ COMMAND_MODULES = (
     "agent.commands.collector",
     "agent.commands.service",
     "agent.commands.tray",
+    "agent.commands.review",
 )
