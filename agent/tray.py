@@ -308,6 +308,10 @@ class TrayController:
             url = self._call("review")["url"]
         except DaemonNotRunning:
             raise RuntimeFailure("the daemon is not running, and it serves the review page") from None
+        if self.opener is not None:  # the same opener as the log, when one was given
+            subprocess.Popen([*self.opener, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+            return url
         import webbrowser
 
         if not webbrowser.open(url, new=2):

@@ -135,8 +135,8 @@ def main() -> int:
         first, again, text, second = [], [], [], []
         try:
             for r in range(args.rounds):
-                # A fresh server each round: stop the previous one by letting it idle out quickly.
-                url = control.request(d.socket, "review", idle=1 if r < args.rounds - 1 else 600)["url"]
+                # A fresh server each round: the previous one is left to idle out (2 s).
+                url = control.request(d.socket, "review", idle=2 if r < args.rounds - 1 else 600)["url"]
                 base = url.split("/?")[0]
                 with httpx.Client(follow_redirects=False, timeout=30) as c:
                     login = c.get(url)  # sets the cookie, redirects to /

@@ -15,7 +15,8 @@ Security (the page shows everything the daemon holds), checked by `Guard` before
 - Only GET, HEAD and POST. A POST needs Origin = http://127.0.0.1:PORT, a Sec-Fetch-Site (when the
   browser sends one) of same-origin, and the CSRF token of the session in its form.
 - Every response carries a strict Content-Security-Policy (scripts and styles from 'self' only, no
-  inline script or style, no frames, forms post only to itself), nosniff, no-referrer, no-store.
+  inline script or style, no frames, forms post only to itself), nosniff, no-store, and a
+  same-origin referrer policy (under no-referrer, browsers send `Origin: null` with a form POST).
 - Error pages are fixed sentences: they never include event content or the request's input.
 Only requests that pass the guard count as use (a probe cannot keep the server alive).
 """
@@ -48,7 +49,7 @@ SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
@@ -176,6 +177,8 @@ class Guard:
                 extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
                 names = {k for k, _ in extra}
                 message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names] + extra
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                self.on_use()  # idle time counts from the end of the last answer, not its start
             await send(message)
 
         await self.app(scope, receive, send_secure)

@@ -1,0 +1,121 @@
+"""The review page's pure parts: marking redactions (escaped first), diffs, the chart, and the
+journal index against the journal's own reader (appends, forget's rewrite, a corrupt frame)."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from agent.journal import Journal, read_segments
+from agent.review import view
+from agent.review.index import JournalIndex, Query, chart_source
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", "plain"),
+    ("key [REDACTED:aws-access-key-id] here",
+     'key <mark class="redacted" title="removed by redaction">[REDACTED:aws-access-key-id]</mark> here'),
+    ("AKIA[REDACTED:aws-access-key-id]", 'AKIA<mark class="redacted" title="removed by redaction">'
+                                         '[REDACTED:aws-access-key-id]</mark>'),
+    ("[REDACTION-FAILED]", '<mark class="redacted" title="removed by redaction">[REDACTION-FAILED]</mark>'),
+    ("user [email:1a2b3c4d]", 'user <mark class="redacted" title="removed by redaction">[email:1a2b3c4d]</mark>'),
+    ("<script>alert(1)</script> [REDACTED:x]",
+     '&lt;script&gt;alert(1)&lt;/script&gt; <mark class="redacted" title="removed by redaction">[REDACTED:x]</mark>'),
+    ('"><img src=x onerror=alert(1)>', "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"),
+    ("[not a marker] [a:xyz]", "[not a marker] [a:xyz]"),
+    (None, ""),
+])
+def test_mark_redactions_escapes_then_marks(text, expected):
+    assert str(view.mark_redactions(text)) == expected
+
+
+def test_diff_lines_are_classified_and_escaped():
+    diff = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old <b>\n+new [REDACTED:pw]\n same"
+    got = [(c, str(m)) for c, m in view.diff_lines(diff)]
+    assert [c for c, _ in got] == ["file", "file", "hunk", "del", "add", "ctx"]
+    assert got[3][1] == "-old &lt;b&gt;"
+    assert "<mark" in got[4][1]
+    assert view.diff_lines("\n".join(["+x"] * 10), limit=4)[-1][0] == "more"
+
+
+def test_chart_is_svg_with_a_titled_bar_per_source_and_hour_and_no_inline_style():
+    counts = {s: [0] * 24 for s in view.SOURCE_COLOURS}
+    counts["shell"][9] = 12
+    counts["tests"][9] = 3
+    counts["files"][14] = 1
+    svg = str(view.chart_svg(counts, now_hour=14))
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "09:00–10:00 shell: 12 events" in svg and "14:00–15:00 files: 1 event<" in svg
+    assert "style=" not in svg and "<script" not in svg
+    assert "16 in all" in svg
+
+
+@pytest.mark.parametrize("kind, source, row", [
+    ("shell.start", "shell", "shell"), ("test.run", "shell", "tests"), ("file.save", "files", "files"),
+    ("repo.state", "git", "git"), ("git.commit", "git", "git"), ("tool.invocation", "tools", "tools"),
+    ("input.activity", "input", "input"), ("app.focus", "input", "input"), ("agent.start", "agent", None),
+    ("user.note", "user", None),
+])
+def test_chart_rows(kind, source, row):
+    assert chart_source(kind, source) == row
+
+
+def _journal(tmp_path, n=300, segment_bytes=16 << 20):
+    j = Journal(tmp_path / "spool", reorder_ms=0, segment_bytes=segment_bytes)
+    j.open()
+    j.start()
+    now = time.time_ns()
+    for i in range(n):
+        kind = ("shell.start", "file.save", "test.run", "git.commit")[i % 4]
+        data = {"cmd": f"make {i}", "cwd": "/src/app"} if kind == "shell.start" else \
+            {"repo": "/src/app", "path": f"f{i}.py", "diff": "+x\n" * (i % 7)}
+        j.append(kind, "shell", None, data, now - (n - i) * 10**9)
+    j.flush()
+    return j
+
+
+def _seqs(events):
+    return [e.seq for e in events]
+
+
+def test_index_matches_the_journal_reader_through_appends_and_forget(tmp_path):
+    j = _journal(tmp_path, segment_bytes=4096)  # many segments
+    ix = JournalIndex(j.dir)
+    try:
+        assert [e.seq for e in ix.refresh()] == _seqs(read_segments(j.dir))
+        assert ix.repos() == ["/src/app"]
+        for i in range(50):  # the active segment grows; rotation makes new ones
+            j.append("user.note", "user", None, {"text": f"n{i}"})
+        j.flush()
+        assert [e.seq for e in ix.refresh()] == _seqs(read_segments(j.dir))
+        removed = j.rewrite(lambda ev: ev.seq % 3 == 0)
+        assert removed
+        assert [e.seq for e in ix.refresh()] == _seqs(read_segments(j.dir))
+        events, total = ix.page(Query(), j.durable_seq, 0, 10)
+        assert total == len(ix.refresh()) and _seqs(events) == sorted(_seqs(read_segments(j.dir)))[::-1][:10]
+        events, total = ix.page(Query(kinds=("git.",), text="F15.PY"), j.durable_seq, 0, 10)
+        assert [e.data["path"] for e in events] == ["f15.py"] and total == 1
+        _, total = ix.page(Query(repo="/src/app"), j.durable_seq, 0, 10)
+        assert total == sum(1 for e in read_segments(j.dir) if e.kind != "user.note")
+        _, total = ix.page(Query(day=dt.date.today() + dt.timedelta(days=2)), j.durable_seq, 0, 10)
+        assert total == 0
+    finally:
+        j.stop()
+
+
+def test_index_falls_back_to_the_checked_scan_at_a_corrupt_frame(tmp_path):
+    j = _journal(tmp_path, n=100)
+    j.stop()
+    seg = sorted(j.dir.glob("*.seg"))[0]
+    buf = bytearray(seg.read_bytes())
+    # Break the sync marker of a record in the middle: its frame no longer parses.
+    at = buf.find(b"\xa5\x5a", len(buf) // 2)
+    buf[at:at + 2] = b"\x00\x00"
+    seg.write_bytes(bytes(buf))
+    expected = _seqs(read_segments(j.dir))
+    assert len(expected) == 99
+    ix = JournalIndex(j.dir)
+    assert [e.seq for e in ix.refresh()] == expected
+    events, total = ix.page(Query(), 10**9, 0, 200)
+    assert total == 99 and _seqs(events) == expected[::-1]
