@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
+import threading
 import time
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -38,7 +39,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agent.review import view
-from agent.review.index import SOURCES, JournalIndex, Query, chart_source, day_bounds
+from agent.forget import KEEP_KINDS
+from agent.review.index import JournalIndex, Query, day_bounds
 
 log = logging.getLogger("tracecap.review")
 
@@ -75,7 +77,10 @@ def build_app(state: Any, *, port: int, token: str, session: str, csrf: str,
     env = Environment(loader=PackageLoader("agent.review", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["marked"] = view.mark_redactions
+    env.get_template("page.html")  # compiled now, while the browser starts, not on the first page
     index = JournalIndex(state.spool)
+    # Index the journal now too, in the background: the browser takes longer to open than this.
+    threading.Thread(target=_warm, args=(index,), name="review-index", daemon=True).start()
 
     async def page(request: Request) -> Response:
         return _render_page(request, env, state, index, csrf)
@@ -129,6 +134,13 @@ def build_app(state: Any, *, port: int, token: str, session: str, csrf: str,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
     return Guard(app, port=port, token=token, session=session, on_use=on_use)
+
+
+def _warm(index: JournalIndex) -> None:
+    try:
+        index.refresh()
+    except Exception:  # the first page will try again, and report
+        log.exception("indexing the journal for the review page failed")
 
 
 # ---------------------------------------------------------------------------- the guard
@@ -289,40 +301,11 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
     durable = state.durable_seq()
     delivered = state.delivered_upto()
     sealed = state.sealed_upto()
-    entries = index.refresh()
 
-    # One pass over the index for the chart, the days and kinds held, and what Forget would take.
     chart_day = q.day or today
-    lo, hi = day_bounds(chart_day)
-    today_lo = day_bounds(today)[0]
-    edges = [int(dt.datetime.combine(chart_day, dt.time(h)).astimezone().timestamp() * 1e9) for h in range(24)]
-    counts = {s: [0] * 24 for s in SOURCES}
-    since = {"15m": now_ns - 15 * 60 * 10**9, "1h": now_ns - 3600 * 10**9, "today": today_lo}
-    forgettable = {k: 0 for k in since}
-    kinds: set[str] = set()
-    days: set[dt.date] = set()
-    last_hour = None
-    import bisect
-
-    from agent.forget import KEEP_KINDS
-
-    for e in entries:
-        if e.seq > durable:
-            continue
-        ts = e.ts
-        kinds.add(e.kind)
-        hour = ts // 3_600_000_000_000
-        if hour != last_hour:
-            days.add(dt.datetime.fromtimestamp(ts / 1e9).date())
-            last_hour = hour
-        if lo <= ts < hi:
-            row = chart_source(e.kind, e.source)
-            if row is not None:
-                counts[row][max(0, bisect.bisect_right(edges, ts) - 1)] += 1
-        if e.seq > delivered and e.kind not in KEEP_KINDS:
-            for k, t in since.items():
-                if ts >= t:
-                    forgettable[k] += 1
+    since = {"15m": now_ns - 15 * 60 * 10**9, "1h": now_ns - 3600 * 10**9, "today": day_bounds(today)[0]}
+    summary = index.summary(chart_day, durable, delivered, since)
+    counts, forgettable = summary.hours, summary.forgettable
 
     events, total = index.page(q, durable, (page_no - 1) * PAGE_SIZE, PAGE_SIZE)
     ends = index.shell_ends(events, durable)
@@ -360,7 +343,7 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
         reason = REFUSALS.get(request.query_params.get("reason", ""), "")
         flash = DONE[done].format(n=int(n) if n.isdigit() else 0, reason=reason)
 
-    day_list = sorted(days | {today}, reverse=True)
+    day_list = sorted(set(summary.days) | {today}, reverse=True)
     chart_hour = dt.datetime.now().hour if chart_day == today else None
     context = {
         "st": st, "state_word": _state_word(st), "csrf": csrf, "flash": flash,
@@ -368,12 +351,12 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
         "chart": view.chart_svg(counts, now_hour=chart_hour), "chart_total": sum(map(sum, counts.values())),
         "day": q.day, "raw_day": raw_day, "today": today, "days": day_list[:14],
         "day_label": _day_label(q.day, today),
-        "kinds": sorted(kinds), "repos": index.repos(), "q": q, "rows": rows, "total": total,
+        "kinds": summary.kinds, "repos": index.repos(), "q": q, "rows": rows, "total": total,
         "page_no": page_no, "pages": pages, "link": link,
         "forget_counts": forgettable, "forget_scopes": FORGET_SCOPES,
         "waiting": waiting, "uploaded": uploaded, "hold": view.countdown(hold) if hold else None,
         "upload": st.get("upload") or {}, "outbox": st.get("outbox") or {},
-        "delivered_upto": delivered, "held_count": sum(1 for e in entries if delivered < e.seq <= durable),
+        "delivered_upto": delivered, "unsealed": index.count_seqs(sealed, durable),
         "now_ns": now_ns,
     }
     html = env.get_template("page.html").render(**context)

@@ -22,6 +22,7 @@ Promises:
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import datetime as dt
 import os
@@ -39,6 +40,11 @@ SOURCES = ("shell", "files", "tests", "git", "tools", "input")
 REPO_KINDS = ("repo.state", "git.commit", "git.checkout", "git.ref")
 
 
+# The chart and the day list count events in quarter-hour buckets: every time zone's offset is a
+# whole number of quarter hours, so each bucket falls in one local hour and one local day.
+BUCKET_NS = 15 * 60 * 10**9
+
+
 class Entry(NamedTuple):
     seq: int
     ts: int
@@ -47,6 +53,22 @@ class Entry(NamedTuple):
     base: int  # the segment it is in
     pos: int  # where its record starts in that segment
     end: int  # where it ends
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    hours: dict[str, list[int]]  # source -> events per local hour of the day
+    kinds: list[str]
+    days: list[dt.date]  # newest first
+    forgettable: dict[str, int]  # span name -> events forget would remove
+
+
+def _seq_key(e: Entry) -> int:
+    return e.seq
+
+
+def _bucket_of(e: Entry) -> tuple[str, int]:
+    return e.kind, e.ts // BUCKET_NS
 
 
 @dataclasses.dataclass
@@ -114,6 +136,9 @@ class JournalIndex:
         self._lock = threading.Lock()
         self._entries: list[Entry] = []  # every indexed entry, in seq order
         self._repos: dict[int, set[str]] = {}  # segment -> repos its events name
+        self.generation = 0  # bumped whenever the entries change
+        self._summary_key: tuple | None = None
+        self._summary: tuple | None = None
 
     # ------------------------------------------------------------------ refreshing
     def refresh(self) -> list[Entry]:
@@ -129,6 +154,7 @@ class JournalIndex:
                 changed = True
             if changed:
                 self._entries = [e for b in sorted(self._segments) for e in self._segments[b].entries]
+                self.generation += 1
             return self._entries
 
     def _refresh_segment(self, base: int) -> bool:
@@ -223,51 +249,49 @@ class JournalIndex:
                     found[sid] = data
         return found
 
-    def hours(self, day: dt.date, durable_seq: int) -> dict[str, list[int]]:
-        """Events per local hour of `day`, by source (the chart's rows)."""
-        lo, hi = day_bounds(day)
-        counts = {s: [0] * 24 for s in SOURCES}
-        # Hour boundaries as ns, so a DST day's 23 or 25 hours fold into 24 wall-clock slots.
-        edges = [int(dt.datetime.combine(day, dt.time(h)).astimezone().timestamp() * 1e9)
-                 for h in range(24)]
-        entries = self.refresh()
-        for e in entries:
-            if e.seq > durable_seq or not lo <= e.ts < hi:
-                continue
-            row = chart_source(e.kind, e.source)
-            if row is not None:
-                counts[row][max(0, bisect.bisect_right(edges, e.ts) - 1)] += 1
-        return counts
+    def summary(self, day: dt.date, durable_seq: int, delivered_upto: int, since: dict[str, int]) -> Summary:
+        """The chart for `day`, the kinds and days held, and how many events `forget` would take
+        for each span start in `since` (not yet delivered, not a gap or forget marker: see
+        agent/forget.py), from one pass over the index, reused while nothing changed."""
+        from agent.forget import KEEP_KINDS
 
-    def days(self, durable_seq: int) -> list[dt.date]:
-        """The local days that hold events, newest first."""
-        seen: set[dt.date] = set()
-        last = None
-        for e in self.refresh():
-            if e.seq > durable_seq:
-                continue
-            # Consecutive events mostly share an hour: convert only when the hour changes.
-            hour = e.ts // 3_600_000_000_000
-            if hour != last:
-                seen.add(local_day(e.ts))
-                last = hour
-        return sorted(seen, reverse=True)
+        entries = self.refresh()
+        key = (self.generation, durable_seq, delivered_upto)
+        if self._summary_key != key:
+            seq_of = _seq_key
+            hi = bisect.bisect_right(entries, durable_seq, key=seq_of)
+            lo = min(hi, bisect.bisect_right(entries, delivered_upto, key=seq_of))
+            counter = collections.Counter(map(_bucket_of, entries[:hi]))
+            forgettable = sorted(e.ts for e in entries[lo:hi] if e.kind not in KEEP_KINDS)
+            self._summary_key, self._summary = key, (counter, forgettable)
+        counter, forgettable = self._summary  # type: ignore[misc]
+        counts = {s: [0] * 24 for s in SOURCES}
+        kinds: set[str] = set()
+        days: set[dt.date] = set()
+        local: dict[int, dt.datetime] = {}
+        for (kind, bucket), n in counter.items():
+            kinds.add(kind)
+            when = local.get(bucket)
+            if when is None:
+                when = local[bucket] = dt.datetime.fromtimestamp(bucket * BUCKET_NS / 1e9)
+            days.add(when.date())
+            if when.date() == day:
+                row = chart_source(kind, "")
+                if row is not None:
+                    counts[row][when.hour] += n
+        n_forget = {name: len(forgettable) - bisect.bisect_left(forgettable, t) for name, t in since.items()}
+        return Summary(counts, sorted(kinds), sorted(days, reverse=True), n_forget)
 
     def repos(self) -> list[str]:
         """The repos named by the repo and git events held."""
         self.refresh()
         return sorted(set().union(*self._repos.values())) if self._repos else []
 
-    def kinds(self, durable_seq: int) -> list[str]:
-        return sorted({e.kind for e in self.refresh() if e.seq <= durable_seq})
-
-    def count_forgettable(self, since_ns: int, delivered_upto: int, durable_seq: int) -> int:
-        """How many events `forget` would remove for a span starting at `since_ns` (see
-        agent/forget.py: not yet delivered, not a gap or forget marker)."""
-        from agent.forget import KEEP_KINDS
-
-        return sum(1 for e in self.refresh() if e.ts >= since_ns and delivered_upto < e.seq <= durable_seq
-                   and e.kind not in KEEP_KINDS)
+    def count_seqs(self, after: int, upto: int) -> int:
+        """How many events are held with after < seq <= upto."""
+        entries = self.refresh()
+        return max(0, bisect.bisect_right(entries, upto, key=_seq_key)
+                   - bisect.bisect_right(entries, after, key=_seq_key))
 
 
 def _index_records(buf: bytes, start: int, base: int, entries: list[Entry], repos: set[str]) -> int:
@@ -307,10 +331,18 @@ def _index_records(buf: bytes, start: int, base: int, entries: list[Entry], repo
             if key() != "source":
                 raise ValueError("not the event layout this reader knows")
             source = value()
-            skip(), skip(), skip(), skip()  # session, data: not decoded
+            skip(), skip(), skip()  # session, and the key of data
+            if kind in REPO_KINDS:  # only its repo is read
+                for _ in range(unpacker.read_map_header()):
+                    if key() == "repo":
+                        repo = value()
+                        if isinstance(repo, str):
+                            repos.add(repo)
+                    else:
+                        skip()
+            else:
+                skip()  # data: not decoded
             entries.append(new(Entry, (seq, ts, kind, source, base, pos, end)))
-            if kind in REPO_KINDS:
-                _note_repo(buf, pos, repos)
             pos = end
         return pos
     except Exception:
