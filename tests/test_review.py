@@ -10,12 +10,14 @@ import json
 import os
 import random
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import TRACECAP, DaemonProcess
+from tests.test_end_to_end import Shell, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +31,8 @@ POLICY = """\
 [consent]
 mode = "opt-in"
 [capture]
-sources = ["shell", "tests"]
+roots = ["{src}"]
+sources = ["files", "shell", "tests", "git"]
 [upload]
 interval = "1s"
 hold = "1h"
@@ -37,6 +40,9 @@ hold = "1h"
 
 SECRET_NOTE = "deploy to staging with key AKIAIOSFODNN7EXAMPLE before lunch"
 MARKER = "[REDACTED:aws-access-key-id]"
+STRIPE = "sk_live_" + "51HqLm2Xv9Rt4Yb7Nc1Kd6Wf"  # synthetic, in the format the detector knows
+GIT_ENV = {"GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.invalid",
+           "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.invalid"}
 
 
 def prefill(spool: Path, n: int, end_ns: int) -> None:
@@ -70,17 +76,45 @@ def browser():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    home = tmp_path_factory.mktemp("review") / "home"
+    """A real daemon whose journal holds a day of earlier events, then a real coding loop in bash
+    (a failing test, a fix, a secret typed, a passing test, a commit) and a note with a key."""
+    top = tmp_path_factory.mktemp("review")
+    home, src = top / "home", top / "src"
+    repo = src / "shop"
+    repo.mkdir(parents=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env={**os.environ, **GIT_ENV}, timeout=30)
     (home / "spool").mkdir(parents=True)
-    policy = home.parent / "policy.toml"
-    policy.write_text(POLICY)
+    policy = top / "policy.toml"
+    policy.write_text(POLICY.format(src=src))
     os.chmod(policy, 0o644)
     # 600 events over the ten hours that ended 20 minutes ago: outside "Last 15 minutes".
     prefill(home / "spool", 600, time.time_ns() - 20 * 60 * 10**9)
     d = DaemonProcess(home, policy=policy).start()
     d.cli("opt-in")
-    d.cli("note", SECRET_NOTE)
+    deadline = time.monotonic() + 20
+    while not all(s.startswith("running") for n, s in d.status()["sources"].items()
+                  if n in ("files", "shell", "git")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    env = {"HOME": str(top), "PATH": f"{os.path.dirname(TRACECAP)}:/usr/bin:/bin", "TERM": "xterm",
+           "TRACECAP_HOME": str(home), "TRACECAP_POLICY": str(policy), "LANG": "C.UTF-8", **GIT_ENV}
+    sh = Shell(env, repo)
+    try:
+        sh.run('eval "$(tracecap shell-init bash)"')
+        sh.run("python3 -m pytest -q -p no:cacheprovider", settle=3)
+        sh.run("sed -i 's/a - b/a + b/' calc.py", settle=1)
+        sh.run(f"export STRIPE_KEY={STRIPE}")
+        sh.run("python3 -m pytest -q -p no:cacheprovider", settle=3)
+        sh.run('git commit -qam "Fix add: it subtracted"', settle=1)
+        wait_for(d, lambda evs: any(e["kind"] == "git.commit" for e in evs)
+                 and sum(e["kind"] == "test.run" for e in evs) >= 2
+                 and any(e["kind"] == "file.save" for e in evs), timeout=30)
+    finally:
+        sh.close()
     d.cli("note", "looking at the flaky checkout test")
+    d.cli("note", SECRET_NOTE)
     yield d
     d.stop()
 
@@ -115,10 +149,20 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon):
         assert "AKIAIOSFODNN7EXAMPLE" not in page.content()
         bg = mark.evaluate("m => getComputedStyle(m).backgroundColor")
         assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), bg
-        # The prefilled day: commands with their exit codes, saves with coloured diffs, test runs
-        # with their failing tests, commits with their messages.
-        assert page.locator("li.event .exit").count() > 0
-        assert page.locator("pre.diff .d-add").count() > 0
+        # The coding loop as captured: commands with their exit codes, the save as a coloured
+        # diff, the test runs with the failing test, the commit with its message, the secret.
+        cmd = page.locator("li.event", has_text="$ python3 -m pytest").last
+        assert cmd.locator(".exit").inner_text() == "exit 1"
+        failing = page.locator("li.event", has=page.locator(".kind", has_text="test.run")).nth(1)
+        assert "test_add" in failing.locator("ul.failures li").first.inner_text()
+        save = page.locator("li.event", has_text="calc.py").filter(has=page.locator("pre.diff"))
+        assert save.locator(".d-add").first.inner_text().strip() == "+    return a + b"
+        assert save.locator(".d-del").first.inner_text().strip() == "-    return a - b"
+        commit = page.locator("li.event", has=page.locator(".kind", has_text="git.commit")).first
+        assert "Fix add: it subtracted" in commit.inner_text()
+        typed = page.locator("li.event", has_text="export STRIPE_KEY=")
+        assert typed.locator("mark.redacted").inner_text() == "[REDACTED:stripe-key]"
+        assert STRIPE not in page.content()
         add_bg = page.locator("pre.diff .d-add").first.evaluate("s => getComputedStyle(s).backgroundColor")
         assert add_bg not in ("rgba(0, 0, 0, 0)", "transparent")
         # The chart: an SVG drawn on the server, a bar per source and hour with a title.
@@ -131,7 +175,7 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon):
         page.get_by_role("button", name="Filter").click()
         kinds = page.locator("li.event .kind").all_inner_texts()
         assert kinds and set(kinds) == {"test.run"}
-        assert page.locator("ul.failures li", has_text="test_total").count() > 0
+        assert page.locator("ul.failures li", has_text="test_add").count() == 1
         page.get_by_label("Kind").select_option("")
         page.get_by_label("Text").fill("flaky checkout")
         page.get_by_role("button", name="Filter").click()

@@ -354,7 +354,7 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
         "kinds": summary.kinds, "repos": index.repos(), "q": q, "rows": rows, "total": total,
         "page_no": page_no, "pages": pages, "link": link,
         "forget_counts": forgettable, "forget_scopes": FORGET_SCOPES,
-        "waiting": waiting, "uploaded": uploaded, "hold": view.countdown(hold) if hold else None,
+        "waiting": waiting, "uploaded": uploaded, "hold": view.period(hold) if hold else None,
         "upload": st.get("upload") or {}, "outbox": st.get("outbox") or {},
         "delivered_upto": delivered, "unsealed": index.count_seqs(sealed, durable),
         "now_ns": now_ns,

@@ -112,6 +112,20 @@ def countdown(seconds: float) -> str:
     return f"{s} s"
 
 
+def period(seconds: float) -> str:
+    """A configured span in words: `15 minutes`, `1 hour`, `2 h 30 min`, `1 day`."""
+    seconds = int(seconds)
+    for size, one, many in ((86400, "day", "days"), (3600, "hour", "hours"), (60, "minute", "minutes")):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {one if n == 1 else many}"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"
+
+
 def short_sha(sha: Any) -> str:
     return str(sha or "")[:10]
 
