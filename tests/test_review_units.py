@@ -121,7 +121,8 @@ def test_index_falls_back_to_the_checked_scan_at_a_corrupt_frame(tmp_path):
     assert total == 99 and _seqs(events) == expected[::-1]
 
 
-@pytest.mark.parametrize("seconds, words", [(900, "15 minutes"), (3600, "1 hour"), (5400, "90 minutes"), (5430, "1 h 30 min"),
-                                            (86400, "1 day"), (90, "1 min 30 s"), (5, "5 s")])
+@pytest.mark.parametrize("seconds, words", [(900, "15 minutes"), (3600, "1 hour"), (5400, "90 minutes"),
+                                            (5430, "1 h 30 min"), (86400, "1 day"), (90, "1 min 30 s"),
+                                            (5, "5 s")])
 def test_period_in_words(seconds, words):
     assert view.period(seconds) == words

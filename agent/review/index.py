@@ -8,9 +8,11 @@ decoded only for the page shown.
 Promises:
 - Only what `tracecap log` would show: records with `seq <= durable_seq` whose check is valid.
   Indexing reads each record's frame and the event's seq, ts, kind and source without decoding its
-  data (that is what makes 100,000 events cheap); an event is shown only after its record's check
-  has been verified. A frame that does not parse sends that segment to the checked scan that every
-  journal reader uses, which skips corrupt records.
+  data or computing its check (that is what makes 100,000 events cheap); an event is shown only
+  after its record's check has been verified. A frame that does not parse sends the rest of that
+  segment to the checked scan every journal reader uses, which skips corrupt records. So a record
+  whose bytes rotted on disk after a clean frame may be counted in the chart and totals, but is
+  never shown.
 - Never stale: a segment is re-read when its inode, size or mtime changes (the writer appends,
   `forget` rewrites and renames, delivery releases). The active segment, when it only grew, is read
   from where the previous read stopped. A vanished segment drops out.
@@ -113,10 +115,6 @@ def day_bounds(day: dt.date) -> tuple[int, int]:
     start = dt.datetime.combine(day, dt.time()).astimezone()
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time()).astimezone()
     return int(start.timestamp() * 1e9), int(end.timestamp() * 1e9)
-
-
-def local_day(ts_ns: int) -> dt.date:
-    return dt.datetime.fromtimestamp(ts_ns / 1e9).date()
 
 
 def in_repo(data: dict[str, Any], repo: str) -> bool:
@@ -353,23 +351,12 @@ def _index_records(buf: bytes, start: int, base: int, entries: list[Entry], repo
             try:
                 d = msgpack.unpackb(payload, raw=False, strict_map_key=True)
                 entries.append(Entry(d["seq"], d["ts"], d["kind"], d["source"], base, rpos, rend))
-                if d["kind"] in REPO_KINDS:
-                    _note_repo(buf, rpos, repos)
+                repo = (d.get("data") or {}).get("repo")
+                if d["kind"] in REPO_KINDS and isinstance(repo, str):
+                    repos.add(repo)
             except Exception:
                 continue
         return res.good_end
-
-
-def _note_repo(buf: bytes, pos: int, repos: set[str]) -> None:
-    rec = record_at(buf, pos)
-    if rec is None:
-        return
-    try:
-        repo = (msgpack.unpackb(rec[1], raw=False).get("data") or {}).get("repo")
-    except Exception:
-        return
-    if isinstance(repo, str):
-        repos.add(repo)
 
 
 class SegmentReader:
