@@ -126,3 +126,20 @@ def test_index_falls_back_to_the_checked_scan_at_a_corrupt_frame(tmp_path):
                                             (5, "5 s")])
 def test_period_in_words(seconds, words):
     assert view.period(seconds) == words
+
+
+def test_totals_from_the_summary_agree_with_counting(tmp_path):
+    j = _journal(tmp_path, n=400)
+    try:
+        ix = JournalIndex(j.dir)
+        today = dt.date.today()
+        queries = [Query(), Query(day=today), Query(day=today - dt.timedelta(days=1)),
+                   Query(day=today, kinds=("file.save",)), Query(kinds=("git.",))]
+        slow = [ix.page(q, j.durable_seq, 0, 5) for q in queries]  # no summary yet: counted
+        ix.summary(today, j.durable_seq, 0, {"all": 0})
+        assert ix._count(Query(), j.durable_seq) == 400
+        fast = [ix.page(q, j.durable_seq, 0, 5) for q in queries]
+        assert [(t, _seqs(evs)) for evs, t in fast] == [(t, _seqs(evs)) for evs, t in slow]
+        assert ix.summary(today, j.durable_seq, 0, {"all": 0}).forgettable == {"all": 400}
+    finally:
+        j.stop()

@@ -27,6 +27,7 @@ import bisect
 import collections
 import dataclasses
 import datetime as dt
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -203,6 +204,11 @@ class JournalIndex:
         picked: list[Entry] = []
         total = 0
         reader = SegmentReader(self.spool)
+        known = self._count(q, durable_seq) if needle is None and raw_repo is None else None
+        if known is not None:  # day and kind only: the summary's counts give the total
+            for e in itertools.islice(self.select(q, durable_seq), offset, offset + limit):
+                picked.append(e)
+            return [ev for ev in map(reader.decode, picked) if ev is not None], known
         for e in self.select(q, durable_seq):
             if needle is not None or raw_repo is not None:
                 raw = reader.raw(e)
@@ -279,6 +285,19 @@ class JournalIndex:
                     counts[row][when.hour] += n
         n_forget = {name: len(forgettable) - bisect.bisect_left(forgettable, t) for name, t in since.items()}
         return Summary(counts, sorted(kinds), sorted(days, reverse=True), n_forget)
+
+    def _count(self, q: Query, durable_seq: int) -> int | None:
+        """How many events match a day-and-kind query, from the last summary's quarter-hour
+        counts when it is still current (None otherwise)."""
+        if self._summary is None or self._summary_key is None or \
+                self._summary_key[:2] != (self.generation, durable_seq):
+            return None
+        counter = self._summary[0]
+        if q.day is None:
+            return sum(n for (kind, _), n in counter.items() if q.matches_kind(kind))
+        lo, hi = day_bounds(q.day)
+        lo_b, hi_b = lo // BUCKET_NS, hi // BUCKET_NS  # day edges fall on bucket edges
+        return sum(n for (kind, b), n in counter.items() if lo_b <= b < hi_b and q.matches_kind(kind))
 
     def repos(self) -> list[str]:
         """The repos named by the repo and git events held."""
