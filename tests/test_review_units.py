@@ -143,3 +143,32 @@ def test_totals_from_the_summary_agree_with_counting(tmp_path):
         assert ix.summary(today, j.durable_seq, 0, {"all": 0}).forgettable == {"all": 400}
     finally:
         j.stop()
+
+
+def test_a_failing_page_says_a_fixed_sentence_and_logs_no_content(tmp_path, caplog):
+    import asyncio
+
+    import httpx
+
+    from agent.review.app import build_app
+
+    class Failing:  # the daemon's state, failing the way a bug would, with content in the message
+        spool = tmp_path
+
+        def status(self):
+            raise ValueError("AKIA-secret-from-an-event")
+
+    app = build_app(Failing(), port=4242, token="t" * 43, session="s" * 43, csrf="c" * 64)
+
+    async def visit():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:4242") as c:
+            assert (await c.get("/?token=" + "t" * 43)).status_code == 303
+            return await c.get("/")
+
+    with caplog.at_level("ERROR", logger="tracecap.review"):
+        r = asyncio.run(visit())
+    assert r.status_code == 500 and "tracecap log" in r.text
+    assert "AKIA" not in r.text and "AKIA" not in caplog.text
+    assert "ValueError" in caplog.text and "app.py" in caplog.text
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")

@@ -27,6 +27,7 @@ import hmac
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -220,8 +221,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    # The traceback may quote event content: it goes to the daemon's own log, not to the page.
-    log.error("review page failed: %s", type(exc).__name__, exc_info=exc)
+    # An exception's message may quote event content: the log gets its type and where it was
+    # raised (file, line, function), the page a fixed sentence.
+    import traceback
+
+    where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                       for f in reversed(traceback.extract_tb(exc.__traceback__)[-6:]))
+    log.error("review page failed: %s at %s", type(exc).__name__, where)
     return PlainTextResponse("Something went wrong showing this page; the details are in the "
                              "tracecap log.", status_code=500)
 

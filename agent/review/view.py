@@ -213,6 +213,11 @@ def _agent_line(kind: str, d: dict) -> str:
         return f"{d.get('dropped', 0)} events lost: {d.get('reason', '')}"
     if kind in ("agent.pause", "agent.resume"):
         until = d.get("until")
+        if isinstance(until, str):
+            try:
+                until = dt.datetime.strptime(until, "%Y-%m-%dT%H:%M:%S%z").astimezone().strftime("%a %H:%M")
+            except ValueError:
+                pass
         return f"{d.get('reason', '')}" + (f" (until {until})" if until else "")
     if kind == "agent.policy":
         return f"policy {d.get('origin', '')} applied"
