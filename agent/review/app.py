@@ -387,9 +387,12 @@ def _paused_text(until: Any) -> str | None:
     except ValueError:
         return str(until)
     local = t.astimezone()
-    if local.date() == dt.date.today():
+    today = dt.date.today()
+    if local.date() == today:
         return f"until {local:%H:%M}"
-    return f"until {local:%A %H:%M}"
+    if local.date() == today + dt.timedelta(days=1):
+        return f"until tomorrow {local:%H:%M}"
+    return f"until {local:%A %-d %B %H:%M}"
 
 
 def _day_label(day: dt.date | None, today: dt.date) -> str:
