@@ -166,8 +166,11 @@ def test_a_failing_page_says_a_fixed_sentence_and_logs_no_content(tmp_path, capl
             assert (await c.get("/?token=" + "t" * 43)).status_code == 303
             return await c.get("/")
 
-    with caplog.at_level("ERROR", logger="tracecap.review"):
-        r = asyncio.run(visit())
+    # In a thread of its own: the session's browser may already run an event loop in this one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with caplog.at_level("ERROR", logger="tracecap.review"), ThreadPoolExecutor(1) as pool:
+        r = pool.submit(lambda: asyncio.run(visit())).result(30)
     assert r.status_code == 500 and "tracecap log" in r.text
     assert "AKIA" not in r.text and "AKIA" not in caplog.text
     assert "ValueError" in caplog.text and "app.py" in caplog.text
