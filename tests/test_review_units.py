@@ -175,3 +175,15 @@ def test_a_failing_page_says_a_fixed_sentence_and_logs_no_content(tmp_path, capl
     assert "AKIA" not in r.text and "AKIA" not in caplog.text
     assert "ValueError" in caplog.text and "app.py" in caplog.text
     assert r.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://traces.example.com", "https://traces.example.com"),
+    ("https://user:pw@traces.example.com:8443/x", "https://traces.example.com:8443/x"),
+    ("https://token@traces.example.com", "https://traces.example.com"),
+    ("file:///var/lib/tracecap/outbox", "file:///var/lib/tracecap/outbox"),
+])
+def test_the_upload_history_never_shows_credentials(url, shown):
+    from agent.delivery import _public_url
+
+    assert _public_url(url) == shown
