@@ -69,19 +69,26 @@ def test_token_then_cookie(daemon):
     r = httpx.get(url)
     assert r.status_code == 303
     cookie = r.headers["set-cookie"]
+    name, value = cookie.split(";")[0].split("=", 1)
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     # A forged cookie is refused; the real one opens the page.
-    name = cookie.split("=")[0]
     assert httpx.get(base + "/", cookies={name: "forged"}).status_code == 403
-    c, _ = session(daemon)
+    c = httpx.Client(timeout=10, cookies={name: value})
     assert c.get(base + "/").status_code == 200
     # Static files need the session too.
     assert httpx.get(base + "/static/review.js").status_code == 403
     assert c.get(base + "/static/review.js").status_code == 200
-    # The same server hands out the same address while it runs; the log never holds the token.
-    assert review(daemon)[0] == url
+    # Each token opens the page once: used again without the cookie it is refused; with the
+    # cookie it just leads to the page. Each request gets a new token for the same server.
+    assert httpx.get(url).status_code == 403
+    again = c.get(url)
+    assert again.status_code == 303 and "set-cookie" not in again.headers
+    url2, base2, token2 = review(daemon)
+    assert base2 == base and token2 != token
+    assert httpx.get(url2).status_code == 303 and httpx.get(url2).status_code == 403
+    # The log never holds a token.
     logs = (daemon.home / "logs" / "tracecap.log").read_text()
-    assert token not in logs
+    assert token not in logs and token2 not in logs
 
 
 def test_host_must_be_the_loopback_address_and_port(daemon):

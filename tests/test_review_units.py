@@ -150,7 +150,7 @@ def test_a_failing_page_says_a_fixed_sentence_and_logs_no_content(tmp_path, capl
 
     import httpx
 
-    from agent.review.app import build_app
+    from agent.review.app import Tokens, build_app
 
     class Failing:  # the daemon's state, failing the way a bug would, with content in the message
         spool = tmp_path
@@ -158,12 +158,14 @@ def test_a_failing_page_says_a_fixed_sentence_and_logs_no_content(tmp_path, capl
         def status(self):
             raise ValueError("AKIA-secret-from-an-event")
 
-    app = build_app(Failing(), port=4242, token="t" * 43, session="s" * 43, csrf="c" * 64)
+    tokens = Tokens()
+    token = tokens.issue()
+    app = build_app(Failing(), port=4242, tokens=tokens, session="s" * 43, csrf="c" * 64)
 
     async def visit():
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:4242") as c:
-            assert (await c.get("/?token=" + "t" * 43)).status_code == 303
+            assert (await c.get("/?token=" + token)).status_code == 303
             return await c.get("/")
 
     # In a thread of its own: the session's browser may already run an event loop in this one.
@@ -187,3 +189,14 @@ def test_the_upload_history_never_shows_credentials(url, shown):
     from agent.delivery import _public_url
 
     assert _public_url(url) == shown
+
+
+def test_tokens_are_good_once_and_only_the_newest_are_kept():
+    from agent.review.app import Tokens
+
+    t = Tokens()
+    first = t.issue()
+    rest = [t.issue() for _ in range(Tokens.KEEP)]
+    assert not t.take(first)  # pushed out by newer ones
+    assert t.take(rest[0]) and not t.take(rest[0])
+    assert not t.take(rest[1][:-1]) and not t.take("") and t.take(rest[1])

@@ -9,9 +9,10 @@ secrets of one server run; gives an ASGI app. Routes:
 
 Security (the page shows everything the daemon holds), checked by `Guard` before any route runs:
 - Host must be exactly 127.0.0.1:PORT (a DNS-rebinding page's Host names its own domain).
-- The URL's token (from `tracecap review`, over the private control socket) is compared in constant
-  time, then exchanged for a session cookie (HttpOnly, SameSite=Strict, Path=/) and the token is
-  dropped from the address bar by a redirect. Every other request needs that cookie.
+- The URL's token (from `tracecap review`, over the private control socket; a new one for each
+  request, each good once) is compared in constant time, then exchanged for the session cookie
+  (HttpOnly, SameSite=Strict, Path=/) and dropped from the address bar by a redirect. Every other
+  request needs that cookie. A used or unknown token with a good cookie just goes to the page.
 - Only GET, HEAD and POST. A POST needs Origin = http://127.0.0.1:PORT, a Sec-Fetch-Site (when the
   browser sends one) of same-origin, and the CSRF token of the session in its form.
 - Every response carries a strict Content-Security-Policy (scripts and styles from 'self' only, no
@@ -71,7 +72,7 @@ REFUSALS = {"disabled": "your organisation's policy has disabled tracecap.",
             "daemon": "the daemon could not apply it; see its log."}
 
 
-def build_app(state: Any, *, port: int, token: str, session: str, csrf: str,
+def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
               on_use: Callable[[], None] = lambda: None) -> Any:
     """`state`: a `DaemonState` (agent/review/server.py). `on_use` is called for every request
     that passes the guard."""
@@ -134,7 +135,7 @@ def build_app(state: Any, *, port: int, token: str, session: str, csrf: str,
         Mount("/static", app=StaticFiles(packages=[("agent.review", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
-    return Guard(app, port=port, token=token, session=session, on_use=on_use)
+    return Guard(app, port=port, tokens=tokens, session=session, on_use=on_use)
 
 
 def _warm(index: JournalIndex) -> None:
@@ -145,14 +146,46 @@ def _warm(index: JournalIndex) -> None:
 
 
 # ---------------------------------------------------------------------------- the guard
+class Tokens:
+    """The URL tokens handed out and not yet used: each is good once (`take`)."""
+
+    KEEP = 16  # the newest tokens not yet used; an older one is refused
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: list[str] = []
+
+    def issue(self) -> str:
+        import secrets
+
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._open = [*self._open, token][-self.KEEP:]
+        return token
+
+    def take(self, token: str) -> bool:
+        """True once for each issued token; compared in constant time against every open one."""
+        sent = token.encode()
+        with self._lock:
+            hit = None
+            for t in self._open:
+                if hmac.compare_digest(sent, t.encode()):
+                    hit = t
+            if hit is None:
+                return False
+            self._open.remove(hit)
+            return True
+
+
 class Guard:
     """Pure ASGI middleware: Host, token/cookie, method, Origin checks; security headers."""
 
-    def __init__(self, app: Any, *, port: int, token: str, session: str, on_use: Callable[[], None]) -> None:
+    def __init__(self, app: Any, *, port: int, tokens: Tokens, session: str,
+                 on_use: Callable[[], None]) -> None:
         self.app = app
         self.host = f"127.0.0.1:{port}".encode()
         self.origin = f"http://127.0.0.1:{port}".encode()
-        self.token = token
+        self.tokens = tokens
         self.session = session
         self.cookie = f"tracecap_review_{port}"
         self.on_use = on_use
@@ -168,15 +201,18 @@ class Guard:
             return await _plain(scope, receive, send, 405, "Method not allowed.")
         request = Request(scope)
         token = request.query_params.get("token")
+        cookie_ok = hmac.compare_digest(request.cookies.get(self.cookie, "").encode(), self.session.encode())
         if token is not None and scope["path"] == "/" and method == "GET":
-            if not hmac.compare_digest(token.encode(), self.token.encode()):
-                return await _plain(scope, receive, send, 403, EXPIRED)
-            self.on_use()
-            resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie(self.cookie, self.session, httponly=True, samesite="strict", path="/")
-            return await _secure(resp)(scope, receive, send)
-        cookie = request.cookies.get(self.cookie, "")
-        if not hmac.compare_digest(cookie.encode(), self.session.encode()):
+            if self.tokens.take(token):
+                self.on_use()
+                resp = RedirectResponse("/", status_code=303)
+                resp.set_cookie(self.cookie, self.session, httponly=True, samesite="strict", path="/")
+                return await _secure(resp)(scope, receive, send)
+            if cookie_ok:  # an old link of this session (history, a second tab): drop the token
+                self.on_use()
+                return await _secure(RedirectResponse("/", status_code=303))(scope, receive, send)
+            return await _plain(scope, receive, send, 403, EXPIRED)
+        if not cookie_ok:
             return await _plain(scope, receive, send, 403, EXPIRED)
         if method == "POST":
             origin = headers.get(b"origin")
@@ -197,8 +233,8 @@ class Guard:
         await self.app(scope, receive, send_secure)
 
 
-EXPIRED = ("This review link is not valid (it expired, or the daemon restarted). "
-           "Run `tracecap review` for a new one.")
+EXPIRED = ("This review link is not valid (each link opens the page once, and none outlives the "
+           "page's server). Run `tracecap review` for a new one.")
 
 
 def _secure(resp: Response) -> Response:

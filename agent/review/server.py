@@ -12,9 +12,9 @@ asyncio loop in one thread, started on the first `review` request.
 
 Promises:
 - Bound to 127.0.0.1 on a port the kernel picks, never another interface.
-- A fresh random token and session secret per server run (`secrets.token_urlsafe(32)`); the token
-  is given only over the control socket (0600, peer uid checked), so another local user cannot
-  learn it.
+- A fresh random URL token for each `review` request, good once, and a session secret per server
+  run (`secrets.token_urlsafe(32)` each); tokens are given only over the control socket (0600,
+  peer uid checked), so another local user cannot learn one.
 - Stops after `idle` seconds without a request that passed the guard (default 20 minutes), and
   with the daemon; the next `review` request starts a new one with new secrets. A page left open
   then shows, on its next click, a sentence saying to run `tracecap review` again.
@@ -84,7 +84,7 @@ class ReviewServer:
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._port = 0
-        self._token = ""
+        self._tokens: Any = None
         self._last_use = time.monotonic()
 
     def url(self, idle: float | None = None) -> str:
@@ -95,7 +95,7 @@ class ReviewServer:
             self._last_use = time.monotonic()  # handing out the URL counts as use
             if self._thread is None or not self._thread.is_alive() or self._server.should_exit:
                 self._start()
-            return f"http://127.0.0.1:{self._port}/?token={self._token}"
+            return f"http://127.0.0.1:{self._port}/?token={self._tokens.issue()}"
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -106,7 +106,7 @@ class ReviewServer:
     def _start(self) -> None:
         import uvicorn
 
-        from agent.review.app import build_app
+        from agent.review.app import Tokens, build_app
 
         if self._thread is not None:
             self._thread.join(5)
@@ -116,16 +116,16 @@ class ReviewServer:
         sock.listen(64)
         sock.set_inheritable(False)
         port = sock.getsockname()[1]
-        token = secrets.token_urlsafe(32)
+        tokens = Tokens()
         session = secrets.token_urlsafe(32)
         csrf = hmac.new(session.encode(), b"csrf", hashlib.sha256).hexdigest()
-        app = build_app(DaemonState(self.daemon), port=port, token=token, session=session, csrf=csrf,
+        app = build_app(DaemonState(self.daemon), port=port, tokens=tokens, session=session, csrf=csrf,
                         on_use=self._touch)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 server_header=False, date_header=False, proxy_headers=False,
                                 timeout_keep_alive=5, limit_concurrency=64, ws="none")
         server = uvicorn.Server(config)
-        self._server, self._port, self._token = server, port, token
+        self._server, self._port, self._tokens = server, port, tokens
         self._thread = threading.Thread(target=self._run, args=(server, sock), name="review-server",
                                         daemon=True)
         self._thread.start()
