@@ -140,6 +140,7 @@ class Daemon:
             self._off_intervals.append((cf.updated, min(end, time.time_ns())))
         self.delivery: Any = None
         self.review: Any = None  # the review page's server, started by the first `review` request
+        self.review_index: Any = None  # what the review page reads, built in the background at start
         self._state_lock = threading.RLock()
         from agent.control import ControlServer
 
@@ -152,6 +153,10 @@ class Daemon:
             self._build_redactor()
             recovery = self.journal.open()
             self.journal.start()
+            from agent.review.index import JournalIndex
+
+            self.review_index = JournalIndex(self.paths.spool)
+            self.review_index.build_in_background()
             for gap in recovery.gaps:
                 self._journal("agent.gap", gap)
             from agent.delivery import Delivery

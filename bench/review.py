@@ -2,14 +2,20 @@
 
 A real `tracecap daemon` runs in a temporary TRACECAP_HOME whose journal already holds N events (a
 working day's mix: commands, saves with diffs, test runs, commits, tools, input activity), with the
-bundler held back by the policy so the events stay held. The bench asks the daemon for the page
-over its control socket, as `tracecap review` does, then times over loopback HTTP:
-- the first page: from the `review` request that starts the server (and starts indexing the
-  journal) through the token exchange to the last byte of the page,
-- a page again (index up to date), a page filtered by text, the second page;
+bundler held back by the policy so the events stay held. The daemon indexes its journal in the
+background when it starts; the bench waits until the daemon's CPU is quiet again (that index
+built) and until 200 more events have been journaled after it (notes over the control socket),
+so the page has new records to read, as it would after a while of work. Then it asks the daemon
+for the page over its control socket, as `tracecap review` does, and times over loopback HTTP:
+- the first page: from the `review` request that starts the server through the token exchange
+  to the last byte of the page. Round 1 is the first page since the daemon started (it imports
+  the web modules and compiles the template, once per daemon); rounds 2.. each start a new
+  server (the previous one idled out), as a later `tracecap review` does;
+- a page again, a page filtered by text, the second page;
 and, as the baseline in the same run, reading the journal alone (every event decoded, as
 `tracecap log --json` does). Target: first page < 300 ms. It also prints the CPU time the daemon
-spent over that span (from /proc), which a loaded machine disturbs less than the wall time.
+spent over that span (from /proc), which a loaded machine disturbs less than the wall time, and
+how much memory the index takes.
 
     python -m bench.review [--events 100000]
 """
@@ -134,6 +140,12 @@ def main() -> int:
             base_cpu.append(time.process_time() - c0)
         assert n == args.events, n
 
+        from agent.review.index import JournalIndex
+
+        t, c0 = time.perf_counter(), time.process_time()
+        index_bytes = JournalIndex(home / "spool").memory_bytes()
+        index_wall, index_cpu = time.perf_counter() - t, time.process_time() - c0
+
         d = DaemonProcess(home, policy=policy).start(timeout=60)
         import psutil
 
@@ -142,6 +154,13 @@ def main() -> int:
         def cpu() -> float:
             t = proc.cpu_times()
             return t.user + t.system
+
+        _wait_quiet(cpu)  # the index built at start
+        control.request(d.socket, "opt-in")
+        for i in range(200):  # work after the index was built: the page reads these new records
+            control.request(d.socket, "note", text=f"later work {i}")
+        _wait_quiet(cpu)
+        rss_before = proc.memory_info().rss
 
         first, again, text, second, first_cpu = [], [], [], [], []
         try:
@@ -170,6 +189,7 @@ def main() -> int:
                     second.append(time.perf_counter() - t)
                 if r < args.rounds - 1:
                     _wait_stopped(base)
+            rss_after = proc.memory_info().rss
         finally:
             d.stop()
 
@@ -177,18 +197,38 @@ def main() -> int:
         b = med(baseline)
         print(f"reading the journal alone (baseline): {b * 1000:7.1f} ms (median of {args.rounds}), "
               f"{med(base_cpu) * 1000:.0f} ms of CPU")
-        for name, xs in (("first page, server started", first), ("page again", again),
+        print(f"the index of {args.events:,} events: {index_bytes / 2**20:.1f} MiB of arrays, built in "
+              f"{index_wall * 1000:.0f} ms ({index_cpu * 1000:.0f} ms of CPU) in this process; the daemon's "
+              f"RSS before the first page {rss_before / 2**20:.0f} MiB, after the last "
+              f"{rss_after / 2**20:.0f} MiB")
+        print(f"{'first page since daemon start':<34}: {first[0] * 1000:7.1f} ms, {first_cpu[0] * 1000:.0f} ms "
+              f"of daemon CPU ({first[0] / b:.2f}x the baseline)")
+        later, later_cpu = first[1:] or first, first_cpu[1:] or first_cpu
+        for name, xs in (("first page of a later server", later), ("page again", again),
                          ("page filtered by text", text), ("second page", second)):
-            print(f"{name:<28}: {med(xs) * 1000:7.1f} ms  ({med(xs) / b:.2f}x the baseline; "
+            print(f"{name:<34}: {med(xs) * 1000:7.1f} ms  ({med(xs) / b:.2f}x the baseline; "
                   f"range {min(xs) * 1000:.0f}-{max(xs) * 1000:.0f} ms)")
-        print(f"first page, CPU time the daemon spent on it: {med(first_cpu) * 1000:.0f} ms "
-              f"({med(first_cpu) / med(base_cpu):.2f}x the baseline's CPU time; on a loaded machine "
+        print(f"first page of a later server, CPU time the daemon spent on it: {med(later_cpu) * 1000:.0f} ms "
+              f"({med(later_cpu) / med(base_cpu):.2f}x the baseline's CPU time; on a loaded machine "
               f"this moves less than the wall time)")
-        verdict = "met" if med(first) < 0.3 else "NOT met"
+        verdict = "met" if max(first[0], med(later)) < 0.3 else "NOT met"
         print(f"target: first page < 300 ms with {args.events:,} events held: {verdict}")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_quiet(cpu, timeout: float = 60.0) -> None:
+    """Until the daemon spends under 20 ms of CPU in half a second."""
+    deadline = time.monotonic() + timeout
+    last = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu()
+        if now - last < 0.02:
+            return
+        last = now
+    raise TimeoutError("the daemon did not go quiet")
 
 
 def _wait_stopped(base: str, timeout: float = 15.0) -> None:

@@ -200,3 +200,75 @@ def test_tokens_are_good_once_and_only_the_newest_are_kept():
     assert not t.take(first)  # pushed out by newer ones
     assert t.take(rest[0]) and not t.take(rest[0])
     assert not t.take(rest[1][:-1]) and not t.take("") and t.take(rest[1])
+
+
+def test_index_reads_in_chunks_and_across_a_torn_tail_and_a_bad_length(tmp_path, monkeypatch):
+    """Records larger than a read, records split across reads, a record still being written (a
+    torn tail, indexed once it is whole) and a corrupt length pointing past the end of a sealed
+    segment: the index agrees with the journal's reader at each step."""
+    from agent.review import index as index_mod
+
+    monkeypatch.setattr(index_mod, "READ_CHUNK", 700)  # many reads, and records larger than one
+    j = _journal(tmp_path, n=120, segment_bytes=6000)
+    j.append("file.save", "files", None, {"repo": "/src/app", "path": "big.py", "diff": "+y\n" * 2000})
+    j.stop()
+    ix = JournalIndex(j.dir)
+    assert [e.seq for e in ix.refresh()] == _seqs(read_segments(j.dir))
+    events, _ = ix.page(Query(text="big.py"), 10**9, 0, 5)
+    assert [e.data["path"] for e in events] == ["big.py"]
+
+    segs = sorted(j.dir.glob("*.seg"))
+    last, sealed = segs[-1], segs[0]
+    whole = last.read_bytes()
+    from agent.journal import frame
+
+    import msgpack
+    extra = frame(msgpack.packb({"v": 1, "seq": 10**6, "ts": time.time_ns(), "kind": "user.note",
+                                 "source": "user", "session": None, "data": {"text": "late"}}))
+    last.write_bytes(whole + extra[:len(extra) // 2])  # a write in progress
+    assert [e.seq for e in ix.refresh()] == _seqs(read_segments(j.dir))
+    last.write_bytes(whole + extra)  # now whole
+    assert [e.seq for e in ix.refresh()][-1] == 10**6 == _seqs(read_segments(j.dir))[-1]
+
+    before = _seqs(read_segments(j.dir))
+    buf = bytearray(sealed.read_bytes())
+    at = buf.find(b"\xa5\x5a", len(buf) // 2)
+    buf[at + 2:at + 6] = (len(buf) * 4).to_bytes(4, "little")  # a length running past the end
+    sealed.write_bytes(bytes(buf))
+    expected = _seqs(read_segments(j.dir))
+    assert len(expected) == len(before) - 1 and expected[-1] == 10**6
+    assert [e.seq for e in ix.refresh()] == expected
+    assert [e.seq for e in JournalIndex(j.dir).refresh()] == expected
+
+
+def test_the_index_is_small(tmp_path):
+    j = _journal(tmp_path, n=2000)
+    try:
+        ix = JournalIndex(j.dir)
+        assert len(ix.refresh()) == 2000
+        assert ix.memory_bytes() <= 2000 * 40  # offsets and a few ints an event, not the events
+    finally:
+        j.stop()
+
+
+def test_forget_counts_agree_with_what_forget_would_take(tmp_path):
+    from agent.forget import _drop
+
+    j = _journal(tmp_path, n=300, segment_bytes=5000)
+    try:
+        j.append("agent.gap", "agent", None, {"dropped": 1, "reason": "test"})
+        j.append("user.note", "user", None, {"text": "now"})
+        j.flush()
+        ix = JournalIndex(j.dir)
+        now = time.time_ns()
+        spans = {"all": 0, "1m": now - 60 * 10**9, "2m": now - 120 * 10**9, "future": now + 10**12}
+        got = {}
+        for delivered in (0, 150, 280, 10**6):
+            got[delivered] = ix.summary(dt.date.today(), j.durable_seq, delivered, spans).forgettable
+            want = {name: sum(1 for ev in read_segments(j.dir) if _drop(t, delivered)(ev))
+                    for name, t in spans.items()}
+            assert got[delivered] == want, delivered
+        assert got[0]["all"] == 301 and 0 < got[0]["1m"] < got[0]["2m"] < got[150]["all"] == 151
+        assert got[10**6]["all"] == 0
+    finally:
+        j.stop()

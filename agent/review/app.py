@@ -72,17 +72,23 @@ REFUSALS = {"disabled": "your organisation's policy has disabled tracecap.",
             "daemon": "the daemon could not apply it; see its log."}
 
 
-def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
-              on_use: Callable[[], None] = lambda: None) -> Any:
-    """`state`: a `DaemonState` (agent/review/server.py). `on_use` is called for every request
-    that passes the guard."""
+def page_environment() -> Environment:
+    """The page's templates, compiled: the review server keeps one for the daemon's life."""
     env = Environment(loader=PackageLoader("agent.review", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["marked"] = view.mark_redactions
-    env.get_template("page.html")  # compiled now, while the browser starts, not on the first page
-    index = JournalIndex(state.spool)
-    # Index the journal now too, in the background: the browser takes longer to open than this.
-    threading.Thread(target=_warm, args=(index,), name="review-index", daemon=True).start()
+    env.get_template("page.html")
+    return env
+
+
+def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
+              on_use: Callable[[], None] = lambda: None, env: Environment | None = None,
+              index: JournalIndex | None = None) -> Any:
+    """`state`: a `DaemonState` (agent/review/server.py). `on_use` is called for every request
+    that passes the guard. `env` and `index` are the daemon's (kept across server runs); without
+    them the app makes its own."""
+    env = env or page_environment()
+    index = index or JournalIndex(state.spool)
 
     async def page(request: Request) -> Response:
         return _render_page(request, env, state, index, csrf)
@@ -136,13 +142,6 @@ def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
     return Guard(app, port=port, tokens=tokens, session=session, on_use=on_use)
-
-
-def _warm(index: JournalIndex) -> None:
-    try:
-        index.refresh()
-    except Exception:  # the first page will try again, and report
-        log.exception("indexing the journal for the review page failed")
 
 
 # ---------------------------------------------------------------------------- the guard

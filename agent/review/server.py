@@ -8,7 +8,9 @@ live state (consent, the journal's durable seq, the outbox, the delivery cursor)
 run under the same locks as the bundler and uploader (`agent/forget.py`). In the daemon's process
 it calls the exact functions the control socket calls; a separate process would need a second
 protocol for all of that, and its own copy of the journal index. Uvicorn serves it on its own
-asyncio loop in one thread, started on the first `review` request.
+asyncio loop in one thread, started on the first `review` request. What is costly to make is
+made once for the daemon's life, not per server run: the journal index (the daemon builds it at
+start, `agent/review/index.py`) and the compiled templates (on the first `review` request).
 
 Promises:
 - Bound to 127.0.0.1 on a port the kernel picks, never another interface.
@@ -86,6 +88,7 @@ class ReviewServer:
         self._port = 0
         self._tokens: Any = None
         self._last_use = time.monotonic()
+        self._env: Any = None  # the compiled templates, kept for the daemon's life
 
     def url(self, idle: float | None = None) -> str:
         """The page's address with its token, starting the server if it is not running."""
@@ -106,7 +109,8 @@ class ReviewServer:
     def _start(self) -> None:
         import uvicorn
 
-        from agent.review.app import Tokens, build_app
+        from agent.review.app import Tokens, build_app, page_environment
+        from agent.review.index import JournalIndex
 
         if self._thread is not None:
             self._thread.join(5)
@@ -119,8 +123,13 @@ class ReviewServer:
         tokens = Tokens()
         session = secrets.token_urlsafe(32)
         csrf = hmac.new(session.encode(), b"csrf", hashlib.sha256).hexdigest()
+        if self._env is None:
+            self._env = page_environment()
+        index = getattr(self.daemon, "review_index", None)
+        if index is None:  # a daemon that did not build one at start: the first page will
+            index = self.daemon.review_index = JournalIndex(self.daemon.paths.spool)
         app = build_app(DaemonState(self.daemon), port=port, tokens=tokens, session=session, csrf=csrf,
-                        on_use=self._touch)
+                        on_use=self._touch, env=self._env, index=index)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 server_header=False, date_header=False, proxy_headers=False,
                                 timeout_keep_alive=5, limit_concurrency=64, ws="none")
