@@ -2,7 +2,9 @@
 
 The daemon runs in a temporary TRACECAP_HOME whose journal already holds a working day's events
 (written before it starts, as if captured earlier), and captures real notes through the CLI, so
-their redaction markers come from the real redaction engine. Screenshots land in docs/review/.
+their redaction markers come from the real redaction engine. Screenshots are taken and checked in
+every run, in the test's temporary directory; with TRACECAP_SCREENSHOTS=1 they replace the ones
+in docs/review/ (the README shows them).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from tests.test_end_to_end import Shell, wait_for
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "review"
+DOCS_SHOTS = ROOT / "docs" / "review"
+VIEWPORT = {"width": 1280, "height": 900}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -122,7 +125,7 @@ def daemon(tmp_path_factory):
 def open_page(browser, d: DaemonProcess, errors: list | None = None):
     url = d.cli("review", "--no-browser").stdout.strip()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]{40,}", url), url
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport=VIEWPORT)
     if errors is not None:
         page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -130,12 +133,32 @@ def open_page(browser, d: DaemonProcess, errors: list | None = None):
     return page, url
 
 
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name))
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: docs/review/ only when TRACECAP_SCREENSHOTS=1 asks for it."""
+    if os.environ.get("TRACECAP_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SHOTS
+    return tmp_path_factory.mktemp("review-screenshots")
 
 
-def test_page_shows_the_events_and_highlights_redactions(browser, daemon):
+def shot(target, path: Path, size: tuple[int, int] | None = None) -> None:
+    """Screenshot a page (the viewport) or an element, and check the picture: a PNG of the
+    viewport's size (a page) or of the element's box (an element), not blank."""
+    from PIL import Image
+
+    target.screenshot(path=str(path))
+    if size is None:
+        box = target.bounding_box()
+        size = (round(box["width"]), round(box["height"]))
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert abs(img.size[0] - size[0]) <= 1 and abs(img.size[1] - size[1]) <= 1, (img.size, size)
+        lo, hi = img.convert("L").getextrema()
+        assert hi - lo > 64, f"{path.name} is blank"
+
+
+def test_page_shows_the_events_and_highlights_redactions(browser, daemon, shots):
     errors: list = []
     page, url = open_page(browser, daemon, errors)
     try:
@@ -168,7 +191,7 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon):
         # The chart: an SVG drawn on the server, a bar per source and hour with a title.
         assert page.locator("svg.chart rect title").count() > 0
         assert page.get_by_role("button", name="Forget…").is_visible()
-        shot(page, "page.png")
+        shot(page, shots / "page.png", (VIEWPORT["width"], VIEWPORT["height"]))
         # Filters: kind, then text.
         page.get_by_label("Kind").select_option("test.run")
         page.get_by_role("button", name="Filter").click()
@@ -189,15 +212,14 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon):
         assert page.locator(".countdown").count() > 0
         assert re.match(r"in \d+ (min|h)", page.locator(".countdown").first.inner_text())
         leaves = page.locator("section", has=page.get_by_role("heading", name="What leaves this machine"))
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        leaves.screenshot(path=str(SHOTS / "leaves.png"))
+        shot(leaves, shots / "leaves.png")
         assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
         assert not errors, errors
     finally:
         page.close()
 
 
-def test_pause_and_resume_from_the_page(browser, daemon):
+def test_pause_and_resume_from_the_page(browser, daemon, shots):
     page, _ = open_page(browser, daemon)
     try:
         page.get_by_role("button", name="Pause 15 minutes").click()
@@ -205,7 +227,7 @@ def test_pause_and_resume_from_the_page(browser, daemon):
         assert re.fullmatch(r"Paused until \d\d:\d\d", heading), heading
         st = daemon.status()
         assert not st["capturing"] and st["paused_until"]
-        shot(page, "paused.png")
+        shot(page, shots / "paused.png", (VIEWPORT["width"], VIEWPORT["height"]))
         page.get_by_role("button", name="Resume").click()
         assert page.get_by_role("heading", level=1).inner_text().startswith("Recording")
         assert daemon.status()["capturing"]
@@ -235,7 +257,7 @@ def test_forget_selected_events(browser, daemon):
         page.close()
 
 
-def test_forget_the_last_15_minutes_from_the_page(browser, daemon):
+def test_forget_the_last_15_minutes_from_the_page(browser, daemon, shots):
     before = daemon.events()
     recent_cut = time.time_ns() - 15 * 60 * 10**9
     assert any(SECRET_NOTE.split()[0] in json.dumps(e["data"]) for e in before if e["kind"] == "user.note")
@@ -247,7 +269,7 @@ def test_forget_the_last_15_minutes_from_the_page(browser, daemon):
         confirm = page.get_by_role("button", name=re.compile(r"^Forget \d+ events$"))
         n = int(confirm.inner_text().split()[1])
         assert n >= 2  # the two notes at least, and the pause and resume markers
-        shot(page, "forget.png")
+        shot(page, shots / "forget.png", (VIEWPORT["width"], VIEWPORT["height"]))
         confirm.click()
         assert re.search(r"Forgot \d+ events", page.locator(".flash").inner_text())
     finally:
