@@ -162,7 +162,7 @@ def main() -> int:
         _wait_quiet(cpu)
         rss_before = proc.memory_info().rss
 
-        first, again, text, second, first_cpu = [], [], [], [], []
+        first, again, text, second, first_cpu, again_cpu = [], [], [], [], [], []
         try:
             for r in range(args.rounds):
                 # A fresh server each round: the previous one is left to idle out (2 s).
@@ -178,9 +178,10 @@ def main() -> int:
                     first.append(time.perf_counter() - t)
                     first_cpu.append(cpu() - c0)
                     assert resp.status_code == 200 and "Forget…" in resp.text, resp.status_code
-                    t = time.perf_counter()
+                    c0, t = cpu(), time.perf_counter()
                     c.get(base + "/")
                     again.append(time.perf_counter() - t)
+                    again_cpu.append(cpu() - c0)
                     t = time.perf_counter()
                     c.get(base + "/", params={"q": "models.py"})
                     text.append(time.perf_counter() - t)
@@ -211,8 +212,13 @@ def main() -> int:
         print(f"first page of a later server, CPU time the daemon spent on it: {med(later_cpu) * 1000:.0f} ms "
               f"({med(later_cpu) / med(base_cpu):.2f}x the baseline's CPU time; on a loaded machine "
               f"this moves less than the wall time)")
-        verdict = "met" if max(first[0], med(later)) < 0.3 else "NOT met"
-        print(f"target: first page < 300 ms with {args.events:,} events held: {verdict}")
+        print(f"page again, CPU time the daemon spent on it: {med(again_cpu) * 1000:.0f} ms")
+        def verdict(x: float) -> str:
+            return "met" if x < 0.3 else "NOT met"
+
+        print(f"target: first page < 300 ms with {args.events:,} events held: {verdict(med(later))} for a "
+              f"later server (median {med(later) * 1000:.0f} ms), {verdict(first[0])} for the first since "
+              f"the daemon started ({first[0] * 1000:.0f} ms)")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

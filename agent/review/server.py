@@ -114,7 +114,11 @@ class ReviewServer:
 
         if self._thread is not None:
             self._thread.join(5)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections
+        # only when their proto says TCP. Without it a response's head and body are two writes,
+        # and Nagle holds the body until the browser's delayed ACK (40 ms on every request).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
