@@ -30,6 +30,7 @@ test: test-deps install-test
 bench: install-test
 	$(BIN)/python -m bench.journal
 	$(BIN)/python -m bench.bundle
+	$(BIN)/python -m bench.review
 	$(BIN)/python bench/redaction.py --quick
 	$(BIN)/python -m bench.episodes --engineers 20
 

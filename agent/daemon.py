@@ -150,6 +150,8 @@ class Daemon:
             end = time.time_ns() if cf.paused_until == consent_mod.PAUSE_INDEFINITE else cf.paused_until
             self._off_intervals.append((cf.updated, min(end, time.time_ns())))
         self.delivery: Any = None
+        self.review: Any = None  # the review page's server, started by the first `review` request
+        self.review_index: Any = None  # what the review page reads, built in the background at start
         self._state_lock = threading.RLock()
         from agent.control import ControlServer
 
@@ -162,6 +164,10 @@ class Daemon:
             self._build_redactor()
             recovery = self.journal.open(observe=self.journaled.observe)
             self.journal.start()
+            from agent.review.index import JournalIndex
+
+            self.review_index = JournalIndex(self.paths.spool)
+            self.review_index.build_in_background()
             for gap in recovery.gaps:
                 self._journal("agent.gap", gap)
             if self.policy_error is None:
@@ -212,6 +218,8 @@ class Daemon:
     def _shutdown(self) -> None:
         log.info("stopping")
         try:
+            if self.review is not None:
+                self.review.stop()
             self.supervisor.stop()
             if self.capturing():
                 self._journal("agent.stop", {"reason": "signal"})
@@ -415,9 +423,16 @@ class Daemon:
         if op == "durable":
             return {"durable_seq": self.journal.durable_seq}
         if op == "forget":
-            from agent.forget import forget_span
+            from agent.forget import forget_seqs, forget_span
 
+            if req.get("seqs") is not None:
+                seqs = req["seqs"]
+                if not isinstance(seqs, list) or not all(isinstance(s, int) for s in seqs):
+                    raise UsageError("forget: seqs must be a list of event seq numbers")
+                return forget_seqs(self, seqs)
             return forget_span(self, float(req["seconds"]))
+        if op == "review":
+            return {"url": self.review_url(req.get("idle"))}
         if op == "flush":
             if self.delivery is None:
                 raise RuntimeFailure(f"nothing can be uploaded while the policy is refused "
@@ -427,6 +442,18 @@ class Daemon:
             self._check_policy(force=True)
             return self.status()
         raise UsageError(f"unknown control request {op!r}")
+
+    def review_url(self, idle: Any = None) -> str:
+        """The review page's address with its token (agent/review/server.py); only ever given
+        out over the control socket."""
+        from agent.review.server import ReviewServer
+
+        if idle is not None and not (isinstance(idle, (int, float)) and 1 <= idle <= 86400):
+            raise UsageError("review: idle must be between 1 and 86400 seconds")
+        with self._state_lock:
+            if self.review is None:
+                self.review = ReviewServer(self)
+        return self.review.url(idle)
 
     def note(self, text: str) -> dict[str, Any]:
         if not self.capturing():

@@ -26,6 +26,10 @@ Takes durable journal records; gives bundles to `upload.url`. Promises:
   few seconds even mid-upload: they never wait on a request, and stop shuts its sockets down.
 - Quota: journal + outbox are kept under `spool.max_bytes` by dropping the oldest undelivered bundle;
   an `agent.gap` event records exactly which seq range and how many events were lost.
+- History: each delivered bundle appends one line to `<outbox>/../uploaded.jsonl` (when, where to,
+  how many events, which seqs; the URL without credentials), the newest `UPLOAD_HISTORY` kept; the
+  review page shows it. It is written after the delivery is recorded, so losing a line loses
+  nothing but a line of history.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 AUTH = {401, 403}
 REFUSED = {400, 404, 409, 410, 413, 415, 422}
 AGENT_VERSION_FILE = "agent-version"
+UPLOAD_HISTORY = 500
+UPLOAD_HISTORY_FILE = "uploaded.jsonl"
 
 
 def copy_durably(src: Path, dest_dir: Path, name: str) -> None:
@@ -445,6 +451,7 @@ class Delivery:
                     b.unlink()
                     fsync_dir(self.outbox)
                     self._delivered(h.last_seq, count=1)
+                    self._record_upload(h)
                     self.last_success_ns = time.time_ns()
                     self.last_error = None
                     self.next_attempt_ns = None
@@ -524,6 +531,20 @@ class Delivery:
             return "refused", f"HTTP {resp.status}: {reason}", None
         return "retry", f"the collector answered HTTP {resp.status}: {reason}", ra
 
+    def _record_upload(self, h: Any) -> None:
+        path = self.outbox.parent / UPLOAD_HISTORY_FILE
+        line = json.dumps({"bundle": h.bundle_id, "at": time.time_ns(), "to": _public_url(self.url),
+                           "count": h.count, "first_seq": h.first_seq, "last_seq": h.last_seq})
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as f:
+                f.write(line + "\n")
+            if path.stat().st_size > UPLOAD_HISTORY * 2 * (len(line) + 1):
+                keep = path.read_text().splitlines()[-UPLOAD_HISTORY:]
+                write_atomic(path, ("\n".join(keep) + "\n").encode())
+        except OSError as exc:
+            log.warning("could not record the upload of %s in %s: %s", h.bundle_id, path, exc)
+
     def _quarantine(self, path: Path, reason: str) -> None:
         self.quarantine.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(path, self.quarantine / path.name)
@@ -568,6 +589,21 @@ class Delivery:
         return {"uploaded": self.state.uploaded_total - before, "pending": pending,
                 "reason": reason if pending else None}
 
+    def waiting_bundles(self) -> list[dict[str, Any]]:
+        """The bundles in the outbox, oldest first: id, created_ns, count, seqs, bytes."""
+        from schemas.bundle import BundleError, read_header
+
+        out = []
+        for b in list_bundles(self.outbox):
+            try:
+                with open(b, "rb") as f:
+                    h = read_header(f)
+            except (BundleError, FileNotFoundError, OSError):
+                continue
+            out.append({"bundle": h.bundle_id, "created_ns": h.created_ns, "count": h.count,
+                        "first_seq": h.first_seq, "last_seq": h.last_seq, "bytes": _fsize(b)})
+        return out
+
     def outbox_status(self) -> dict[str, Any]:
         bundles = list_bundles(self.outbox)
         q = list_bundles(self.quarantine)
@@ -581,6 +617,36 @@ class Delivery:
                 "next_attempt_ns": self.next_attempt_ns, "held": self.held_reason,
                 "uploaded_upto": self.state.uploaded_upto, "uploaded_total": self.state.uploaded_total,
                 "device_id": self._device_id}
+
+
+def read_upload_history(outbox: Path, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest `limit` delivered bundles, newest first (see History above)."""
+    try:
+        lines = (Path(outbox).parent / UPLOAD_HISTORY_FILE).read_text().splitlines()
+    except (FileNotFoundError, OSError):
+        return []
+    out = []
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash
+        if isinstance(rec, dict):
+            out.append(rec)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _public_url(url: str) -> str:
+    """The upload URL as it may be shown: no user or password."""
+    u = urlparse(url)
+    if u.username or u.password:
+        host = u.hostname or ""
+        if u.port:
+            host += f":{u.port}"
+        u = u._replace(netloc=host)
+    return u.geturl()
 
 
 def _fsize(p: Path) -> int:

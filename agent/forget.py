@@ -1,28 +1,32 @@
 """`tracecap forget --last DURATION`: delete what was captured in a recent span, before it leaves.
 
-Takes a span ending now; gives the number of events removed. Promise: every event with `ts` in the
-span that is not yet delivered is deleted from the journal (segments rewritten, fsynced, renamed)
-and from every bundle still in the outbox; an `agent.forget` marker records only the count and the
-span. Bundles cannot be edited (they are encrypted to the org key, which this machine may not hold),
-so every outbox bundle sealed at or after the start of the span is deleted and the bundler cursor and
-chain head are rewound to just before the first of them; the bundler then re-seals that range from
-the journal, which keeps every undelivered record (segments are released only after delivery).
-Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
+Takes a span ending now (or, from the review page, a set of `seq`s); gives the number of events
+removed. Promise: every event with `ts` in the span (or whose `seq` is in the set) that is not yet
+delivered is deleted from the journal (segments rewritten, fsynced, renamed) and from every bundle
+still in the outbox; an `agent.forget` marker records only the count and the span (for a set: the
+time from the earliest to the latest event removed). Bundles cannot be edited (they are encrypted to
+the org key, which this machine may not hold), so every outbox bundle that may hold a forgotten event
+(sealed at or after the start of the span; for a set, ending at or after its lowest `seq`) is deleted,
+and the bundler cursor and chain head are rewound to just before the first of them; the bundler then
+re-seals that range from the journal, which keeps every undelivered record (segments are released
+only after delivery). Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from schemas.events import Event
 
 KEEP_KINDS = {"agent.gap", "agent.forget"}
 
 
-def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int) -> int:
-    """Delete outbox bundles created at or after cutoff; rewind the cursor. Returns how many."""
+def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int | None = None, *,
+                   from_seq: int | None = None) -> int:
+    """Delete outbox bundles created at or after `cutoff_ns` (or holding any seq >= `from_seq`);
+    rewind the cursor. Returns how many."""
     from agent.delivery import list_bundles
     from agent.durable import fsync_dir
     from schemas.bundle import BundleError, read_header
@@ -34,7 +38,8 @@ def _rewind_outbox(outbox: Path, state: Any, cutoff_ns: int) -> int:
                 h = read_header(f)
         except (BundleError, FileNotFoundError):
             continue
-        if h.created_ns >= cutoff_ns:
+        if (cutoff_ns is not None and h.created_ns >= cutoff_ns) or \
+                (from_seq is not None and h.last_seq >= from_seq):
             doomed.append(h)
     if not doomed:
         return 0
@@ -53,6 +58,37 @@ def _drop(cutoff_ns: int, delivered_upto: int):
     def drop(ev: Event) -> bool:
         return ev.ts >= cutoff_ns and ev.seq > delivered_upto and ev.kind not in KEEP_KINDS
     return drop
+
+
+def _drop_seqs(seqs: frozenset[int], delivered_upto: int):
+    def drop(ev: Event) -> bool:
+        return ev.seq in seqs and ev.seq > delivered_upto and ev.kind not in KEEP_KINDS
+    return drop
+
+
+def forget_seqs(daemon: Any, seqs: Iterable[int]) -> dict[str, Any]:
+    """Forget exactly these events (the ones a user selected on the review page), where they are
+    not yet delivered. The marker's `from`/`to` are the earliest and latest `ts` removed."""
+    wanted = frozenset(int(s) for s in seqs)
+    delivery = daemon.delivery
+    if not wanted:
+        return {"count": 0, "resealed": 0, "from": None, "to": None}
+    with daemon._state_lock, delivery.lock:
+        daemon.journal.flush()
+        resealed = _rewind_outbox(delivery.outbox, delivery.state, from_seq=min(wanted))
+        removed = daemon.journal.rewrite(_drop_seqs(wanted, delivery.state.uploaded_upto))
+        span = _marker(daemon.journal, removed)
+    delivery.seal_wake.set()
+    return {"count": len(removed), "resealed": resealed, "from": span[0], "to": span[1]}
+
+
+def _marker(journal: Any, removed: list[Event]) -> tuple[int | None, int | None]:
+    if not removed:
+        return None, None
+    lo, hi = min(e.ts for e in removed), max(e.ts for e in removed)
+    journal.append("agent.forget", "agent", None, {"count": len(removed), "from": lo, "to": hi},
+                   durable=True).wait(10)
+    return lo, hi
 
 
 def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:

@@ -109,12 +109,13 @@ class ScanResult:
     unverified_from: int | None = None  # resync gave up here: the rest was not checked
 
 
-def scan_segment(buf: bytes) -> ScanResult:
-    """Parse a segment body (after its header). Pure; never raises on bad bytes; linear in
-    len(buf): see the module docstring on resynchronisation."""
+def scan_segment(buf: bytes, start: int = SEG_HEADER.size) -> ScanResult:
+    """Parse a segment body (after its header), from `start` (a record boundary, such as a previous
+    scan's `good_end`). Pure; never raises on bad bytes; linear in len(buf): see the module
+    docstring on resynchronisation."""
     records: list[tuple[int, int, bytes]] = []
     skipped: list[tuple[int, int]] = []
-    pos = SEG_HEADER.size
+    pos = max(start, SEG_HEADER.size)
     good_end = pos
     n = len(buf)
     budget = [RESYNC_BUDGET * n + (1 << 20)]
@@ -138,6 +139,12 @@ def scan_segment(buf: bytes) -> ScanResult:
         skipped.append((pos, stop))
         pos = stop
     return ScanResult(records, good_end, skipped)
+
+
+def record_at(buf: bytes, pos: int) -> tuple[int, bytes] | None:
+    """The record starting at `pos` as (its end, its payload), or None unless one with a valid
+    check starts exactly there."""
+    return _record_at(buf, pos)
 
 
 def _record_at(buf: bytes, pos: int, budget: list[int] | None = None) -> tuple[int, bytes] | None:

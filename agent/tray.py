@@ -14,6 +14,8 @@ Promises:
 - `watch()` polls every `interval` seconds by blocking on a stop event (never a busy loop) and calls
   back only when what the user sees (state, tooltip, menu contents) changed.
 - "Pause until tomorrow" means until 09:00 local time on the next calendar day.
+- "Review what is captured…" opens the review page (agent/review/) in the default browser, as
+  `tracecap review` does.
 - "Open the local log" writes what `tracecap log` prints to `<logs>/tray-log.txt` (mode 0600) and
   opens it with the desktop's opener (`xdg-open` on Linux, `open` on macOS, the default app on
   Windows).
@@ -300,6 +302,23 @@ class TrayController:
         self.refresh()
         return int(res.get("count", 0))
 
+    def on_review(self) -> str:
+        """Open the review page (what `tracecap review` does); returns its address."""
+        try:
+            url = self._call("review")["url"]
+        except DaemonNotRunning:
+            raise RuntimeFailure("the daemon is not running, and it serves the review page") from None
+        if self.opener is not None:  # the same opener as the log, when one was given
+            subprocess.Popen([*self.opener, url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+            return url
+        import webbrowser
+
+        if not webbrowser.open(url, new=2):
+            raise RuntimeFailure("no browser could be opened; run `tracecap review --no-browser` "
+                                 "and open the address it prints")
+        return url
+
     def on_open_log(self) -> Path:
         """Write `tracecap log` output to `<logs>/tray-log.txt` and open it; returns the file."""
         out = self.log_view_path()
@@ -389,6 +408,7 @@ def build_menu(ctl: TrayController, on_quit: Callable[[], Any],
                              enabled=live and snap.state == RECORDING))
     entries.append(MenuEntry("Resume", ctl.safe(ctl.on_resume), enabled=live and paused))
     entries.append(MenuEntry("Forget last 15 minutes", ctl.safe(ctl.on_forget), enabled=live))
+    entries.append(MenuEntry("Review what is captured…", ctl.safe(ctl.on_review), enabled=live))
     entries.append(MenuEntry("What is captured…", items=tuple(
         MenuEntry(line, enabled=False) for line in captured_lines(snap.status))))
     entries.append(MenuEntry("Open the local log", ctl.safe(ctl.on_open_log)))

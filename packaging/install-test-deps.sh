@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system programs the test-suite drives for real: shells, an X server and input tool,
-# tmux, vim and git, and the fleet collector's PostgreSQL and HAProxy. Does nothing when they are all
-# present.
+# tmux, vim and git, the fleet collector's PostgreSQL and HAProxy, and Chromium for the review page's
+# browser tests (Playwright drives this one; it never downloads a browser of its own). Does nothing
+# when they are all present.
 set -euo pipefail
 need=()
 for pair in Xvfb:xvfb xdotool:xdotool zsh:zsh fish:fish tmux:tmux vim:vim git:git \
             trayer:trayer xwininfo:x11-utils openbox:openbox import:imagemagick dpkg-deb:dpkg-dev fakeroot:fakeroot \
-            haproxy:haproxy runuser:util-linux; do
+            haproxy:haproxy runuser:util-linux chromium:chromium; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

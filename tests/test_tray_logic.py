@@ -166,8 +166,8 @@ def test_menu_enables_what_makes_sense(tmp_path):
     ctl.refresh()
     menu = {e.label: e for e in build_menu(ctl, lambda: None)}
     assert list(menu) == ["Recording", "Pause 15 minutes", "Pause 1 hour", "Pause until tomorrow 09:00",
-                          "Resume", "Forget last 15 minutes", "What is captured…", "Open the local log",
-                          "Quit tray"]
+                          "Resume", "Forget last 15 minutes", "Review what is captured…", "What is captured…",
+                          "Open the local log", "Quit tray"]
     assert menu["Recording"].checked is True and menu["Pause 15 minutes"].enabled
     assert not menu["Resume"].enabled
     sub = [e.label for e in menu["What is captured…"].items]
@@ -179,7 +179,8 @@ def test_daemon_down_means_error_and_disabled_actions(tmp_path):
     assert ctl.refresh() == ERROR
     assert ctl.snapshot.tooltip == "tracecap: error: the daemon is not running"
     menu = {e.label: e for e in build_menu(ctl, lambda: None)}
-    for label in ("Recording", "Pause 15 minutes", "Resume", "Forget last 15 minutes"):
+    for label in ("Recording", "Pause 15 minutes", "Resume", "Forget last 15 minutes",
+                  "Review what is captured…"):
         assert not menu[label].enabled, label
     assert menu["Open the local log"].enabled and menu["Quit tray"].enabled
     # a click that slips through anyway is reported, not raised

@@ -344,8 +344,8 @@ def test_clicking_the_icon_opens_the_menu_and_its_items_work(tray, daemon):
     field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in geo.splitlines())}
     mx, my = int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"])
     mh = int(field["Height"])
-    # nine equal rows: Recording, Pause 15 minutes, ...; click the middle of the second
-    row = mh / 9
+    # ten equal rows: Recording, Pause 15 minutes, ...; click the middle of the second
+    row = mh / 10
     subprocess.run(["xdotool", "mousemove", str(mx + 40), str(int(my + row * 1.5)), "click", "1"],
                    env=tray.env, check=True, timeout=15)
     st = wait_for(lambda: (s := daemon.status())["paused_until"] and s, 10, "the pause to reach the daemon")

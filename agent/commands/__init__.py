@@ -13,4 +13,5 @@ COMMAND_MODULES = (
     "agent.commands.service",
     "agent.commands.tray",
     "agent.commands.episodes",
+    "agent.commands.review",
 )
