@@ -1,6 +1,8 @@
 """Score the redaction engine on the blind set: secrets detected per category, look-alikes changed.
 
-Run `python -m tests.redaction_blind.score [--misses] [--cli]` from the repository root. Each
+Run `python -m tests.redaction_blind.score [--first|--second] [--misses] [--cli]` from the
+repository root; both sets by default (`generate`, written before the engine was changed, and
+`fresh`, written after and never used to change it). Each
 sample goes through the engine's public entry point (`Redactor.from_policy` with the daemon's
 default [redaction] table, then `redact_text`), or with `--cli` through `tracecap redact` itself,
 one process per sample. A secret counts as detected when its exact value no longer occurs in the
@@ -18,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.redaction_blind.generate import look_alikes, secret_samples  # noqa: E402
+from tests.redaction_blind import fresh, generate  # noqa: E402
+
+SETS = {"first": generate, "second": fresh}
 
 KEY = b"blind-set-key-0123456789abcdef01"
 
@@ -58,9 +62,10 @@ def cli_redact():
     return run
 
 
-def score(redact) -> Score:
+def score(redact, which: str = "first") -> Score:
     sc = Score()
-    for s in secret_samples():
+    module = SETS[which]
+    for s in module.secret_samples():
         out = redact(s.text)
         for secret in s.secrets:
             sc.total[s.category] += 1
@@ -68,7 +73,7 @@ def score(redact) -> Score:
                 sc.missed.append((s, secret, out))
             else:
                 sc.found[s.category] += 1
-    items = look_alikes()
+    items = module.look_alikes()
     sc.lookalikes = len(items)
     for la in items:
         out = redact(la.text)
@@ -101,7 +106,9 @@ def report(sc: Score, misses: bool) -> str:
 
 def main(argv: list[str]) -> int:
     redact = cli_redact() if "--cli" in argv else engine_redact()
-    print(report(score(redact), "--misses" in argv))
+    for which in (("second",) if "--second" in argv else ("first",) if "--first" in argv else SETS):
+        print(f"== {which} set ==")
+        print(report(score(redact, which), "--misses" in argv))
     return 0
 
 
