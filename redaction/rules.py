@@ -59,7 +59,7 @@ _VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
-    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
@@ -68,7 +68,7 @@ _SECRET_WORDS = (
     r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
-_SECRET_KEYWORDS = ("secret", "pass", "pwd", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
@@ -251,10 +251,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
                     "http://localhost:8080/path@v2", "https://user@example.com/repo")),
     Rule("auth-header",
-         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
+         r"(?i)(?:\b(?:proxy-)?authorization\s*[\"']?\s*[:=]|\b(?:proxy_set_header|add_header|more_set_headers"
+         r"|RequestHeader\s+(?:set|add)|Header\s+(?:always\s+)?set)\s+[\"']?(?:proxy-)?authorization[\"']?\s)"
+         r"\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
          r"([A-Za-z0-9._~+/:=-]{6,})",
          keywords=("authorization",), group=1, validator="not-reference", category="context",
          examples=(('curl -H "Authorization: Bearer 9f8e7d6c5b4a3210fedcba" https://api', "9f8e7d6c5b4a3210fedcba"),
+                   ('proxy_set_header Authorization "Basic c3ZjOkJmMHgyJXNYcXklNFVMUQ==";', "c3ZjOkJmMHgyJXNYcXklNFVMUQ=="),
                    ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0"),
                    ('curl -H "Authorization: Splunk 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55" https://splunk:8088',
                     "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55")),
@@ -264,9 +267,11 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(("token_type=bearer access=Bearer aB3dE5gH7jK9mN1pQ3sT5vW7", "aB3dE5gH7jK9mN1pQ3sT5vW7"),),
          negatives=("the bearer authentication_scheme_description",)),
     Rule("api-key-header",
-         r"(?i)\b(?:x-[a-z0-9-]{0,30}(?:key|token|secret|auth)[a-z0-9-]{0,20}|api-key|apikey|private-token)\s*:\s*([^\s\"',;]{8,})",
-         keywords=("x-", "api-key", "apikey", "private-token"), group=1, validator="not-reference", category="context",
+         r"(?i)\b(?:x-[a-z0-9-]{0,30}(?:key|token|secret|auth)[a-z0-9-]{0,20}|api-key|apikey|private-token"
+         r"|[a-z0-9-]{0,30}subscription-key|[a-z0-9-]{1,30}-(?:access|auth)-token)\s*:\s*([^\s\"',;]{8,})",
+         keywords=("x-", "api-key", "apikey", "private-token", "subscription-key", "-access-token", "-auth-token"), group=1, validator="not-reference", category="context",
          examples=(('curl -H "X-Api-Key: 7Fq2Lm9Px4Rt6Vz8" https://svc', "7Fq2Lm9Px4Rt6Vz8"),
+                   ("Ocp-Apim-Subscription-Key: 95d8803bf999955a15cf0ac2077051e2", "95d8803bf999955a15cf0ac2077051e2"),
                    ("PRIVATE-TOKEN: k2Jd8sLq0ZmX7Pw3", "k2Jd8sLq0ZmX7Pw3")),
          negatives=("X-Api-Key: $API_KEY",)),
     Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]*?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']*:([^\s\"']+)",
@@ -330,6 +335,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('db_password      = "Tf-Aligned#Pw-7"', "Tf-Aligned#Pw-7"),
                    ("vpn:\n  pass: Tundra&6854saffron\n", "Tundra&6854saffron"),
                    ('{"vpnPass": "Vpn-Camel-Pw-3"}', "Vpn-Camel-Pw-3"),
+                   ("db.url: jdbc:mysql://db/app\ndb.password: YBeRzUNcBBJcqipTcDkiG\n", "YBeRzUNcBBJcqipTcDkiG"),
+                   ('network={\n    psk="copper-falcon-meadow57"\n}', "copper-falcon-meadow57"),
                    ("$env:AZURE_DEVOPS_EXT_PAT = 'w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7'",
                     "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
@@ -342,7 +349,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "  password: cGFzc3dvcmQ=", "secret: ***hidden***", "POSTGRES_PASSWORD=postgres",
                     "RABBITMQ_DEFAULT_PASS=guest", '"settings.token.help": "Paste your access token"',
                     "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it in .env}", "token_bucket:\n  capacity: 100",
-                    "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJjazEyMyJ9.Xq2Lm9Pw4Rt6Vz8Nc1Df3G';")),
+                    "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJjazEyMyJ9.Xq2Lm9Pw4Rt6Vz8Nc1Df3G';",
+                    '"errors.password.tooShort": "Password must be at least 12 characters",')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
          r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer)[^\n]{0,24}?[ \t:=\"'`]"
@@ -525,11 +533,19 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('token = os.environ.get("API_TOKEN") or "Py-Env-Fb-9"', "Py-Env-Fb-9")),
          negatives=("const port = process.env.PORT || '3000'", "const s = process.env.SESSION_SECRET || ''")),
     Rule("config-directive",
-         r"(?m)^[ \t]*(requirepass|masterauth|rpcpassword)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)[ \t]*$",
-         keywords=("requirepass", "masterauth", "rpcpassword"), group=2, key_group=1, validator="context",
-         category="context", reason="server config directive (redis.conf, bitcoin.conf)",
-         examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),),
+         r"(?m)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?)"
+         r"(requirepass|masterauth|rpcpassword|insecure-password)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)",
+         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password"), group=2, key_group=1,
+         validator="context", category="context", reason="server config directive (redis.conf, haproxy.cfg)",
+         examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),
+                   ("userlist admins\n  user admin insecure-password Hap-Pw-39\n", "Hap-Pw-39")),
          negatives=("# requirepass foobared",)),
+    Rule("sasl-passwd-line",
+         r"(?m)^[ \t]*(?:\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]*smtp[A-Za-z0-9.-]*)(?::\d{1,5})?[ \t]+[^\s:]+:(\S+)[ \t]*$",
+         keywords=("smtp", "]:", "] "), group=1, validator="context", category="context",
+         reason="Postfix sasl_passwd entry (relay user:password)",
+         examples=(("[smtp.mailgun.org]:587 postmaster@mg.acme.io:Sasl-Pw-64\n", "Sasl-Pw-64"),),
+         negatives=("[smtp.mailgun.org]:587 postmaster@mg.acme.io:${SMTP_PASSWORD}",)),
     Rule("env-generated-value",
          r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,}={0,2})[\"']?\s*$",
          group=2, key_group=1, validator="generated", category="context", reason="env file: a generated value",

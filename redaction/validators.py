@@ -391,7 +391,7 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_path(v):
         return False  # `private_key: ~/.ssh/id_rsa`, `--from-file=password=./pw.txt`
     if _quoted_in(match, secret):
-        return True
+        return not _prose(v)
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
         return False
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
@@ -403,7 +403,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_identifier_path(v):
         if "." in v:
             return _looks_generated(v)
-        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and _has_alnum_mix(v))
+        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and (_has_alnum_mix(v)
+                                                                                        or _random_letters(v)))
     return True
 
 
@@ -541,6 +542,26 @@ def _tight_equals(match: str, secret: str) -> bool:
 def _verb_noun(v: str) -> bool:
     verb, sep, noun = v.partition("-")
     return bool(sep) and verb[:1].isupper() and verb[1:].islower() and noun[:1].isupper() and noun.isalpha()
+
+
+_STOPWORDS = frozenset("a an the to of is are be must your you for with at in on and or not least this that "
+                       "it by from as can will should please".split())
+
+
+def _prose(v: str) -> bool:
+    """A sentence (`Password must be at least 12 characters`): four words or more, two of them
+    the small words prose is made of, which a passphrase of chosen words seldom holds."""
+    words = v.split()
+    return len(words) >= 4 and sum(w.lower().strip(".,!?:;") in _STOPWORDS for w in words) >= 2
+
+
+def _random_letters(v: str) -> bool:
+    """Letters only, but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not camelCase words: the case
+    flips at least at 40% of the positions."""
+    if len(v) < 16 or not v.isalpha():
+        return False
+    flips = sum(a.isupper() != b.isupper() for a, b in zip(v, v[1:]))
+    return flips >= 0.4 * len(v) and shannon_entropy(v) >= 3.5
 
 
 def _has_alnum_mix(v: str) -> bool:
