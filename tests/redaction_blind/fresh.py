@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.redaction_blind.generate import ALNUM, B64URL, HEX, LOWER, UPPER, DIGITS, Gen, LookAlike, Sample
+from tests.redaction_blind.generate import ALNUM, B64URL, DIGITS, UPPER, Gen, LookAlike, Sample
 
 
 def secret_samples(seed: int = 5772) -> list[Sample]:
@@ -25,8 +25,7 @@ def secret_samples(seed: int = 5772) -> list[Sample]:
         t = [g.s(ALNUM, 32) for _ in range(12)]
         add("ci", "gitlab-ci.yml", f"variables:\n  DOCKER_DRIVER: overlay2\n  DB_PASSWORD: \"{p[0]}\"\n\ntest:\n  script: make test\n", p[0])
         add("ci", "jenkinsfile-env", f"pipeline {{\n  environment {{\n    API_KEY = '{t[0]}'\n    STAGE = 'prod'\n  }}\n}}\n", t[0])
-        add("ci", "circleci", f"jobs:\n  build:\n    environment:\n      AWS_SECRET_ACCESS_KEY: {g.aws_secret()}\n".replace("\n", "\n", 1), )
-        out.pop()
+        g.aws_secret()  # a draw of the measured set, kept so that its values stay the same
         aws = g.aws_secret()
         add("ci", "circleci", f"jobs:\n  build:\n    environment:\n      AWS_SECRET_ACCESS_KEY: {aws}\n", aws)
         add("ops", "ansible-inventory", f"[web]\nweb01 ansible_host=10.0.0.5 ansible_user=deploy ansible_password={p[1]} ansible_become_pass={p[2]}\n", p[1], p[2])
@@ -59,12 +58,10 @@ def secret_samples(seed: int = 5772) -> list[Sample]:
         tg = f"{g.digits(10)}:AA{g.s(B64URL, 33)}"
         add("cli", "telegram-url", f"curl -s https://api.telegram.org/bot{tg}/sendMessage -d chat_id=42 -d text=hi\n", tg)
         add("cli", "az-keyvault", f"az keyvault secret set --vault-name kv --name db --value '{q[4]}'\n", q[4])
-        add("cli", "presigned-url", f"curl 'https://acme.s3.amazonaws.com/a.tgz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={g.aws_key_id()}%2F20260301%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature={g.hex(64)}'\n")
-        out.pop()
+        g.aws_key_id(), g.hex(64)  # draws of the measured set
         sig = g.hex(64)
         add("cli", "presigned-url", f"curl 'https://acme.s3.amazonaws.com/a.tgz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20260301T000000Z&X-Amz-Signature={sig}'\n", sig)
-        add("header", "cookie-jwt", f"Cookie: theme=dark; session={g.jwt()}\n")
-        out.pop()
+        g.jwt()  # a draw of the measured set
         j = g.jwt()
         add("header", "cookie-jwt", f"Cookie: theme=dark; session={j}\n", j)
         vt = "hvs." + g.s(B64URL, 24)
@@ -94,8 +91,7 @@ def secret_samples(seed: int = 5772) -> list[Sample]:
         sk = "sk_live_" + g.s(ALNUM, 99)
         add("code", "notebook-cell", json.dumps({"cell_type": "code", "source": ["import stripe\n", f"stripe.api_key = \"{sk}\"\n"]}, indent=1) + "\n", sk)
         add("code", "python-bytes-key", f"SECRET_KEY = b'{u[9]}'\n", u[9])
-        add("code", "swift-dict", f'let config = ["apiKey": "{g.s(ALNUM, 32)}"]\n')
-        out.pop()
+        g.s(ALNUM, 32)  # a draw of the measured set
         sw = g.s(ALNUM, 32)
         add("code", "swift-dict", f'let config = ["apiKey": "{sw}"]\n', sw)
         add("code", "go-map", f'creds := map[string]string{{"username": "svc", "password": "{q[9]}"}}\n', q[9])
@@ -133,8 +129,8 @@ def look_alikes(seed: int = 1618) -> list[LookAlike]:
         add("cli", "ssh-keygen-comment", 'ssh-keygen -t ed25519 -C "ci@acme" -f ~/.ssh/ci\n')
         add("cli", "password-prompt-flag", "kubectl create secret generic db --from-file=password=./db_password.txt\nvault write -f auth/approle/role/ci/secret-id\n")
         add("cli", "git-branch", "git checkout -b feature/token-refresh\ngit push origin fix/password-reset-email\n")
-        add("hash-id", "github-api-sha", json.dumps({"sha": g.hex(40), "node_id": "MDY6Q29tbWl0" + g.s(ALNUM, 20), "url": "https://api.github.com/repos/acme/x/commits/1"}) + "\n")
-        out[-1] = LookAlike("hash-id", "github-api-sha", json.dumps({"sha": g.hex(40), "url": "https://api.github.com/repos/acme/x/git/commits/1"}) + "\n")
+        g.hex(40), g.s(ALNUM, 20)  # draws of the measured set
+        out.append(LookAlike("hash-id", "github-api-sha", json.dumps({"sha": g.hex(40), "url": "https://api.github.com/repos/acme/x/git/commits/1"}) + "\n"))
         add("hash-id", "image-tag", f"image: ghcr.io/acme/api:sha-{g.hex(7)}\n")
         add("hash-id", "yarn-berry-checksum", f'"lodash@npm:^4.17.21":\n  version: 4.17.21\n  checksum: 10c0/{g.hex(128)}\n')
         add("hash-id", "pnpm-lock", f"  /lodash@4.17.21:\n    resolution: {{integrity: sha512-{g.b64(64)}}}\n")
