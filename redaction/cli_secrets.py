@@ -130,14 +130,15 @@ SPECIAL_RULES: tuple[Rule, ...] = (
     Rule("cli-sudo-stdin",
          r"\b(?:echo(?:\s+-[neE]+)*|printf(?:\s+[\"'][^\"'\n]*%s[^\"'\n]*[\"'])?)\s+" + VALUE
          + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
-         r"|(?:docker|podman|nerdctl|helm|buildah|skopeo|oras|crane|regctl)\b[^\n|;&]*--password-stdin"
+         r"|[A-Za-z0-9_.-]+\b[^\n|;&]*(?:--password-stdin|--with-token|--token-stdin|--secret-stdin)\b"
          r"|passwd\s+--stdin)",
-         keywords=("sudo", "password-stdin", "passwd"), group=1, validator="context", category="context",
+         keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin"), group=1, validator="context", category="context",
          reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
                    ('echo -n "Ec-Pw-73" | docker login -u bob --password-stdin', "Ec-Pw-73"),
-                   ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84")),
+                   ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84"),
+                   ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"

@@ -298,6 +298,8 @@ class Redactor:
             s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
         elif data[s:s + 2] == b'\\"' and e - s >= 5 and data[e - 2:e] == b'\\"':
             s, e = s + 2, e - 2  # the same inside an escaped string (JSON in JSON, diffs)
+        elif rule.category == "context" and data[e:e + 1] == b"&":
+            e = _through_ampersands(data, e)
         if c.check is not None or rule.entropy is not None:
             secret = data[s:e].decode("utf-8", "replace")
             if rule.entropy is not None and shannon_entropy(secret) < rule.entropy:
@@ -372,6 +374,20 @@ def percent_decoded(text: str) -> tuple[str, list[int]]:
     starts.extend(range(pos, len(text)))
     starts.append(len(text))
     return "".join(out), starts
+
+
+_VALUE_END = frozenset(b" \t\r\n\"'`,;<>")
+
+
+def _through_ampersands(data: bytes, e: int) -> int:
+    """An unquoted value stops at `&` because a URL's next parameter starts there; when no `=`
+    follows before the value's end (`pass: Tundra&6854saffron`), the `&` is part of the value."""
+    end = e
+    while end < len(data) and data[end] not in _VALUE_END:
+        if data[end] == 0x3D:  # `=`: `&name=` is the next parameter
+            return e
+        end += 1
+    return end
 
 
 def _merge(found: list[tuple[int, int, int, str]]) -> list[tuple[int, int, int, str]]:

@@ -59,23 +59,26 @@ _VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
-    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
-    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
-    r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|sig|pepper|hmac)\b)"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
+    r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
+    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
-_SECRET_KEYWORDS = ("secret", "pass", "pwd", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
-                    "_sig", "_pepper", "_hmac", "_nonce", "_pin")
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
+                    "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
     r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
-    r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt)[A-Za-z0-9_.:-]*"
+    r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt"
+    r"|(?-i:_(?:KEY|PASS|PW|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
 )
-_KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt")
+_KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt", "_pw", "_pat", "_seed", "_cred",
+                      "_sig", "_pepper", "_hmac")
 
 _SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
 _DISCORD = "Qm8kZ2xLp9Rt4Vy7Nc1Df3Gh5Jk7Lm9Pq2Rt4Vz6Nc8Df0Gh2Jk4Lm6Pq8Rt0Vz2Nc4Df6Gh8Jk0_x"
@@ -210,10 +213,12 @@ _KNOWN_RULES: tuple[Rule, ...] = (
          examples=(("databricks configure --token dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f", "dapi7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
     Rule("linear-key", r"\blin_(?:api|oauth)_[A-Za-z0-9]{40}\b", keywords=("lin_api_", "lin_oauth_"),
          examples=(("LINEAR=lin_api_" + "aB3dE5gH7j" * 4, "lin_api_" + "aB3dE5gH7j" * 4),)),
-    Rule("sentry-dsn", r"https://([0-9a-f]{32})(?::[0-9a-f]{32})?@[A-Za-z0-9.-]+\.ingest(?:\.[a-z]+)?\.sentry\.io",
-         keywords=("sentry.io",), group=1,
-         examples=(("SENTRY_DSN=https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123",
-                    "7e3b9a1f04c6d82e5b7a90f13c4d6e8f"),)),
+    # A DSN's public key is public by design (it ships in browser code); a legacy DSN's secret is not.
+    Rule("sentry-dsn", r"https://[0-9a-f]{32}:([0-9a-f]{32})@[A-Za-z0-9.-]+",
+         keywords=("sentry",), group=1,
+         examples=(("SENTRY_DSN=https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f:0c1d2e3f4a5b69788796a5b4c3d2e1f0@sentry.acme.io/12",
+                    "0c1d2e3f4a5b69788796a5b4c3d2e1f0"),),
+         negatives=("Sentry.init({ dsn: 'https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123' })",)),
     Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
          examples=(("age key: " + _AGE, _AGE),)),
     # ---- structured tokens and key material ----
@@ -246,10 +251,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("postgres://app:${DB_PASSWORD}@db/app", "git@github.com:org/repo.git",
                     "http://localhost:8080/path@v2", "https://user@example.com/repo")),
     Rule("auth-header",
-         r"(?i)\b(?:proxy-)?authorization\s*[\"']?\s*[:=]\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
+         r"(?i)(?:\b(?:proxy-)?authorization\s*[\"']?\s*[:=]|\b(?:proxy_set_header|add_header|more_set_headers"
+         r"|RequestHeader\s+(?:set|add)|Header\s+(?:always\s+)?set)\s+[\"']?(?:proxy-)?authorization[\"']?\s)"
+         r"\s*[\"']?[a-z][a-z0-9_-]{1,20}\s+"
          r"([A-Za-z0-9._~+/:=-]{6,})",
          keywords=("authorization",), group=1, validator="not-reference", category="context",
          examples=(('curl -H "Authorization: Bearer 9f8e7d6c5b4a3210fedcba" https://api', "9f8e7d6c5b4a3210fedcba"),
+                   ('proxy_set_header Authorization "Basic c3ZjOkJmMHgyJXNYcXklNFVMUQ==";', "c3ZjOkJmMHgyJXNYcXklNFVMUQ=="),
                    ("Authorization: Basic YWxpY2U6czNjcjN0", "YWxpY2U6czNjcjN0"),
                    ('curl -H "Authorization: Splunk 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55" https://splunk:8088',
                     "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55")),
@@ -259,9 +267,11 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(("token_type=bearer access=Bearer aB3dE5gH7jK9mN1pQ3sT5vW7", "aB3dE5gH7jK9mN1pQ3sT5vW7"),),
          negatives=("the bearer authentication_scheme_description",)),
     Rule("api-key-header",
-         r"(?i)\b(?:x-[a-z0-9-]{0,30}(?:key|token|secret|auth)[a-z0-9-]{0,20}|api-key|apikey|private-token)\s*:\s*([^\s\"',;]{8,})",
-         keywords=("x-", "api-key", "apikey", "private-token"), group=1, validator="not-reference", category="context",
+         r"(?i)\b(?:x-[a-z0-9-]{0,30}(?:key|token|secret|auth)[a-z0-9-]{0,20}|api-key|apikey|private-token"
+         r"|[a-z0-9-]{0,30}subscription-key|[a-z0-9-]{1,30}-(?:access|auth)-token)\s*:\s*([^\s\"',;]{8,})",
+         keywords=("x-", "api-key", "apikey", "private-token", "subscription-key", "-access-token", "-auth-token"), group=1, validator="not-reference", category="context",
          examples=(('curl -H "X-Api-Key: 7Fq2Lm9Px4Rt6Vz8" https://svc', "7Fq2Lm9Px4Rt6Vz8"),
+                   ("Ocp-Apim-Subscription-Key: 95d8803bf999955a15cf0ac2077051e2", "95d8803bf999955a15cf0ac2077051e2"),
                    ("PRIVATE-TOKEN: k2Jd8sLq0ZmX7Pw3", "k2Jd8sLq0ZmX7Pw3")),
          negatives=("X-Api-Key: $API_KEY",)),
     Rule("curl-user", r"(?i)\b(?:curl|wget|http|https|xh)\b[^\n|;&]*?\s(?:-u|--user|--proxy-user|--http-password|--password)(?:\s+|=)?[\"']?[^\s:\"']*:([^\s\"']+)",
@@ -300,7 +310,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
          r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
-         + r"[\]]?\s{0,4}(?:=|:=|:|=>|<-|\|\|=|\?=)\s{0,4}" + _VALUE,
+         + r"[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=)[ \t]{0,4}" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -321,7 +331,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('<connection password="Xml-Attr-Pw9" user="app"/>', "Xml-Attr-Pw9"),
                    ('ENV["API_TOKEN"] ||= "Rb-Or-Eq-71"', "Rb-Or-Eq-71"), ('let secret_key = b"Rs-Bytes-K3y-8";', "Rs-Bytes-K3y-8"),
                    ('<machineKey validationKey="9F8E7D6C5B4A39281706F5E4D3C2B1A0" decryptionKey="A1B2C3D4E5F60718293A4B5C6D7E8F90" />',
-                    "A1B2C3D4E5F60718293A4B5C6D7E8F90")),
+                    "A1B2C3D4E5F60718293A4B5C6D7E8F90"),
+                   ('db_password      = "Tf-Aligned#Pw-7"', "Tf-Aligned#Pw-7"),
+                   ("vpn:\n  pass: Tundra&6854saffron\n", "Tundra&6854saffron"),
+                   ('{"vpnPass": "Vpn-Camel-Pw-3"}', "Vpn-Camel-Pw-3"),
+                   ("db.url: jdbc:mysql://db/app\ndb.password: YBeRzUNcBBJcqipTcDkiG\n", "YBeRzUNcBBJcqipTcDkiG"),
+                   ('network={\n    psk="copper-falcon-meadow57"\n}', "copper-falcon-meadow57"),
+                   ("$env:AZURE_DEVOPS_EXT_PAT = 'w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7'",
+                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
@@ -329,16 +346,24 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"',
-                    "  password: cGFzc3dvcmQ=")),
+                    "  password: cGFzc3dvcmQ=", "secret: ***hidden***", "POSTGRES_PASSWORD=postgres",
+                    "RABBITMQ_DEFAULT_PASS=guest", '"settings.token.help": "Paste your access token"',
+                    "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set it in .env}", "token_bucket:\n  capacity: 100",
+                    "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJjazEyMyJ9.Xq2Lm9Pw4Rt6Vz8Nc1Df3G';",
+                    '"errors.password.tooShort": "Password must be at least 12 characters",')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|_key\b|bearer)[^\n]{0,24}?[\s:=\"'`]([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
+         r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer)[^\n]{0,24}?[ \t:=\"'`]"
+         r"([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
                    "session", "private", "hmac", "bearer"),
          group=1, validator="generated", category="context",
-         examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),),
+         examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),
+                   ('{"segmentWriteKey": "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo"}', "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo")),
          negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
-                    'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"')),
+                    'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"',
+                    "ED25519 key fingerprint is SHA256:Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6Aa.",
+                    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0\n")),
     Rule("xml-secret-element",
          r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*([^<>\s][^<>\n]*?)\s*</",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
@@ -389,7 +414,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(('var cfg = new Dictionary<string,string> { { "AccountKey", "Dct-Acc-Key-88" } };', "Dct-Acc-Key-88"),
                    ('new SqlParameter("password", "Prm-Pw-55")', "Prm-Pw-55"),
                    ('props.setProperty("db.password", "Jv-Prop-Pw3");', "Jv-Prop-Pw3"),
-                   ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z")),
+                   ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z"),
+                   ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK")),
          negatives=('parser.add_argument("--password", "-p")', 'os.getenv("API_TOKEN", "")',
                     '("password", "Password")', 'choices = [("password", "password_hash")]',
                     'form.add("password", "Enter your password")')),
@@ -403,16 +429,21 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\b[A-Za-z]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
-         r"|\bgetConnection\s*\(\s*[\"'][^\"'\n]+[\"']\s*,)\s*"
+         r"(?:\b[A-Za-z]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]|\bbasic_auth\s+"
+         r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect)\s*\(\s*"
+         r"(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
          r"[\"'][^\"'\n]+[\"']\s*,\s*[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login", "getconnection"), group=1, validator="pair", category="context",
+         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli"), group=1, validator="pair",
+         category="context",
          reason="code: a credential object built from user and password",
          examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
                    ('requests.get(url, auth=("bob", "Req-Auth-99"))', "Req-Auth-99"),
                    ('req.SetBasicAuth("admin", "Go-Basic-42")', "Go-Basic-42"),
                    ('server.login("reports@acme.io", "Smtp-Lg-77")', "Smtp-Lg-77"),
-                   ('DriverManager.getConnection("jdbc:mysql://db/app", "root", "Jdbc-Gc-31")', "Jdbc-Gc-31")),
+                   ('DriverManager.getConnection("jdbc:mysql://db/app", "root", "Jdbc-Gc-31")', "Jdbc-Gc-31"),
+                   ("$db = new PDO('mysql:host=db;dbname=app', 'app', 'Pdo-Pw-62');", "Pdo-Pw-62"),
+                   ("$c = mysqli_connect('db', 'app', 'Mysqli-Pw-5', 'shop');", "Mysqli-Pw-5"),
+                   ("req.basic_auth 'reporter', 'Rb-Basic-81'", "Rb-Basic-81")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
     Rule("netrc-password",
          r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
@@ -473,6 +504,48 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==")),
          negatives=("https://shop.acme.io/search?key=summer-dress&page=2", "https://x.io/cb?code=200",
                     "https://api.acme.io/v1?token=${TOKEN}", "https://x.io/?key=value")),
+    Rule("go-mysql-dsn", r"[\"'`]([^\s:\"'`/@]{1,64}):([^\s@\"'`]{1,128})@(?:tcp|unix|udp)(?:\(|/)",
+         keywords=("@tcp", "@unix", "@udp"), group=2, validator="context", category="context",
+         reason="Go MySQL DSN user:password@tcp(host)",
+         examples=(('db, err := sql.Open("mysql", "app:Go-My-Dsn-4@tcp(db:3306)/shop")', "Go-My-Dsn-4"),),
+         negatives=('sql.Open("mysql", "app:${DB_PASSWORD}@tcp(db:3306)/shop")', '"root:@tcp(localhost)/test"')),
+    Rule("aws-secret-after-key-id",
+         r"\b(?:AKIA|ASIA)[A-Z2-7]{16}[\"']\s*,\s*[\"']([A-Za-z0-9/+]{40})[\"']",
+         keywords=("akia", "asia"), group=1, validator="generated", category="context",
+         reason="AWS secret access key passed right after its key id",
+         examples=(('credentials.NewStaticCredentialsProvider("AKIAQYLPMN5HHHFPZAM2", "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey", "")',
+                    "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Ey"),)),
+    Rule("basic-auth-literal",
+         r"\b(?:btoa|b64encode|encodebytes|base64_encode|encode64|strict_encode64|encodeToString|Buffer\.from)"
+         r"\s*\(\s*b?[\"'`]([^\s:\"'`$]{1,64}):([^\s\"'`]{3,128})[\"'`]",
+         keywords=("btoa", "b64encode", "encodebytes", "base64_encode", "encode64", "encodetostring", "buffer.from"),
+         group=2, validator="context", category="context", reason="code: user:password encoded for Basic auth",
+         examples=(('headers.Authorization = `Basic ${btoa("admin:Js-Btoa-Pw3")}`', "Js-Btoa-Pw3"),
+                   ('base64.b64encode(b"svc:Py-B64-Pw9").decode()', "Py-B64-Pw9")),
+         negatives=('btoa(`${user}:${password}`)', 'base64.b64encode(b"user:password")', 'btoa("a:b")')),
+    Rule("env-default-literal",
+         r"(?i)(?:process\.env\.|\bENV\[\s*[\"']|\bENV\.fetch\(\s*[\"']|getenv\(\s*[\"']|environ\.get\(\s*[\"']"
+         r"|environ\[\s*[\"'])(" + _KEY_NAME + r")[\"']?\s*[\])]?\s*(?:\|\||\?\?|\bor\b)\s*[\"'`]([^\"'`\n]+)[\"'`]",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="code: a literal fallback for a secret from the environment",
+         examples=(("const secret = process.env.SESSION_SECRET || 'Js-Env-Fb-71';", "Js-Env-Fb-71"),
+                   ("password: <%= ENV['DB_PASSWORD'] || 'Rb-Env-Fb-2' %>", "Rb-Env-Fb-2"),
+                   ('token = os.environ.get("API_TOKEN") or "Py-Env-Fb-9"', "Py-Env-Fb-9")),
+         negatives=("const port = process.env.PORT || '3000'", "const s = process.env.SESSION_SECRET || ''")),
+    Rule("config-directive",
+         r"(?m)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?)"
+         r"(requirepass|masterauth|rpcpassword|insecure-password)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)",
+         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password"), group=2, key_group=1,
+         validator="context", category="context", reason="server config directive (redis.conf, haproxy.cfg)",
+         examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),
+                   ("userlist admins\n  user admin insecure-password Hap-Pw-39\n", "Hap-Pw-39")),
+         negatives=("# requirepass foobared",)),
+    Rule("sasl-passwd-line",
+         r"(?m)^[ \t]*(?:\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]*smtp[A-Za-z0-9.-]*)(?::\d{1,5})?[ \t]+[^\s:]+:(\S+)[ \t]*$",
+         keywords=("smtp", "]:", "] "), group=1, validator="context", category="context",
+         reason="Postfix sasl_passwd entry (relay user:password)",
+         examples=(("[smtp.mailgun.org]:587 postmaster@mg.acme.io:Sasl-Pw-64\n", "Sasl-Pw-64"),),
+         negatives=("[smtp.mailgun.org]:587 postmaster@mg.acme.io:${SMTP_PASSWORD}",)),
     Rule("env-generated-value",
          r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,}={0,2})[\"']?\s*$",
          group=2, key_group=1, validator="generated", category="context", reason="env file: a generated value",

@@ -28,11 +28,15 @@ _DESCRIPTIVE_SUFFIXES = (
     "source", "audience", "aud", "issuer", "realm", "method", "algorithm", "alg", "backend", "store", "encoder",
     "hint", "strategy", "lifetime", "rotation", "host", "port", "username", "user", "email", "enabled",
     "required", "endpoint", "arn", "policy", "manager", "service", "handler", "validator", "generator",
+    "help", "text", "description", "desc", "message", "msg", "title", "tooltip", "placeholder", "caption",
+    "prompt", "error", "warning",
 )
 # Words that contain a secret-bearing word without being about a secret.
 _NOT_SECRET_KEY_PARTS = ("tokeniz", "secretar", "passport", "passthrough", "bypass", "compass", "passenger",
                          "keyboard", "keystroke", "keyframe", "keyword", "monkey", "turkey", "hockey", "donkey")
-_REFERENCE_PREFIXES = ("$", "%(", "%{", "{{", "{%", "<", "#{", "@{")
+_REFERENCE_PREFIXES = ("%(", "%{", "{{", "{%", "<", "#{", "@{")
+# Tokens that are public by their provider's design: publishable keys shipped in browser code.
+_PUBLIC_PREFIXES = ("pk_live_", "pk_test_", "pk.", "phc_")
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
@@ -43,7 +47,7 @@ _PLACEHOLDER_WORDS = frozenset(
     "password passwd passphrase pass pwd token tokens apikey key keys value values foo bar baz foobar qux "
     "xxx xyz abc todo tbd fixme none null nil redacted hidden masked removed omitted default empty unset "
     "notset insert replace here your mine qwerty asdf asdfgh qwertyuiop zxcvbn letmein "
-    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword".split()
+    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword guest".split()
 )
 # Words that, joined by `_`/`-`/`.`, make a name rather than a secret: `super_secret_password`,
 # `your-api-key-here`, `db_password`.
@@ -56,7 +60,7 @@ _NAME_WORDS = _PLACEHOLDER_WORDS | frozenset(
 # Fragments no generated secret contains: a marked stand-in anywhere in the value.
 _PLACEHOLDER_FRAGMENTS = (
     "example", "placeholder", "changeme", "change_me", "change-me", "changeit", "dummy", "xxxx", "****",
-    "...", "\u2026", "redacted", "your_", "your-", "yourtoken", "yourpassword", "yoursecret", "yourkey",
+    "***", "...", "\u2026", "redacted", "your_", "your-", "yourtoken", "yourpassword", "yoursecret", "yourkey",
     "yourapi", "<your", "insert_", "insert-", "_here", "-here", "notreal", "not_real", "not-real",
     "not-a-", "fake_", "fake-", "sample_", "sample-", "replace_me", "replaceme", "replace-me", "fixme",
     "todo_", "secret_value", "####", "____", "----", "0000000", "1234567",
@@ -328,9 +332,25 @@ def phone_digits(secret: str, match: str = "", before: str = "", after: str = ""
     return 10 <= len(digits) <= 15 and len(set(digits)) > 2
 
 
+def _dollar_reference(v: str) -> bool:
+    """`$VAR`, `$env:X`, `$this->x`, `$cfg['k']`, or a whole `${...}` / `$(...)`; not a secret that
+    merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do)."""
+    if v[1:2] in ("{", "("):  # whole, or cut off at a space (`${PW:?set it}`, `$(cat pw.txt)`)
+        close = "}" if v[1] == "{" else ")"
+        return v.endswith(close) or close not in v
+    return v[1:2].isalpha() or v[1:2] == "_"
+
+
+def is_public_token(value: str) -> bool:
+    """A publishable key (Stripe `pk_live_`, Mapbox `pk.`, PostHog `phc_`): public by design."""
+    return value.strip().strip("\"'`").startswith(_PUBLIC_PREFIXES)
+
+
 def is_reference(value: str) -> bool:
     """`$VAR`, `${VAR}`, `%(name)s`, `{{ secrets.X }}`, `<placeholder>` and the like."""
     v = value.strip()
+    if v.startswith("$"):
+        return _dollar_reference(v)
     if v.startswith(_REFERENCE_PREFIXES):
         return True
     if "{" in v and "}" in v:  # format templates: "{token}", f"{self.token}"
@@ -362,7 +382,7 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if len(v) < 4 or is_reference(v) or _descriptive_key(match):
         return False
     low = v.lower()
-    if low in _NON_SECRET_WORDS or is_placeholder(v) or low == _key_of(match).lower():
+    if low in _NON_SECRET_WORDS or is_placeholder(v) or _key_word(low, _key_of(match)) or is_public_token(v):
         return False
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "http://", "https://", "file:")):
         return False
@@ -371,7 +391,7 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_path(v):
         return False  # `private_key: ~/.ssh/id_rsa`, `--from-file=password=./pw.txt`
     if _quoted_in(match, secret):
-        return True
+        return not _prose(v)
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
         return False
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
@@ -383,8 +403,18 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_identifier_path(v):
         if "." in v:
             return _looks_generated(v)
-        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and _has_alnum_mix(v))
+        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and (_has_alnum_mix(v)
+                                                                                        or _random_letters(v)))
     return True
+
+
+def _key_word(low: str, key: str) -> bool:
+    """The value is the key's name or one word of it, digits aside: `POSTGRES_PASSWORD=postgres`,
+    a service's documented default that the key itself names."""
+    if not key:
+        return False
+    words = {w for w in _snake(key).lower().replace("-", "_").replace(".", "_").split("_") if len(w) >= 3}
+    return low == key.lower() or low.rstrip("0123456789!") in words
 
 
 def _is_path(v: str) -> bool:
@@ -412,7 +442,7 @@ def context_value(secret: str, match: str = "", before: str = "", after: str = "
     """A value found by its place (XML element, `"key", "value"` pair, CLI flag, connection
     string): anything but a reference, a placeholder or the key's own name."""
     v = secret.strip().strip("\"'")
-    if not v or is_reference(v) or is_placeholder(v) or v.lower() in _NON_SECRET_WORDS:
+    if not v or is_reference(v) or is_placeholder(v) or v.lower() in _NON_SECRET_WORDS or is_public_token(v):
         return False
     if v.startswith("-") and not any(c.isdigit() for c in v):
         return False  # the next flag, not a value
@@ -514,6 +544,26 @@ def _verb_noun(v: str) -> bool:
     return bool(sep) and verb[:1].isupper() and verb[1:].islower() and noun[:1].isupper() and noun.isalpha()
 
 
+_STOPWORDS = frozenset("a an the to of is are be must your you for with at in on and or not least this that "
+                       "it by from as can will should please".split())
+
+
+def _prose(v: str) -> bool:
+    """A sentence (`Password must be at least 12 characters`): four words or more, two of them
+    the small words prose is made of, which a passphrase of chosen words seldom holds."""
+    words = v.split()
+    return len(words) >= 4 and sum(w.lower().strip(".,!?:;") in _STOPWORDS for w in words) >= 2
+
+
+def _random_letters(v: str) -> bool:
+    """Letters only, but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not camelCase words: the case
+    flips at least at 40% of the positions."""
+    if len(v) < 16 or not v.isalpha():
+        return False
+    flips = sum(a.isupper() != b.isupper() for a, b in zip(v, v[1:]))
+    return flips >= 0.4 * len(v) and shannon_entropy(v) >= 3.5
+
+
 def _has_alnum_mix(v: str) -> bool:
     return len(v) >= 6 and any(c.isdigit() for c in v) and any(c.isalpha() for c in v)
 
@@ -545,6 +595,9 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     low = v.lower()
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "sha1:", "sha256:", "sha512:")) or is_reference(v):
         return False
+    lead = match[:match.rfind(v)].lower() if v and v in match else ""
+    if lead.endswith(("sha1:", "sha256:", "sha384:", "sha512:", "md5:")) or is_public_token(v):
+        return False  # an SSH or GPG fingerprint (`SHA256:...`), a digest named by its algorithm
     if is_placeholder(v):
         return False
     raw = b64decode(v) if len(v) >= 16 else None

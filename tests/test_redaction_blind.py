@@ -1,0 +1,32 @@
+"""The blind sets (tests/redaction_blind): secrets in real places, look-alikes that must stay.
+
+Written apart from the detectors, so these figures say how the engine does on material it was not
+written from. Thresholds, for each set: at least 95% of the secrets gone from the output (at least
+90% in every category) and at most 8% of the look-alikes changed.
+"""
+import pytest
+
+from tests.redaction_blind.score import SETS, engine_redact, report, score
+
+
+@pytest.fixture(scope="module")
+def redact():
+    return engine_redact()
+
+
+@pytest.mark.parametrize("which", sorted(SETS))
+def test_blind_set_meets_thresholds(redact, which):
+    sc = score(redact, which)
+    text = report(sc, misses=True)
+    assert sc.recall >= 0.95, text
+    for cat, total in sc.total.items():
+        assert sc.found[cat] / total >= 0.90, f"{cat}: {sc.found[cat]} of {total}\n{text}"
+    assert sc.changed_rate <= 0.08, text
+
+
+@pytest.mark.parametrize("which", sorted(SETS))
+def test_blind_set_is_the_same_on_every_run(which):
+    module = SETS[which]
+    assert module.secret_samples() == module.secret_samples()
+    assert module.look_alikes() == module.look_alikes()
+    assert all(secret in s.text for s in module.secret_samples() for secret in s.secrets)
