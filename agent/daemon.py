@@ -157,8 +157,7 @@ class Daemon:
             self._build_redactor()
             recovery = self.journal.open(observe=self.journaled.observe)
             self.journal.start()
-            for gap in recovery.gaps:
-                self._journal("agent.gap", gap)
+            self._report_damage(recovery)
             from agent.delivery import Delivery
 
             self.delivery = Delivery(self)
@@ -174,6 +173,20 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _report_damage(self, recovery: Any) -> None:
+        """What the journal found damaged at open becomes `agent.gap` events; once they are
+        durable the journal notes them as reported, so the next start does not report them again.
+        If they do not become durable, they are reported again next time rather than never."""
+        tickets = [self._journal("agent.gap", gap, durable=True) for gap in recovery.gaps]
+        if not tickets:
+            return
+        try:
+            if all(t is not None and t.wait(10) for t in tickets):
+                self.journal.record_reported(recovery)
+        except (OSError, TimeoutError) as exc:
+            log.error("the journal's damage report is not durable yet (%s); it is repeated at the "
+                      "next start", exc)
 
     def _lifecycle_data(self) -> dict[str, Any]:
         return {"version": agent.__version__, "pid": os.getpid(), "policy": self.policy.digest,

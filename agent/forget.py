@@ -7,7 +7,9 @@ span. Bundles cannot be edited (they are encrypted to the org key, which this ma
 so every outbox bundle sealed at or after the start of the span is deleted and the bundler cursor and
 chain head are rewound to just before the first of them; the bundler then re-seals that range from
 the journal, which keeps every undelivered record (segments are released only after delivery).
-Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
+Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept. Once the
+`agent.forget` marker is durable the journal notes the removed seqs as forgotten, so a later start
+does not mistake them for damage (see agent/journal.py).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
         ticket = daemon.journal.append("agent.forget", "agent", None,
                                        {"count": len(removed), "from": cutoff, "to": now}, durable=True)
         ticket.wait(10)
+        daemon.journal.record_forgotten(ev.seq for ev in removed)
     delivery.seal_wake.set()
     return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}
 
@@ -89,6 +92,7 @@ def forget_offline(paths: Any, seconds: float) -> dict[str, Any]:
             removed = journal.rewrite(_drop(cutoff, state.uploaded_upto))
             journal.append("agent.forget", "agent", None,
                            {"count": len(removed), "from": cutoff, "to": now}, durable=True).wait(10)
+            journal.record_forgotten(ev.seq for ev in removed)
         finally:
             journal.stop()
         return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}
