@@ -75,3 +75,25 @@ def test_pytest_reports_go_only_into_a_private_directory(shell, state, tmp_path)
         assert made == [] and (state == "open") == reports.exists(), made
     finally:
         sh.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_every_file_the_hook_makes_is_private_whatever_the_umask(shell, tmp_path):
+    """Segments and bash's umask scratch file are 0600 under a umask of 022, across a rotation,
+    and the shell's umask is left as the user set it."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sh = Tmux(tmp_path, shell, spool, rc_extra="umask 022", spool_max_bytes=4096)
+    try:
+        for i in range(12):  # a segment holds about 1 KiB here: several rotations
+            sh.run(f"echo {'x' * 200} {i}")
+        sh.run(f"umask > {tmp_path / 'umask.txt'}")
+        made = sorted(spool.iterdir())
+        assert len([p for p in made if p.suffix == ".rec"]) > 1
+        if shell == "bash":
+            assert [p for p in made if p.suffix == ".umask"]
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == \
+            {p.name: "0o600" for p in made}
+        assert (tmp_path / "umask.txt").read_text().strip().lstrip("0") == "22"
+    finally:
+        sh.close()
