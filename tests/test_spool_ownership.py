@@ -97,3 +97,30 @@ def test_every_file_the_hook_makes_is_private_whatever_the_umask(shell, tmp_path
         assert (tmp_path / "umask.txt").read_text().strip().lstrip("0") == "22"
     finally:
         sh.close()
+
+
+def test_zsh_without_its_system_module_still_makes_private_segments(tmp_path):
+    """Where zsh/system is missing (a minimal zsh build), segments are made by a redirection."""
+    mods = tmp_path / "zsh-modules"
+    base = Path(os.popen("zsh -fc 'print -r -- $module_path[1]'").read().strip())
+    if not (base / "zsh" / "system.so").exists():
+        pytest.skip("zsh's modules are not where zsh says")
+    (mods / "zsh").mkdir(parents=True)
+    for so in (base / "zsh").iterdir():
+        if so.name != "system.so":
+            (mods / "zsh" / so.name).symlink_to(so)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sh = Tmux(tmp_path, "zsh", spool, rc_extra=f"umask 022\nmodule_path=({mods})\n"
+              f"print -r -- ${{+builtins[sysopen]}} > {tmp_path / 'sysopen.txt'}",
+              spool_max_bytes=4096)
+    try:
+        for i in range(20):  # segments are at least 4 KiB: more than one
+            sh.run(f"echo {'x' * 300} {i}")
+        assert (tmp_path / "sysopen.txt").read_text().strip() == "0"
+        assert commands(spool)[-1] == (f"echo {'x' * 300} 19", 0)
+        made = sorted(spool.glob("*.rec"))
+        assert len(made) > 1
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: "0o600" for p in made}
+    finally:
+        sh.close()
