@@ -886,6 +886,10 @@ class Journal:
                         kept.append(frame(payload))
                 if not hit:
                     continue
+                if self._read_floor() < self.next_seq:
+                    # The removed records may be the newest: their seqs must stay unused even if
+                    # nothing is written after them before a crash.
+                    self._write_floor(self.next_seq)
                 tmp = path.with_suffix(".tmp")
                 with open(tmp, "wb") as f:
                     f.write(b"".join(kept))

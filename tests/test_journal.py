@@ -450,6 +450,15 @@ def test_a_forget_not_yet_noted_is_still_reported_rather_than_left_unexplained(t
     assert (gap["from"], gap["to"]) == (4, 5)
 
 
+def test_forgetting_the_newest_records_never_frees_their_seqs(tmp_path):
+    j = open_journal(tmp_path)
+    for i in range(10):
+        j.append("x", "s", None, {"i": i})
+    j.rewrite(lambda e: e.seq >= 8)  # and a crash before anything else is written
+    j.stop()
+    assert Journal(tmp_path).open().next_seq == 11
+
+
 def test_damage_is_reported_once_and_its_seqs_are_never_reused(tmp_path):
     j = open_journal(tmp_path, segment_bytes=300)
     for i in range(30):
