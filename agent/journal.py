@@ -20,9 +20,10 @@ order to readers (the bundler, `tracecap log`). Promises:
   reported once: once its `agent.gap` is durable, `record_reported()` notes it in `journal.meta`
   and later opens leave it out (its seqs are still never reused). Seqs removed on purpose by
   `rewrite` (tracecap forget) are not damage: once the `agent.forget` marker that explains them is
-  durable, `record_forgotten()` notes them, and a later open reports no gap for them. (A crash
-  between the rewrite and that note makes the next open report the span as an `agent.gap`: a
-  span is never missing without an event saying why.)
+  durable, `record_forgotten()` notes them, and a later open reports no gap for them. (After a
+  crash between the rewrite and that note the span is reported as damage: a span is never
+  missing without an event saying why; and `rewrite` raises the floor first, so even the newest
+  seqs it removes are never reused.)
 - Acknowledgement of what is durable, for sources that must not erase their input before then (the
   shell spool): `mark()` gives a counter covering every event appended so far, `durable_mark` the
   highest counter whose event (and every earlier one) is fsynced, and listeners added with

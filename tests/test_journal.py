@@ -258,11 +258,19 @@ class DiskModel:
                 path = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 return
-            if path.endswith(".seg"):
+            if path.endswith((".seg", ".tmp")):
                 self.synced[path] = os.fstat(fd).st_size
+
+        real_replace = os.replace
+
+        def replace(src, dst):  # a rewritten segment (tracecap forget) takes its synced size along
+            real_replace(src, dst)
+            if str(dst).endswith(".seg"):
+                self.synced[str(dst)] = self.synced.pop(str(src), 0)
 
         monkeypatch.setattr(jmod.os, "fsync", fsync)
         monkeypatch.setattr(dmod.os, "fsync", fsync)
+        monkeypatch.setattr(jmod.os, "replace", replace)
 
     # What happens to one file's unsynced tail: how much is written back, where it tears (a
     # fraction of the sectors), and the garbage after it. Drawn before the files are looked at, so
@@ -297,7 +305,8 @@ class JournalModel(RuleBasedStateMachine):
     """Random appends, flushes, crashes and reopens against a simple model, the crash as a disk
     does it (DiskModel): after any sequence, every acknowledged (flushed) event is present exactly
     once, seq strictly increases, nothing is there that was not appended, and no seq that was
-    durable is handed out again."""
+    durable is handed out again. Forgetting (rewrite, its marker, record_forgotten) removes events
+    for good, and a reopen never reports a forgotten seq as lost."""
 
     monkeypatch = None  # set by the test function below
 
@@ -313,6 +322,8 @@ class JournalModel(RuleBasedStateMachine):
         self.appended: set[str] = set()
         self.n = 0
         self.max_durable = 0
+        self.forgotten_ids: set[str] = set()
+        self.forgotten_seqs: set[int] = set()
 
     @rule(k=st.integers(1, 5), size=st.integers(0, 300))
     def append(self, k, size):
@@ -327,6 +338,18 @@ class JournalModel(RuleBasedStateMachine):
         self.j.flush()
         self.acked += self.pending
         self.pending = []
+
+    @rule(pick=st.sets(st.integers(0, 40), max_size=6))
+    def forget(self, pick):
+        self.flush()
+        doomed = {a for i, a in enumerate(self.acked) if i in pick}
+        removed = self.j.rewrite(lambda e: e.data.get("id") in doomed)
+        assert {e.data["id"] for e in removed} == doomed
+        self.j.append("agent.forget", "agent", None, {"count": len(removed)}, durable=True).wait(10)
+        self.j.record_forgotten(e.seq for e in removed)
+        self.acked = [a for a in self.acked if a not in doomed]
+        self.forgotten_ids |= doomed
+        self.forgotten_seqs |= {e.seq for e in removed}
 
     @rule()
     def wait_a_little(self):
@@ -348,6 +371,9 @@ class JournalModel(RuleBasedStateMachine):
         self.disk.crash(self.dir, fates)
         self.pending = []
         self.j = open_journal(self.dir, fsync_ms=10, reorder_ms=5, segment_bytes=600)
+        for gap in self.j.recovery.gaps:
+            if "from" in gap:
+                assert not self.forgotten_seqs & set(range(gap["from"], gap["to"] + 1)), gap
 
     @invariant()
     def acked_events_present_once_in_order(self):
@@ -355,8 +381,9 @@ class JournalModel(RuleBasedStateMachine):
         evs = list(read_segments(self.dir, to_seq=self.j.durable_seq))
         seqs = [e.seq for e in evs]
         assert seqs == sorted(set(seqs))
-        ids = [e.data["id"] for e in evs]
+        ids = [e.data["id"] for e in evs if "id" in e.data]
         assert set(ids) <= self.appended
+        assert not set(ids) & self.forgotten_ids
         for a in self.acked:
             assert ids.count(a) == 1, a
         assert self.j.next_seq > self.max_durable
