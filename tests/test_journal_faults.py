@@ -158,7 +158,7 @@ def test_a_damaged_sealed_segment_is_reported_once(tmp_path, daemon_factory):
     d.start()
     st = d.status()
     assert st["journal"]["lost_at_start"] == 1
-    assert "1 records found lost at start" in d.cli("status").stdout
+    assert "1 record found lost at start" in d.cli("status").stdout
     top = st["journal"]["next_seq"]
     for _ in range(2):
         d.stop()
