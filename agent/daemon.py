@@ -168,8 +168,7 @@ class Daemon:
 
             self.review_index = JournalIndex(self.paths.spool)
             self.review_index.build_in_background()
-            for gap in recovery.gaps:
-                self._journal("agent.gap", gap)
+            self._report_damage(recovery)
             if self.policy_error is None:
                 self._start_delivery()
             self.control.start()
@@ -190,6 +189,20 @@ class Daemon:
         delivery = Delivery(self)
         delivery.start()
         self.delivery = delivery
+
+    def _report_damage(self, recovery: Any) -> None:
+        """What the journal found damaged at open becomes `agent.gap` events; once they are
+        durable the journal notes them as reported, so the next start does not report them again.
+        If they do not become durable, they are reported again next time rather than never."""
+        tickets = [self._journal("agent.gap", gap, durable=True) for gap in recovery.gaps]
+        if not tickets:
+            return
+        try:
+            if all(t is not None and t.wait(10) for t in tickets):
+                self.journal.record_reported(recovery)
+        except (OSError, TimeoutError) as exc:
+            log.error("the journal's damage report is not durable yet (%s); it is repeated at the "
+                      "next start", exc)
 
     def _lifecycle_data(self) -> dict[str, Any]:
         return {"version": agent.__version__, "pid": os.getpid(), "policy": self.policy.digest,

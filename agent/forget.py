@@ -9,7 +9,9 @@ the org key, which this machine may not hold), so every outbox bundle that may h
 (sealed at or after the start of the span; for a set, ending at or after its lowest `seq`) is deleted,
 and the bundler cursor and chain head are rewound to just before the first of them; the bundler then
 re-seals that range from the journal, which keeps every undelivered record (segments are released
-only after delivery). Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept.
+only after delivery). Lifecycle markers that explain seq gaps (`agent.gap`, `agent.forget`) are kept. Once the
+`agent.forget` marker is durable the journal notes the removed seqs as forgotten, so a later start
+does not mistake them for damage (see agent/journal.py).
 """
 from __future__ import annotations
 
@@ -70,30 +72,30 @@ def forget_seqs(daemon: Any, seqs: Iterable[int]) -> dict[str, Any]:
     """Forget exactly these events (the ones a user selected on the review page), where they are
     not yet delivered. The marker's `from`/`to` are the earliest and latest `ts` removed."""
     wanted = frozenset(int(s) for s in seqs)
-    delivery = daemon.delivery
     if not wanted:
         return {"count": 0, "resealed": 0, "from": None, "to": None}
-    with daemon._state_lock, delivery.lock:
-        daemon.journal.flush()
-        resealed = _rewind_outbox(delivery.outbox, delivery.state, from_seq=min(wanted))
-        removed = daemon.journal.rewrite(_drop_seqs(wanted, delivery.state.uploaded_upto))
-        span = _marker(daemon.journal, removed)
-    delivery.seal_wake.set()
-    return {"count": len(removed), "resealed": resealed, "from": span[0], "to": span[1]}
 
+    def marker(removed: list[Event]) -> dict[str, Any] | None:
+        if not removed:
+            return None
+        return {"count": len(removed), "from": min(e.ts for e in removed),
+                "to": max(e.ts for e in removed)}
 
-def _marker(journal: Any, removed: list[Event]) -> tuple[int | None, int | None]:
-    if not removed:
-        return None, None
-    lo, hi = min(e.ts for e in removed), max(e.ts for e in removed)
-    journal.append("agent.forget", "agent", None, {"count": len(removed), "from": lo, "to": hi},
-                   durable=True).wait(10)
-    return lo, hi
+    return _forget(daemon, {"from_seq": min(wanted)},
+                   lambda delivered: _drop_seqs(wanted, delivered), marker)
 
 
 def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
     now = time.time_ns()
     cutoff = now - int(seconds * 1e9)
+    return _forget(daemon, {"cutoff_ns": cutoff}, lambda delivered: _drop(cutoff, delivered),
+                   lambda removed: {"count": len(removed), "from": cutoff, "to": now})
+
+
+def _forget(daemon: Any, rewind: dict[str, int], drop: Any, marker: Any) -> dict[str, Any]:
+    """Rewind the outbox as `rewind` says, rewrite the journal without what `drop(delivered_upto)`
+    selects, journal the `agent.forget` marker `marker(removed)` gives (None: no marker) durably,
+    and only then note the removed seqs as forgotten."""
     delivery = daemon.delivery
     if delivery is None:  # no policy applied yet (refused at start): nothing seals or uploads
         from agent.delivery import DeliveryState
@@ -106,14 +108,16 @@ def forget_span(daemon: Any, seconds: float) -> dict[str, Any]:
     hold = delivery.outbox_now() if delivery is not None else contextlib.nullcontext()
     with daemon._state_lock, hold:
         daemon.journal.flush()
-        resealed = _rewind_outbox(outbox, state, cutoff)
-        removed = daemon.journal.rewrite(_drop(cutoff, state.uploaded_upto))
-        ticket = daemon.journal.append("agent.forget", "agent", None,
-                                       {"count": len(removed), "from": cutoff, "to": now}, durable=True)
-        ticket.wait(10)
+        resealed = _rewind_outbox(outbox, state, **rewind)
+        removed = daemon.journal.rewrite(drop(state.uploaded_upto))
+        data = marker(removed)
+        if data is not None:
+            daemon.journal.append("agent.forget", "agent", None, data, durable=True).wait(10)
+            daemon.journal.record_forgotten(ev.seq for ev in removed)
     if delivery is not None:
         delivery.seal_wake.set()
-    return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}
+    data = data or {"from": None, "to": None}
+    return {"count": len(removed), "resealed": resealed, "from": data["from"], "to": data["to"]}
 
 
 def forget_offline(paths: Any, seconds: float) -> dict[str, Any]:
@@ -136,6 +140,7 @@ def forget_offline(paths: Any, seconds: float) -> dict[str, Any]:
             removed = journal.rewrite(_drop(cutoff, state.uploaded_upto))
             journal.append("agent.forget", "agent", None,
                            {"count": len(removed), "from": cutoff, "to": now}, durable=True).wait(10)
+            journal.record_forgotten(ev.seq for ev in removed)
         finally:
             journal.stop()
         return {"count": len(removed), "resealed": resealed, "from": cutoff, "to": now}

@@ -16,7 +16,14 @@ order to readers (the bundler, `tracecap log`). Promises:
   `seq` in `ts` order. An event that arrives later than that is sequenced on arrival: its `ts` may
   then be earlier than a lower-seq event's. The bound is `reorder_ms` (default 250 ms).
 - A torn tail or corrupt record never stops the journal: it is skipped on open, counted, and
-  reported in `recovery.gaps` (the daemon journals each as an `agent.gap` event).
+  reported in `recovery.gaps` (the daemon journals each as an `agent.gap` event). Each damage is
+  reported once: once its `agent.gap` is durable, `record_reported()` notes it in `journal.meta`
+  and later opens leave it out (its seqs are still never reused). Seqs removed on purpose by
+  `rewrite` (tracecap forget) are not damage: once the `agent.forget` marker that explains them is
+  durable, `record_forgotten()` notes them, and a later open reports no gap for them. (After a
+  crash between the rewrite and that note the span is reported as damage: a span is never
+  missing without an event saying why; and `rewrite` raises the floor first, so even the newest
+  seqs it removes are never reused.)
 - Acknowledgement of what is durable, for sources that must not erase their input before then (the
   shell spool): `mark()` gives a counter covering every event appended so far, `durable_mark` the
   highest counter whose event (and every earlier one) is fsynced, and listeners added with
@@ -28,9 +35,16 @@ order to readers (the bundler, `tracecap log`). Promises:
 
 On-disk format (the spool directory)
 ------------------------------------
-    journal.meta          JSON {"format": 1, "floor": N}, replaced atomically (temp, fsync, rename,
-                          fsync dir). `floor` is a lower bound for the next seq, so releasing every
-                          segment never lets a seq be reused.
+    journal.meta          JSON {"format": 1, "floor": N, "forgotten": [[from, to], ...],
+                          "reported": [[from, to], ...], "reported_records": ["<base>:<check>", ...]},
+                          replaced atomically (temp, fsync, rename, fsync dir). `floor` is a lower
+                          bound for the next seq, so releasing every segment never lets a seq be
+                          reused. The other keys say which missing seqs are already explained:
+                          `forgotten` the runs `tracecap forget` removed (its `agent.forget` event
+                          explains them), `reported` the runs an `agent.gap` already reported, and
+                          `reported_records` the undecodable records (segment base and check) that
+                          held no seq and were reported. Ranges below the first segment are pruned
+                          when segments are released. Older files without these keys read as empty.
     <base_seq:020d>.seg   segments, named by the seq of their first record; one is active (the last).
 
     segment  := header record*
@@ -66,7 +80,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 
@@ -99,6 +113,73 @@ def frame(payload: bytes) -> bytes:
 
 def _seg_name(base: int) -> str:
     return f"{base:020d}.seg"
+
+
+def seq_runs(seqs: Iterable[int]) -> list[list[int]]:
+    """Seqs as sorted inclusive [from, to] runs of consecutive numbers."""
+    runs: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return runs
+
+
+def merge_ranges(ranges: Iterable[Iterable[int]]) -> list[list[int]]:
+    """Inclusive [from, to] ranges, sorted, with overlapping and adjacent ones joined."""
+    out: list[list[int]] = []
+    for lo, hi in sorted((int(a), int(b)) for a, b in ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def uncovered(lo: int, hi: int, covered: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of [lo, hi] that no range of `covered` (merged, as merge_ranges gives) holds."""
+    out = []
+    for a, b in covered:
+        if b < lo:
+            continue
+        if a > hi:
+            break
+        if a > lo:
+            out.append((lo, a - 1))
+        lo = b + 1
+        if lo > hi:
+            return out
+    if lo <= hi:
+        out.append((lo, hi))
+    return out
+
+
+def unexplained_gaps(found: list[dict[str, Any]], explained: list[list[int]],
+                     reported_records: set[str]) -> tuple[list[dict[str, Any]], list[list[int]], list[str]]:
+    """Of the gaps an open found, those not explained already: a gap with a seq range loses the
+    parts that are forgotten or reported (what is left is reported, split where needed); a gap of
+    undecodable records without seqs (`_records`: their keys) is kept for the records not
+    reported; any other gap (a torn tail, a segment set aside: cleared as they are found) is kept.
+    Returns the gaps to report, their seq runs and their record keys. Pure."""
+    gaps: list[dict[str, Any]] = []
+    runs: list[list[int]] = []
+    keys: list[str] = []
+    for gap in found:
+        gap = dict(gap)
+        records = gap.pop("_records", None)
+        if "from" in gap:
+            for lo, hi in uncovered(gap["from"], gap["to"], explained):
+                gaps.append(gap | {"dropped": hi - lo + 1, "from": lo, "to": hi})
+                runs.append([lo, hi])
+        elif records is not None:
+            new = [k for k in records if k not in reported_records]
+            if new:
+                gaps.append(gap | {"dropped": len(new)})
+                keys += new
+        else:
+            gaps.append(gap)
+    return gaps, runs, keys
 
 
 @dataclasses.dataclass
@@ -175,6 +256,8 @@ class Recovery:
     gaps: list[dict[str, Any]]  # agent.gap data: dropped, reason, and from/to where known
     records: int
     segments: int
+    reported_runs: list[list[int]] = dataclasses.field(default_factory=list)  # seqs `gaps` cover
+    reported_records: list[str] = dataclasses.field(default_factory=list)  # records `gaps` cover
 
 
 class Ticket:
@@ -243,6 +326,7 @@ class Journal:
         self._full_periods: list[tuple[int, int, int]] = []  # (from ns, to ns, events refused)
         self.write_error: str | None = None
         self.recovery: Recovery | None = None
+        self._meta: dict[str, Any] = {"floor": 1}  # journal.meta as last read or written
 
     # ---------------------------------------------------------------- open / recover
     def open(self, observe: Callable[[dict[str, Any]], None] | None = None) -> Recovery:
@@ -250,7 +334,8 @@ class Journal:
         is called with each decoded event dict in seq order (the daemon keeps recent shell event
         keys, so a source re-reading its input after a crash does not journal them twice)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        floor = self._read_floor()
+        self._meta = self._read_meta()
+        floor = self._meta["floor"]
         gaps: list[dict[str, Any]] = []
         bases = sorted(int(p.name[:-4]) for p in self.dir.glob("*.seg") if p.name[:-4].isdigit())
         max_seq = 0
@@ -266,9 +351,12 @@ class Journal:
                 continue
             res = scan_segment(buf)
             last = i == len(bases) - 1
-            prev = max_seq
+            # A segment's base is the seq of its first record: what is missing at the start of
+            # the first segment is found missing as well as what is missing later.
+            prev = max_seq or base - 1
             undecodable = 0  # since the last record that decoded
-            for _, _, payload in res.records:
+            undecodable_keys: list[str] = []  # theirs: segment base and check, a stable identity
+            for off, _, payload in res.records:
                 try:
                     event = msgpack.unpackb(payload)
                     seq = event["seq"]
@@ -276,14 +364,16 @@ class Journal:
                         raise TypeError("seq is not an integer")
                 except Exception:  # a record with a valid check but an undecodable body
                     undecodable += 1
+                    undecodable_keys.append(f"{base}:{buf[off + 6:off + REC_HEAD.size].hex()}")
                     continue
-                if seq > prev + 1 and prev:
+                if seq > prev + 1:
                     gaps.append({"dropped": seq - prev - 1, "from": prev + 1, "to": seq - 1,
                                  "reason": f"corrupt journal record in segment {path.name}"})
                 elif undecodable:  # the undecodable ones cannot have held a seq: still a loss
-                    gaps.append({"dropped": undecodable, "reason":
+                    gaps.append({"dropped": undecodable, "_records": undecodable_keys, "reason":
                                  f"undecodable journal record in segment {path.name}"})
                 undecodable = 0
+                undecodable_keys = []
                 if observe is not None and seq > prev:
                     observe(event)
                 prev = max(prev, seq)
@@ -329,17 +419,68 @@ class Journal:
         self.durable_seq = self._written_seq = self.next_seq - 1
         if self._segments:
             self._open_segment(self._segments[-1], create=False)
-        self.recovery = Recovery(self.next_seq, gaps, nrec, len(self._segments))
+        explained = merge_ranges(self._meta["forgotten"] + self._meta["reported"])
+        gaps, runs, keys = unexplained_gaps(gaps, explained, set(self._meta["reported_records"]))
+        self.recovery = Recovery(self.next_seq, gaps, nrec, len(self._segments), runs, keys)
         return self.recovery
 
-    def _read_floor(self) -> int:
+    def _read_meta(self) -> dict[str, Any]:
+        """journal.meta; a missing or damaged one reads as floor 1 and nothing explained."""
+        meta: dict[str, Any] = {"floor": 1, "forgotten": [], "reported": [], "reported_records": []}
         try:
-            return int(json.loads((self.dir / META).read_text())["floor"])
+            raw = json.loads((self.dir / META).read_text())
+            meta["floor"] = int(raw["floor"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return 1
+            return meta
+        try:
+            for key in ("forgotten", "reported"):
+                meta[key] = merge_ranges(raw.get(key) or [])
+            meta["reported_records"] = [str(k) for k in raw.get("reported_records") or []]
+        except (ValueError, TypeError):  # unreadable explanations: report again rather than hide
+            meta.update(forgotten=[], reported=[], reported_records=[])
+        return meta
+
+    def _read_floor(self) -> int:
+        return self._meta["floor"]
 
     def _write_floor(self, floor: int) -> None:
-        write_atomic(self.dir / META, json.dumps({"format": 1, "floor": floor}).encode())
+        self._meta["floor"] = floor
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        """Prune what can no longer be found missing (seqs below the first segment, records of
+        released segments), then replace journal.meta."""
+        meta = self._meta
+        if self._segments:
+            first = self._segments[0]
+            for key in ("forgotten", "reported"):
+                meta[key] = [r for r in meta.get(key, []) if r[1] >= first]
+            bases = {str(b) for b in self._segments}
+            meta["reported_records"] = [k for k in meta.get("reported_records", [])
+                                        if k.split(":", 1)[0] in bases]
+        write_atomic(self.dir / META, json.dumps({"format": 1} | meta).encode())
+
+    def record_reported(self, recovery: Recovery | None = None) -> None:
+        """The gaps of `recovery` (the last open's by default) are journaled and durable: later
+        opens leave them out."""
+        recovery = recovery or self.recovery
+        if recovery is None or not (recovery.reported_runs or recovery.reported_records):
+            return
+        with self._io_lock:
+            self._meta["reported"] = merge_ranges(self._meta.get("reported", []) + recovery.reported_runs)
+            self._meta["reported_records"] = list(dict.fromkeys(
+                self._meta.get("reported_records", []) + recovery.reported_records))
+            self._write_meta()
+
+    def record_forgotten(self, seqs: Iterable[int]) -> None:
+        """Seqs `rewrite` removed, whose `agent.forget` marker is durable: later opens do not
+        report them as lost."""
+        runs = seq_runs(seqs)
+        if not runs:
+            return
+        with self._io_lock:
+            self._meta["forgotten"] = merge_ranges(self._meta.get("forgotten", []) + runs)
+            self._write_meta()
 
     def _open_segment(self, base: int, *, create: bool) -> None:
         path = self.dir / _seg_name(base)
@@ -695,7 +836,10 @@ class Journal:
         return {"segments": len(self._segments), "bytes": size, "next_seq": self.next_seq,
                 "durable_seq": self.durable_seq, "first_seq": self._segments[0] if self._segments else None,
                 "buffered": len(self._heap), "disk_full": self.disk_full,
-                "dropped_full": self.dropped_full, "error": self.write_error}
+                "dropped_full": self.dropped_full, "error": self.write_error,
+                # records this start found lost (newly: damage reported before is not counted
+                # again, and seqs removed by tracecap forget are not damage)
+                "lost_at_start": sum(g["dropped"] for g in self.recovery.gaps) if self.recovery else 0}
 
     # ---------------------------------------------------------------- release / rewrite
     def release(self, upto_seq: int) -> int:
@@ -706,7 +850,14 @@ class Journal:
             removable = [b for b, nxt in zip(bases, bases[1:]) if nxt - 1 <= upto_seq]
             if not removable:
                 return 0
-            self._write_floor(max(self._read_floor(), bases[bases.index(removable[-1]) + 1]))
+            # The floor (and the explanations pruned to what stays) reach the disk before any
+            # segment goes.
+            self._segments = [b for b in bases if b not in removable]
+            try:
+                self._write_floor(max(self._read_floor(), bases[bases.index(removable[-1]) + 1]))
+            except OSError:
+                self._segments = bases
+                raise
             for base in removable:
                 path = self.dir / _seg_name(base)
                 try:
@@ -714,7 +865,6 @@ class Journal:
                     path.unlink()
                 except FileNotFoundError:
                     pass
-                self._segments.remove(base)
             fsync_dir(self.dir)
         return freed
 
@@ -744,6 +894,10 @@ class Journal:
                         kept.append(frame(payload))
                 if not hit:
                     continue
+                if self._read_floor() < self.next_seq:
+                    # The removed records may be the newest: their seqs must stay unused even if
+                    # nothing is written after them before a crash.
+                    self._write_floor(self.next_seq)
                 tmp = path.with_suffix(".tmp")
                 with open(tmp, "wb") as f:
                     f.write(b"".join(kept))

@@ -1,6 +1,7 @@
 """The journal: ordering, durability, recovery from torn and corrupt segments, release, rewrite."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from agent.journal import SEG_HEADER, Journal, frame, read_segments, scan_segment
+from agent.journal import (SEG_HEADER, Journal, frame, merge_ranges, read_segments, scan_segment,
+                           seq_runs, uncovered, unexplained_gaps)
 
 
 def open_journal(d: Path, **kw) -> Journal:
@@ -256,11 +258,19 @@ class DiskModel:
                 path = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 return
-            if path.endswith(".seg"):
+            if path.endswith((".seg", ".tmp")):
                 self.synced[path] = os.fstat(fd).st_size
+
+        real_replace = os.replace
+
+        def replace(src, dst):  # a rewritten segment (tracecap forget) takes its synced size along
+            real_replace(src, dst)
+            if str(dst).endswith(".seg"):
+                self.synced[str(dst)] = self.synced.pop(str(src), 0)
 
         monkeypatch.setattr(jmod.os, "fsync", fsync)
         monkeypatch.setattr(dmod.os, "fsync", fsync)
+        monkeypatch.setattr(jmod.os, "replace", replace)
 
     # What happens to one file's unsynced tail: how much is written back, where it tears (a
     # fraction of the sectors), and the garbage after it. Drawn before the files are looked at, so
@@ -295,7 +305,8 @@ class JournalModel(RuleBasedStateMachine):
     """Random appends, flushes, crashes and reopens against a simple model, the crash as a disk
     does it (DiskModel): after any sequence, every acknowledged (flushed) event is present exactly
     once, seq strictly increases, nothing is there that was not appended, and no seq that was
-    durable is handed out again."""
+    durable is handed out again. Forgetting (rewrite, its marker, record_forgotten) removes events
+    for good, and a reopen never reports a forgotten seq as lost."""
 
     monkeypatch = None  # set by the test function below
 
@@ -311,6 +322,8 @@ class JournalModel(RuleBasedStateMachine):
         self.appended: set[str] = set()
         self.n = 0
         self.max_durable = 0
+        self.forgotten_ids: set[str] = set()
+        self.forgotten_seqs: set[int] = set()
 
     @rule(k=st.integers(1, 5), size=st.integers(0, 300))
     def append(self, k, size):
@@ -325,6 +338,18 @@ class JournalModel(RuleBasedStateMachine):
         self.j.flush()
         self.acked += self.pending
         self.pending = []
+
+    @rule(pick=st.sets(st.integers(0, 40), max_size=6))
+    def forget(self, pick):
+        self.flush()
+        doomed = {a for i, a in enumerate(self.acked) if i in pick}
+        removed = self.j.rewrite(lambda e: e.data.get("id") in doomed)
+        assert {e.data["id"] for e in removed} == doomed
+        self.j.append("agent.forget", "agent", None, {"count": len(removed)}, durable=True).wait(10)
+        self.j.record_forgotten(e.seq for e in removed)
+        self.acked = [a for a in self.acked if a not in doomed]
+        self.forgotten_ids |= doomed
+        self.forgotten_seqs |= {e.seq for e in removed}
 
     @rule()
     def wait_a_little(self):
@@ -346,6 +371,9 @@ class JournalModel(RuleBasedStateMachine):
         self.disk.crash(self.dir, fates)
         self.pending = []
         self.j = open_journal(self.dir, fsync_ms=10, reorder_ms=5, segment_bytes=600)
+        for gap in self.j.recovery.gaps:
+            if "from" in gap:
+                assert not self.forgotten_seqs & set(range(gap["from"], gap["to"] + 1)), gap
 
     @invariant()
     def acked_events_present_once_in_order(self):
@@ -353,8 +381,9 @@ class JournalModel(RuleBasedStateMachine):
         evs = list(read_segments(self.dir, to_seq=self.j.durable_seq))
         seqs = [e.seq for e in evs]
         assert seqs == sorted(set(seqs))
-        ids = [e.data["id"] for e in evs]
+        ids = [e.data["id"] for e in evs if "id" in e.data]
         assert set(ids) <= self.appended
+        assert not set(ids) & self.forgotten_ids
         for a in self.acked:
             assert ids.count(a) == 1, a
         assert self.j.next_seq > self.max_durable
@@ -409,3 +438,136 @@ def test_undecodable_record_in_the_middle_is_counted(tmp_path):
     rec = Journal(tmp_path).open()
     assert any(g["dropped"] == 1 for g in rec.gaps)
     assert rec.next_seq == 4
+
+
+def damage(seg: Path, index: int) -> None:
+    """Flip a payload byte of the segment's record number `index` (its check then fails)."""
+    buf = bytearray(seg.read_bytes())
+    _, end, _ = scan_segment(bytes(buf)).records[index]
+    buf[end - 3] ^= 0xFF
+    seg.write_bytes(bytes(buf))
+
+
+def test_forgotten_seqs_are_no_gap_after_a_restart_but_damage_beside_them_is(tmp_path):
+    j = open_journal(tmp_path)
+    for i in range(20):
+        j.append("x", "s", None, {"i": i, "pad": "p" * 40})
+    removed = j.rewrite(lambda e: 8 <= e.seq <= 12)
+    j.append("agent.forget", "agent", None, {"count": len(removed)}, durable=True).wait(5)
+    j.record_forgotten(e.seq for e in removed)
+    j.stop()
+    assert Journal(tmp_path).open().gaps == []  # the agent.forget says why 8..12 are missing
+    seg = segs(tmp_path)[-1]
+    recs = [e.seq for e in read_segments(tmp_path)]
+    damage(seg, recs.index(13))  # right after the forgotten run
+    damage(seg, recs.index(3))
+    rec = Journal(tmp_path).open()
+    assert [(g["from"], g["to"], g["dropped"]) for g in rec.gaps] == [(3, 3, 1), (13, 13, 1)]
+    assert all("corrupt journal record" in g["reason"] for g in rec.gaps)
+    assert rec.next_seq == 22
+
+
+def test_a_forget_not_yet_noted_is_still_reported_rather_than_left_unexplained(tmp_path):
+    j = open_journal(tmp_path)
+    for i in range(10):
+        j.append("x", "s", None, {"i": i})
+    j.rewrite(lambda e: e.seq in (4, 5))  # a crash before its marker was durable
+    j.stop()
+    (gap,) = Journal(tmp_path).open().gaps
+    assert (gap["from"], gap["to"]) == (4, 5)
+
+
+def test_forgetting_the_newest_records_never_frees_their_seqs(tmp_path):
+    j = open_journal(tmp_path)
+    for i in range(10):
+        j.append("x", "s", None, {"i": i})
+    j.rewrite(lambda e: e.seq >= 8)  # and a crash before anything else is written
+    j.stop()
+    assert Journal(tmp_path).open().next_seq == 11
+
+
+def test_damage_is_reported_once_and_its_seqs_are_never_reused(tmp_path):
+    j = open_journal(tmp_path, segment_bytes=300)
+    for i in range(30):
+        j.append("x", "s", None, {"i": i, "pad": "p" * 40})
+        j.flush()  # a segment rotates between batches
+    j.stop()
+    sealed = segs(tmp_path)[1]
+    lost = [e.seq for e in read_segments(tmp_path) if e.seq >= int(sealed.name[:-4])][1]
+    damage(sealed, 1)
+    j = Journal(tmp_path)
+    rec = j.open()
+    assert [(g["from"], g["to"]) for g in rec.gaps] == [(lost, lost)]
+    j.start()
+    j.record_reported()
+    assert j.stats()["lost_at_start"] == 1
+    j.stop()
+    for _ in range(2):  # later starts: nothing new to say
+        j = Journal(tmp_path)
+        rec = j.open()
+        assert rec.gaps == [] and rec.next_seq == 31
+        assert j.stats()["lost_at_start"] == 0
+    damage(segs(tmp_path)[0], 0)  # new damage elsewhere is reported, once more only it
+    rec = Journal(tmp_path).open()
+    assert [(g["from"], g["to"]) for g in rec.gaps] == [(1, 1)]
+    j = open_journal(tmp_path)
+    j.append("after", "s", None, {})
+    j.stop()
+    assert [e.seq for e in read_segments(tmp_path)][-1] == 31
+
+
+def test_unreported_damage_is_reported_again(tmp_path):
+    """Nothing is noted until the gap is durable: a start that dies before reporting it leaves
+    it to the next."""
+    j = open_journal(tmp_path)
+    for i in range(5):
+        j.append("x", "s", None, {"i": i})
+    j.stop()
+    damage(segs(tmp_path)[0], 1)
+    assert len(Journal(tmp_path).open().gaps) == 1
+    assert len(Journal(tmp_path).open().gaps) == 1
+
+
+def test_released_segments_take_their_explanations_with_them(tmp_path):
+    j = open_journal(tmp_path, segment_bytes=200)
+    for i in range(30):
+        j.append("x", "s", None, {"i": i, "pad": "p" * 30})
+        j.flush()
+    removed = j.rewrite(lambda e: e.seq in (2, 3, 25))
+    j.record_forgotten(e.seq for e in removed)
+    j.release(20)
+    j.stop()
+    meta = json.loads((tmp_path / "journal.meta").read_text())
+    assert meta["forgotten"] == [[25, 25]] and meta["floor"] > 20
+    assert Journal(tmp_path).open().gaps == []
+
+
+@pytest.mark.parametrize("lo,hi,covered,expect", [
+    (5, 9, [], [(5, 9)]),
+    (5, 9, [[5, 9]], []),
+    (5, 9, [[1, 20]], []),
+    (5, 9, [[6, 7]], [(5, 5), (8, 9)]),
+    (5, 9, [[1, 5], [9, 12]], [(6, 8)]),
+    (5, 9, [[1, 2], [11, 12]], [(5, 9)]),
+    (5, 5, [[4, 4], [6, 6]], [(5, 5)]),
+])
+def test_uncovered(lo, hi, covered, expect):
+    assert uncovered(lo, hi, covered) == expect
+
+
+def test_merge_ranges_and_seq_runs():
+    assert merge_ranges([[7, 9], [1, 2], [3, 4], [8, 12]]) == [[1, 4], [7, 12]]
+    assert seq_runs([5, 3, 4, 9, 11, 10, 5]) == [[3, 5], [9, 11]]
+
+
+def test_unexplained_gaps_keeps_what_is_new():
+    found = [{"dropped": 4, "from": 10, "to": 13, "reason": "corrupt"},
+             {"dropped": 2, "_records": ["1:aa", "1:bb"], "reason": "undecodable"},
+             {"dropped": 1, "reason": "torn write"}]
+    gaps, runs, keys = unexplained_gaps(found, [[11, 12]], {"1:aa"})
+    assert gaps == [{"dropped": 1, "from": 10, "to": 10, "reason": "corrupt"},
+                    {"dropped": 1, "from": 13, "to": 13, "reason": "corrupt"},
+                    {"dropped": 1, "reason": "undecodable"},
+                    {"dropped": 1, "reason": "torn write"}]
+    assert runs == [[10, 10], [13, 13]] and keys == ["1:bb"]
+    assert unexplained_gaps(found[:2], [[10, 13]], {"1:aa", "1:bb"})[0] == []

@@ -10,9 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from agent.journal import REC_MARK, SEG_HEADER, SEG_MAGIC
+from agent.journal import REC_MARK, SEG_HEADER, SEG_MAGIC, scan_segment
 from tests.daemon_harness import DaemonProcess
 from tests.test_spool_durability import policy, wait_until
 
@@ -105,3 +106,68 @@ def test_full_disk_leaves_a_gap_and_an_unrecorded_note_stays_unrecorded(tmp_path
     assert gap["data"]["dropped"] >= 0  # the notes were refused to the user's face: not lost
     seqs = [e["seq"] for e in evs]
     assert seqs == sorted(set(seqs))
+
+
+HELD = QUIET + '[upload]\nhold = "1h"\n'  # nothing leaves the machine: forget reaches every event
+
+
+def gaps(d: DaemonProcess) -> list[dict]:
+    return [e["data"] for e in d.events("--kind", "agent.gap")]
+
+
+def test_a_forgotten_span_is_no_gap_after_restarts(tmp_path, daemon_factory):
+    d = daemon_factory(policy=policy(tmp_path, HELD))
+    d.start()
+    d.cli("opt-in")
+    d.cli("note", "kept")
+    time.sleep(2.5)
+    for i in range(3):
+        d.cli("note", f"forgotten {i}")
+    r = d.cli("forget", "--last", "2s")
+    assert r.stdout.startswith("forgot 3 events"), r.stdout
+    d.cli("note", "after")
+    for _ in range(2):
+        d.stop()
+        d.start()
+    evs = d.events()
+    assert [e["data"]["text"] for e in evs if e["kind"] == "user.note"] == ["kept", "after"]
+    (fg,) = [e for e in evs if e["kind"] == "agent.forget"]
+    assert fg["data"]["count"] == 3
+    assert gaps(d) == []  # the seqs the forget removed are explained by it, not reported as lost
+    assert d.status()["journal"]["lost_at_start"] == 0
+    seqs = [e["seq"] for e in evs]
+    assert seqs == sorted(set(seqs))
+
+
+def test_a_damaged_sealed_segment_is_reported_once(tmp_path, daemon_factory):
+    # Held: delivery would release the sealed segments.
+    d = daemon_factory(policy=policy(tmp_path, HELD + '[spool]\nsegment_bytes = "1KiB"\n'))
+    d.start()
+    d.cli("opt-in")
+    for i in range(20):
+        d.cli("note", f"note {i} " + "p" * 40)
+    d.stop()
+    spool = d.home / "spool"
+    first = sorted(spool.glob("*.seg"))[0]
+    assert len(list(spool.glob("*.seg"))) > 1
+    buf = bytearray(first.read_bytes())
+    _, end, payload = scan_segment(bytes(buf)).records[3]
+    lost = msgpack.unpackb(payload)["seq"]
+    buf[end - 3] ^= 0xFF
+    first.write_bytes(bytes(buf))
+    d.start()
+    st = d.status()
+    assert st["journal"]["lost_at_start"] == 1
+    assert "1 record found lost at start" in d.cli("status").stdout
+    top = st["journal"]["next_seq"]
+    for _ in range(2):
+        d.stop()
+        d.start()
+    assert d.status()["journal"]["lost_at_start"] == 0
+    (gap,) = gaps(d)
+    assert (gap["from"], gap["to"], gap["dropped"]) == (lost, lost, 1)
+    assert "corrupt journal record" in gap["reason"]
+    d.cli("note", "after")
+    evs = d.events()
+    assert lost not in [e["seq"] for e in evs]
+    assert evs[-1]["seq"] >= top and evs[-1]["data"]["text"] == "after"

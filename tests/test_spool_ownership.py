@@ -75,3 +75,52 @@ def test_pytest_reports_go_only_into_a_private_directory(shell, state, tmp_path)
         assert made == [] and (state == "open") == reports.exists(), made
     finally:
         sh.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_every_file_the_hook_makes_is_private_whatever_the_umask(shell, tmp_path):
+    """Segments and bash's umask scratch file are 0600 under a umask of 022, across a rotation,
+    and the shell's umask is left as the user set it."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sh = Tmux(tmp_path, shell, spool, rc_extra="umask 022", spool_max_bytes=4096)
+    try:
+        for i in range(12):  # a segment holds about 1 KiB here: several rotations
+            sh.run(f"echo {'x' * 200} {i}")
+        sh.run(f"umask > {tmp_path / 'umask.txt'}")
+        made = sorted(spool.iterdir())
+        assert len([p for p in made if p.suffix == ".rec"]) > 1
+        if shell == "bash":
+            assert [p for p in made if p.suffix == ".umask"]
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == \
+            {p.name: "0o600" for p in made}
+        assert (tmp_path / "umask.txt").read_text().strip().lstrip("0") == "22"
+    finally:
+        sh.close()
+
+
+def test_zsh_without_its_system_module_still_makes_private_segments(tmp_path):
+    """Where zsh/system is missing (a minimal zsh build), segments are made by a redirection."""
+    mods = tmp_path / "zsh-modules"
+    base = Path(os.popen("zsh -fc 'print -r -- $module_path[1]'").read().strip())
+    if not (base / "zsh" / "system.so").exists():
+        pytest.skip("zsh's modules are not where zsh says")
+    (mods / "zsh").mkdir(parents=True)
+    for so in (base / "zsh").iterdir():
+        if so.name != "system.so":
+            (mods / "zsh" / so.name).symlink_to(so)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sh = Tmux(tmp_path, "zsh", spool, rc_extra=f"umask 022\nmodule_path=({mods})\n"
+              f"print -r -- ${{+builtins[sysopen]}} > {tmp_path / 'sysopen.txt'}",
+              spool_max_bytes=4096)
+    try:
+        for i in range(20):  # segments are at least 4 KiB: more than one
+            sh.run(f"echo {'x' * 300} {i}")
+        assert (tmp_path / "sysopen.txt").read_text().strip() == "0"
+        assert commands(spool)[-1] == (f"echo {'x' * 300} 19", 0)
+        made = sorted(spool.glob("*.rec"))
+        assert len(made) > 1
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: "0o600" for p in made}
+    finally:
+        sh.close()

@@ -149,6 +149,8 @@ def render_status(st: dict[str, Any]) -> str:
     j = st["journal"]
     held = f"seq {j['first_seq']}..{j['durable_seq']}" if j.get("first_seq") else "nothing"
     lines.append(f"journal: {held} held locally, {_size(j['bytes'])}"
+                 + (f", {j['lost_at_start']} record{'s' if j['lost_at_start'] != 1 else ''} found lost"
+                    f" at start (agent.gap in tracecap log)" if j.get("lost_at_start") else "")
                  + (f", ERROR {j['error']}" if j.get("error") else ""))
     ob = st.get("outbox") or {}
     if ob:

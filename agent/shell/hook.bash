@@ -211,8 +211,10 @@ __tc_segment() {
         return 1
     fi
     # The file is made 0600. bash cannot read its umask without printing it: it goes through a
-    # scratch file.
+    # scratch file, itself 0600: made once per shell, by a subshell under umask 077 (the shell's
+    # own umask cannot be changed before it is read), then only rewritten, which keeps its mode.
     local m= u="$__tc_dir/$__tc_sid.umask"
+    [[ -e $u ]] || ( builtin umask 077 && : >| "$u" ) 2>/dev/null
     { builtin umask >| "$u" && IFS= builtin read -r m < "$u"; } 2>/dev/null
     [[ -n $m ]] && builtin umask 077
     { builtin exec {__tc_fd}>>"$__tc_f"; } 2>/dev/null || __tc_fd=

@@ -29,8 +29,8 @@ typeset -ga __tc_first  # per segment slot: commands started before the segment
 __tc_first=(0 0 0 0 0 0 0 0)
 typeset -g __tc_pwd= __tc_cwd= __tc_pyo_had= __tc_pyo_old= __tc_pyo_ours=
 typeset -gi __tc_pyo_on=0 __tc_fd=0
-# sysopen creates a segment 0600 whatever the umask and keeps it open; without zsh/system, `>>`
-# creates it and each record is appended with a redirection.
+# sysopen creates a segment 0600 whatever the umask and keeps it open; without zsh/system, a
+# subshell under umask 077 creates it and each record is appended with a redirection.
 zmodload -F zsh/system b:sysopen b:syswrite 2>/dev/null
 zmodload -F zsh/stat b:zstat 2>/dev/null  # zstat only: the `stat` program stays as it is
 
@@ -79,6 +79,11 @@ __tc_create() {  # start the current segment: the file made 0600, its header (an
             return 1
         fi
         __tc_fd=fd
+    elif [[ ! -e $__tc_f ]]; then
+        # No sysopen: a redirection would make the file with the user's umask. A subshell makes it
+        # under 077 instead (once per segment, and only in a zsh without zsh/system).
+        ( umask 077 && : >> $__tc_f ) 2>/dev/null
+        [[ ! -e $__tc_f ]] || __tc_private $__tc_f || __tc_refuse || return 1
     fi
     __tc_put "${(pj:\0:)__tc_pre}"$'\0' && [[ -f $__tc_f ]] && __tc_pre=()
 }

@@ -22,7 +22,8 @@ One writer per file: each shell session (one shell process; nested shells start 
 appends to `<sid>.<k>.rec`, where `<sid>` is `<pid>-<unique>` and `<k>` = 0, 1, 2, ... is the
 segment number. Writers only append (O_APPEND) and create segments with mode 0600 whatever their
 umask (bash: the umask set to 077 around the creating redirection, the current one read back
-through `<sid>.umask`; zsh: `sysopen -m 600`; fish: `$umask`). bash and zsh keep the current segment
+through `<sid>.umask`, itself made 0600 by a subshell under umask 077; zsh: `sysopen -m 600`, or
+without zsh/system a subshell under umask 077; fish: `$umask`). bash and zsh keep the current segment
 open on a descriptor (bash: `exec {fd}>>`, close-on-exec where bash's loadable `fdflags` is
 installed; zsh: `sysopen -o cloexec`) and write each record with one write to it; fish opens the
 file for each record (`>>`). The hook starts segment k+1 when
