@@ -10,7 +10,8 @@ time (`read_devices`), duplicates of a `seq` dropped. What is read:
   `local` for standard input and the file's name (up to its first dot) otherwise.
 
 `kinds` keeps only the events a reader needs: a line whose compact envelope names another kind is
-skipped before JSON parsing, Parquet rows are filtered on their `kind` column first.
+skipped before JSON parsing, Parquet rows are filtered on their `kind` column first. Lines are
+parsed by orjson; what it refuses goes to Python's json module, so both read the same events.
 
 Promises: a path that does not exist, a line that is not a JSON object with an integer `seq`, or a
 Parquet file without pyarrow raise `EventsError` naming the file, the line and the fix, before any
@@ -22,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
+
+import orjson
 
 
 class EventsError(Exception):
@@ -99,9 +102,11 @@ def _read(kind: str, path: Path | None, stdin: TextIO | None,
         return
     name = "standard input" if path is None else str(path)
     try:
-        stream = (stdin or sys.stdin) if path is None else open(path, encoding="utf-8")
+        # Bytes: orjson parses them without a decoding pass; standard input as Python hands it over.
+        stream = (stdin or sys.stdin) if path is None else open(path, "rb")
     except OSError as exc:
         raise EventsError(f"cannot read {name}: {exc.strerror}; check the path and its permissions") from None
+    loads = orjson.loads
     try:
         for n, line in enumerate(stream, 1):
             if not line.strip():
@@ -110,10 +115,9 @@ def _read(kind: str, path: Path | None, stdin: TextIO | None,
                 yield None
                 continue
             try:
-                ev = json.loads(line)
-            except ValueError:
-                raise EventsError(f"{name} line {n} is not JSON; pass events as `tracecap log --json` "
-                                  f"prints them, one per line") from None
+                ev = loads(line)
+            except orjson.JSONDecodeError:
+                ev = _loads_strict(line, name, n)
             if not isinstance(ev, dict) or type(ev.get("seq")) is not int or not isinstance(ev.get("kind"), str):
                 raise EventsError(f"{name} line {n} is not an event (an object with an integer `seq` "
                                   f"and a `kind`); pass events as `tracecap log --json` prints them")
@@ -127,9 +131,27 @@ def _read(kind: str, path: Path | None, stdin: TextIO | None,
             stream.close()
 
 
-def _skippable(line: str, kinds: frozenset[str]) -> bool:
+def _loads_strict(line: bytes | str, name: str, n: int):
+    """What orjson refuses and Python's json reads (NaN, integers past 64 bits, lone surrogates),
+    as `json.loads` reads it; anything else is not JSON."""
+    try:
+        return json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise
+        raise EventsError(f"{name} line {n} is not JSON; pass events as `tracecap log --json` "
+                          f"prints them, one per line") from None
+
+
+def _skippable(line: bytes | str, kinds: frozenset[str]) -> bool:
     """A line whose envelope (compact, keys in the contract's order, as export and `tracecap log
     --json` write it) names a kind not wanted: skipped without parsing. Anything else is parsed."""
+    if isinstance(line, bytes):
+        at = line.find(b'"kind":"', 0, 120)
+        if at < 0 or line.find(b'"data"', 0, at) >= 0:
+            return False
+        end = line.find(b'"', at + 8, at + 80)
+        return end > 0 and line[at + 8:end].decode("utf-8", "replace") not in kinds
     at = line.find('"kind":"', 0, 120)
     if at < 0 or line.find('"data"', 0, at) >= 0:
         return False
