@@ -7,7 +7,8 @@ holding one working day per engineer: input activity every 10 s, window focus ch
 commands and the tools they start, saves across a repository, commits with their repo.state, and
 `--tasks` test-driven tasks (note, failing run, edits, new test, passing run, commit) among them.
 Then times, in the same process and on the same files: reading every event (`episodes.events`,
-what any reader of the export does), mining on one core (`episodes.mine.mine_sources`: reading
+what any reader of the export does; and, for reference, with the standard library's json
+module line by line), mining on one core (`episodes.mine.mine_sources`: reading
 the kinds it needs, then mining), and mining with one process per CPU as `tracecap episodes mine`
 does; prints the rates and their ratios to reading. Target: a day of a 100-engineer fleet in
 seconds.
@@ -136,6 +137,18 @@ def write_export(out: Path, engineers: int, tasks: int, seed: int = 7) -> int:
     return total
 
 
+def _read_json(path: Path) -> int:
+    """Every event of a JSON-lines file parsed by the standard library's json: the reference
+    for what reading an export costs without a faster parser."""
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                json.loads(line)
+                n += 1
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engineers", type=int, default=100)
@@ -148,6 +161,9 @@ def main() -> None:
         t0 = time.perf_counter()
         read = sum(len(evs) for _, evs in read_devices([str(out)]))
         t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        read_json = sum(_read_json(f) for f in sorted(out.rglob("*.jsonl")))
+        t_json = time.perf_counter() - t0
         plan = plan_devices([str(out)])
         t0 = time.perf_counter()
         results = [mine_sources(device, sources) for device, sources in plan]
@@ -157,16 +173,20 @@ def main() -> None:
         with ProcessPoolExecutor(jobs) as pool:
             parallel = list(pool.map(mine_sources, [d for d, _ in plan], [s for _, s in plan]))
         t_par = time.perf_counter() - t0
-    assert read == total == sum(n for _, n in results)
+    assert read == read_json == total == sum(n for _, n in results)
     kept = sum(len(r.instances) for r, _ in results)
     skipped = sum(len(r.skipped) for r, _ in results)
     assert [r.instances for r, _ in parallel] == [r.instances for r, _ in results]
     print(f"export: {args.engineers} engineers, {total:,} events, {size / 2**20:.1f} MiB of JSON lines")
     print(f"read alone: {t_read:.2f} s, {total / t_read:,.0f} events/s")
+    print(f"read alone with the standard library's json, line by line: {t_json:.2f} s, "
+          f"{total / t_json:,.0f} events/s")
     print(f"mine, one core: {t_mine:.2f} s, {total / t_mine:,.0f} events/s "
           f"({t_mine / t_read:.2f}x the time of reading alone), {kept} tasks kept, {skipped} skipped")
     print(f"mine, {jobs} processes: {t_par:.2f} s, {total / t_par:,.0f} events/s "
           f"({t_par / t_read:.2f}x the time of reading alone)")
+    print(f"against reading with the standard library's json: one core {t_mine / t_json:.2f}x, "
+          f"{jobs} processes {t_par / t_json:.2f}x")
 
 
 if __name__ == "__main__":

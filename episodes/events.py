@@ -20,11 +20,14 @@ output is written. Memory: one device's events at a time for an export directory
 from __future__ import annotations
 
 import json
+import operator
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 import orjson
+
+_SEQ = operator.itemgetter("seq")
 
 
 class EventsError(Exception):
@@ -201,7 +204,9 @@ def _loads_data(data: str):
 
 
 def _ordered(events: list[dict]) -> list[dict]:
-    events.sort(key=lambda e: e["seq"])
+    events.sort(key=_SEQ)
+    if len(set(map(_SEQ, events))) == len(events):
+        return events
     out: list[dict] = []
     last = None
     for ev in events:

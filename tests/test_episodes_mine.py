@@ -435,3 +435,16 @@ def test_tasks_without_a_commit_between_them_are_mined_as_each_alone():
     alone = [mine._instance(tl, span) for span in segment.find_spans(tl)[0] if not span.excluded]
     assert [instance_line(i) for i in r.instances] == [instance_line(i) for i in alone]
     assert "+def neg(a):" in r.instances[3]["patch"] and "+def pow" not in r.instances[3]["patch"]
+
+
+def test_reading_orders_by_seq_and_keeps_the_first_of_a_repeated_seq(tmp_path):
+    from episodes.events import read_device
+
+    lines = ['{"v":1,"seq":3,"ts":3,"kind":"user.note","source":"user","session":null,"data":{"text":"c"}}',
+             '{"v":1,"seq":1,"ts":1,"kind":"user.note","source":"user","session":null,"data":{"text":"a"}}',
+             '{"v":1,"seq":3,"ts":3,"kind":"user.note","source":"user","session":null,"data":{"text":"again"}}',
+             '', '{"v":1,"seq":2,"ts":2,"kind":"user.note","source":"user","session":null,"data":NaN}']
+    path = tmp_path / "laptop.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    events, read = read_device([("jsonl", path)])
+    assert read == 4 and [(e["seq"], e["data"].get("text")) for e in events] == [(1, "a"), (2, None), (3, "c")]
