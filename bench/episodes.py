@@ -10,7 +10,8 @@ Then times, in the same process and on the same files: reading every event (`epi
 what any reader of the export does; and, for reference, with the standard library's json
 module line by line), mining on one core (`episodes.mine.mine_sources`: reading
 the kinds it needs, then mining), and mining with one process per CPU as `tracecap episodes mine`
-does; prints the rates and their ratios to reading. Target: a day of a 100-engineer fleet in
+does; prints the rates and their ratios to reading. Last, one engineer's day of 32 tasks with no
+commit between them (every task rebuilt from the same repo.state), mined on one core. Target: a day of a 100-engineer fleet in
 seconds.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from episodes.events import plan_devices, read_devices
-from episodes.mine import mine_sources
+from episodes.mine import mine_device, mine_sources
 
 DAY0 = 1_796_000_000 * 10**9
 
@@ -103,7 +104,7 @@ class Day:
         self.ev("repo.state", "git", {"repo": self.repo, "remote": "git@github.com:acme/service.git",
                                       "head": sha, "branch": "main", "diff": ""})
 
-    def task(self, k: int) -> None:
+    def task(self, k: int, commit: bool = True) -> None:
         name = f"tests/test_mod.py::test_task{k}"
         self.ev("user.note", "user", {"text": f"task {k}: f{k} is off by one"})
         self.cmd("python -m pytest -q", [(name, "failed"), ("tests/test_mod.py::test_f1", "passed")], exit=1)
@@ -112,8 +113,21 @@ class Day:
         self.save("tests/test_mod.py", self.files["tests/test_mod.py"] + f"\n\ndef test_task{k}():\n    assert f1(1) == 2\n")
         self.noise(60)
         self.cmd("python -m pytest -q", [(name, "passed"), ("tests/test_mod.py::test_f1", "passed")])
-        self.cmd(f"git commit -qam 'task {k}'")
-        self.commit(f"task {k}")
+        if commit:
+            self.cmd(f"git commit -qam 'task {k}'")
+            self.commit(f"task {k}")
+
+
+def uncommitted_day(tasks: int, seed: int = 7) -> list[dict]:
+    """One engineer's day of `tasks` tasks and no commit: every task follows the morning's
+    repo.state, so rebuilding each one from it alone would apply the day's saves once per task."""
+    day = Day(0, random.Random(seed))
+    day.ev("repo.state", "git", {"repo": day.repo, "remote": "git@github.com:acme/service.git", "head": day.head,
+                                 "branch": "main", "diff": ""})
+    for k in range(tasks):
+        day.noise(8 * 3600 // tasks - 240)
+        day.task(k, commit=False)
+    return [json.loads(line) for line in day.lines]
 
 
 def write_export(out: Path, engineers: int, tasks: int, seed: int = 7) -> int:
@@ -187,6 +201,11 @@ def main() -> None:
           f"{kept} tasks kept, {skipped} skipped")
     print(f"mine, {jobs} processes: {t_par:.2f} s, {total / t_par:,.0f} events/s "
           f"({t_par / t_read:.2f}x the time of reading alone)")
+    evs = uncommitted_day(32)
+    t0 = time.perf_counter()
+    kept_u = len(mine_device("dev-000", evs).instances)
+    t_u = time.perf_counter() - t0
+    print(f"one engineer, 32 tasks and no commit ({len(evs):,} events): {t_u:.2f} s, {kept_u} tasks kept")
     print(f"against reading with the standard library's json: one core {t_mine / t_json:.2f}x "
           f"(CPU {c_mine / c_json:.2f}x), {jobs} processes {t_par / t_json:.2f}x")
 
