@@ -7,9 +7,11 @@ holding one working day per engineer: input activity every 10 s, window focus ch
 commands and the tools they start, saves across a repository, commits with their repo.state, and
 `--tasks` test-driven tasks (note, failing run, edits, new test, passing run, commit) among them.
 Then times, in the same process and on the same files: reading every event (`episodes.events`,
-what any reader of the export does), mining on one core (`episodes.mine.mine_sources`: reading
+what any reader of the export does; and, for reference, with the standard library's json
+module line by line), mining on one core (`episodes.mine.mine_sources`: reading
 the kinds it needs, then mining), and mining with one process per CPU as `tracecap episodes mine`
-does; prints the rates and their ratios to reading. Target: a day of a 100-engineer fleet in
+does; prints the rates and their ratios to reading. Last, one engineer's day of 32 tasks with no
+commit between them (every task rebuilt from the same repo.state), mined on one core. Target: a day of a 100-engineer fleet in
 seconds.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from episodes.events import plan_devices, read_devices
-from episodes.mine import mine_sources
+from episodes.mine import mine_device, mine_sources
 
 DAY0 = 1_796_000_000 * 10**9
 
@@ -102,7 +104,7 @@ class Day:
         self.ev("repo.state", "git", {"repo": self.repo, "remote": "git@github.com:acme/service.git",
                                       "head": sha, "branch": "main", "diff": ""})
 
-    def task(self, k: int) -> None:
+    def task(self, k: int, commit: bool = True) -> None:
         name = f"tests/test_mod.py::test_task{k}"
         self.ev("user.note", "user", {"text": f"task {k}: f{k} is off by one"})
         self.cmd("python -m pytest -q", [(name, "failed"), ("tests/test_mod.py::test_f1", "passed")], exit=1)
@@ -111,8 +113,21 @@ class Day:
         self.save("tests/test_mod.py", self.files["tests/test_mod.py"] + f"\n\ndef test_task{k}():\n    assert f1(1) == 2\n")
         self.noise(60)
         self.cmd("python -m pytest -q", [(name, "passed"), ("tests/test_mod.py::test_f1", "passed")])
-        self.cmd(f"git commit -qam 'task {k}'")
-        self.commit(f"task {k}")
+        if commit:
+            self.cmd(f"git commit -qam 'task {k}'")
+            self.commit(f"task {k}")
+
+
+def uncommitted_day(tasks: int, seed: int = 7) -> list[dict]:
+    """One engineer's day of `tasks` tasks and no commit: every task follows the morning's
+    repo.state, so rebuilding each one from it alone would apply the day's saves once per task."""
+    day = Day(0, random.Random(seed))
+    day.ev("repo.state", "git", {"repo": day.repo, "remote": "git@github.com:acme/service.git", "head": day.head,
+                                 "branch": "main", "diff": ""})
+    for k in range(tasks):
+        day.noise(8 * 3600 // tasks - 240)
+        day.task(k, commit=False)
+    return [json.loads(line) for line in day.lines]
 
 
 def write_export(out: Path, engineers: int, tasks: int, seed: int = 7) -> int:
@@ -136,6 +151,18 @@ def write_export(out: Path, engineers: int, tasks: int, seed: int = 7) -> int:
     return total
 
 
+def _read_json(path: Path) -> int:
+    """Every event of a JSON-lines file parsed by the standard library's json: the reference
+    for what reading an export costs without a faster parser."""
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                json.loads(line)
+                n += 1
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engineers", type=int, default=100)
@@ -145,28 +172,42 @@ def main() -> None:
         out = Path(tmp) / "export"
         total = write_export(out, args.engineers, args.tasks)
         size = sum(p.stat().st_size for p in out.rglob("*.jsonl"))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         read = sum(len(evs) for _, evs in read_devices([str(out)]))
-        t_read = time.perf_counter() - t0
+        t_read, c_read = time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
+        read_json = sum(_read_json(f) for f in sorted(out.rglob("*.jsonl")))
+        t_json, c_json = time.perf_counter() - t0, time.process_time() - c0
         plan = plan_devices([str(out)])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results = [mine_sources(device, sources) for device, sources in plan]
-        t_mine = time.perf_counter() - t0
+        t_mine, c_mine = time.perf_counter() - t0, time.process_time() - c0
         jobs = os.cpu_count() or 1
         t0 = time.perf_counter()
         with ProcessPoolExecutor(jobs) as pool:
             parallel = list(pool.map(mine_sources, [d for d, _ in plan], [s for _, s in plan]))
         t_par = time.perf_counter() - t0
-    assert read == total == sum(n for _, n in results)
+    assert read == read_json == total == sum(n for _, n in results)
     kept = sum(len(r.instances) for r, _ in results)
     skipped = sum(len(r.skipped) for r, _ in results)
     assert [r.instances for r, _ in parallel] == [r.instances for r, _ in results]
     print(f"export: {args.engineers} engineers, {total:,} events, {size / 2**20:.1f} MiB of JSON lines")
-    print(f"read alone: {t_read:.2f} s, {total / t_read:,.0f} events/s")
-    print(f"mine, one core: {t_mine:.2f} s, {total / t_mine:,.0f} events/s "
-          f"({t_mine / t_read:.2f}x the time of reading alone), {kept} tasks kept, {skipped} skipped")
+    # CPU seconds beside wall seconds: on a shared machine the wall clock also counts waiting.
+    print(f"read alone: {t_read:.2f} s (CPU {c_read:.2f} s), {total / t_read:,.0f} events/s")
+    print(f"read alone with the standard library's json, line by line: {t_json:.2f} s (CPU {c_json:.2f} s), "
+          f"{total / t_json:,.0f} events/s")
+    print(f"mine, one core: {t_mine:.2f} s (CPU {c_mine:.2f} s), {total / t_mine:,.0f} events/s "
+          f"({t_mine / t_read:.2f}x the time of reading alone, CPU {c_mine / c_read:.2f}x), "
+          f"{kept} tasks kept, {skipped} skipped")
     print(f"mine, {jobs} processes: {t_par:.2f} s, {total / t_par:,.0f} events/s "
           f"({t_par / t_read:.2f}x the time of reading alone)")
+    evs = uncommitted_day(32)
+    t0 = time.perf_counter()
+    kept_u = len(mine_device("dev-000", evs).instances)
+    t_u = time.perf_counter() - t0
+    print(f"one engineer, 32 tasks and no commit ({len(evs):,} events): {t_u:.2f} s, {kept_u} tasks kept")
+    print(f"against reading with the standard library's json: one core {t_mine / t_json:.2f}x "
+          f"(CPU {c_mine / c_json:.2f}x), {jobs} processes {t_par / t_json:.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ time (`read_devices`), duplicates of a `seq` dropped. What is read:
   `local` for standard input and the file's name (up to its first dot) otherwise.
 
 `kinds` keeps only the events a reader needs: a line whose compact envelope names another kind is
-skipped before JSON parsing, Parquet rows are filtered on their `kind` column first.
+skipped before JSON parsing, Parquet rows are filtered on their `kind` column first. Lines are
+parsed by orjson; what it refuses goes to Python's json module, so both read the same events.
 
 Promises: a path that does not exist, a line that is not a JSON object with an integer `seq`, or a
 Parquet file without pyarrow raise `EventsError` naming the file, the line and the fix, before any
@@ -19,9 +20,14 @@ output is written. Memory: one device's events at a time for an export directory
 from __future__ import annotations
 
 import json
+import operator
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
+
+import orjson
+
+_SEQ = operator.itemgetter("seq")
 
 
 class EventsError(Exception):
@@ -50,10 +56,10 @@ def read_device(sources: list[Source], stdin: TextIO | None = None,
     events: list[dict] = []
     read = 0
     for kind, path in sources:
-        for ev in _read(kind, path, stdin, kinds):
-            read += 1
-            if ev is not None:
-                events.append(ev)
+        if kind == "parquet":
+            read += _read_parquet(path, kinds, events)
+        else:
+            read += _read_lines(path, stdin, kinds, events)
     return _ordered(events), read
 
 
@@ -91,75 +97,116 @@ def _sources(raw: str) -> list[tuple[str, tuple[str, Path | None]]]:
     return [(path.name.split(".")[0] or "local", ("jsonl", path))]
 
 
-def _read(kind: str, path: Path | None, stdin: TextIO | None,
-          kinds: frozenset[str] | None) -> Iterator[dict | None]:
-    """Each line's event, or None for a line skipped by `kinds`."""
-    if kind == "parquet":
-        yield from _read_parquet(path, kinds)
-        return
+def _read_lines(path: Path | None, stdin: TextIO | None, kinds: frozenset[str] | None,
+                out: list[dict]) -> int:
+    """Appends the file's events (those of `kinds`) to `out`; gives the number of events read."""
     name = "standard input" if path is None else str(path)
     try:
-        stream = (stdin or sys.stdin) if path is None else open(path, encoding="utf-8")
+        # Bytes: orjson parses them without a decoding pass; standard input as Python hands it over.
+        stream = (stdin or sys.stdin) if path is None else open(path, "rb")
     except OSError as exc:
         raise EventsError(f"cannot read {name}: {exc.strerror}; check the path and its permissions") from None
+    loads, append, read = orjson.loads, out.append, 0
+    wanted: frozenset | None = None
     try:
         for n, line in enumerate(stream, 1):
+            if wanted is None and kinds is not None:
+                wanted = frozenset(k.encode() for k in kinds) if isinstance(line, bytes) else kinds
+            if wanted is not None and _skippable(line, wanted):
+                read += 1
+                continue
             if not line.strip():
                 continue
-            if kinds is not None and _skippable(line, kinds):
-                yield None
-                continue
+            read += 1
             try:
-                ev = json.loads(line)
-            except ValueError:
-                raise EventsError(f"{name} line {n} is not JSON; pass events as `tracecap log --json` "
-                                  f"prints them, one per line") from None
+                ev = loads(line)
+            except orjson.JSONDecodeError:
+                ev = _loads_strict(line, name, n)
             if not isinstance(ev, dict) or type(ev.get("seq")) is not int or not isinstance(ev.get("kind"), str):
                 raise EventsError(f"{name} line {n} is not an event (an object with an integer `seq` "
                                   f"and a `kind`); pass events as `tracecap log --json` prints them")
             if not isinstance(ev.get("data"), dict):
                 ev["data"] = {}
-            yield ev if kinds is None or ev["kind"] in kinds else None
+            if kinds is None or ev["kind"] in kinds:
+                append(ev)
     except UnicodeDecodeError:
         raise EventsError(f"{name} is not UTF-8 text; pass a JSON-lines file of events") from None
     finally:
         if path is not None:
             stream.close()
+    return read
 
 
-def _skippable(line: str, kinds: frozenset[str]) -> bool:
+def _loads_strict(line: bytes | str, name: str, n: int):
+    """What orjson refuses and Python's json reads (NaN, integers past 64 bits, lone surrogates),
+    as `json.loads` reads it; anything else is not JSON."""
+    try:
+        return json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise
+        raise EventsError(f"{name} line {n} is not JSON; pass events as `tracecap log --json` "
+                          f"prints them, one per line") from None
+
+
+def _skippable(line: bytes | str, kinds: frozenset) -> bool:
     """A line whose envelope (compact, keys in the contract's order, as export and `tracecap log
-    --json` write it) names a kind not wanted: skipped without parsing. Anything else is parsed."""
+    --json` write it) names a kind not wanted: skipped without parsing. Anything else is parsed.
+    `kinds` holds bytes for a line of bytes."""
+    if isinstance(line, bytes):
+        at = line.find(b'"kind":"', 0, 120)
+        if at < 0:
+            return False
+        end = line.find(b'"', at + 8, at + 80)
+        return end > 0 and line[at + 8:end] not in kinds and line.find(b'"data"', 0, at) < 0
     at = line.find('"kind":"', 0, 120)
-    if at < 0 or line.find('"data"', 0, at) >= 0:
+    if at < 0:
         return False
     end = line.find('"', at + 8, at + 80)
-    return end > 0 and line[at + 8:end] not in kinds
+    return end > 0 and line[at + 8:end] not in kinds and line.find('"data"', 0, at) < 0
 
 
-def _read_parquet(path: Path, kinds: frozenset[str] | None) -> Iterator[dict | None]:
+def _read_parquet(path: Path, kinds: frozenset[str] | None, out: list[dict]) -> int:
+    """Appends the file's events (those of `kinds`) to `out`, a row group at a time, the rows
+    filtered on `kind` before the rest of their columns are converted; gives the rows read."""
     try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise EventsError(f"{path} is Parquet, which needs pyarrow; install it "
                           f"(pip install 'tracecap[parquet]') or export as JSON lines") from None
+    names = ["seq", "ts", "kind", "source", "session", "data"]
+    wanted = None if kinds is None else pa.array(sorted(kinds), pa.string())
+    read = 0
     try:
-        table = pq.read_table(path, columns=["seq", "ts", "kind", "source", "session", "data"])
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(columns=names):
+                read += batch.num_rows
+                if wanted is not None:
+                    batch = batch.filter(pc.is_in(batch.column("kind"), value_set=wanted))
+                cols = batch.to_pydict()
+                for seq, ts, kind, source, session, data in zip(*(cols[c] for c in names)):
+                    out.append({"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source,
+                                "session": session, "data": _loads_data(data)})
+    except (EventsError, MemoryError):
+        raise
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise EventsError(f"{path} is not a readable Parquet export ({exc}); export it again") from None
-    cols = table.to_pydict()
-    loads = json.loads
-    for seq, ts, kind, source, session, data in zip(cols["seq"], cols["ts"], cols["kind"], cols["source"],
-                                                     cols["session"], cols["data"]):
-        if kinds is not None and kind not in kinds:
-            yield None
-            continue
-        yield {"v": 1, "seq": seq, "ts": ts, "kind": kind, "source": source, "session": session,
-               "data": loads(data)}
+    return read
+
+
+def _loads_data(data: str):
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _ordered(events: list[dict]) -> list[dict]:
-    events.sort(key=lambda e: e["seq"])
+    events.sort(key=_SEQ)
+    if len(set(map(_SEQ, events))) == len(events):
+        return events
     out: list[dict] = []
     last = None
     for ev in events:

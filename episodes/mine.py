@@ -134,11 +134,12 @@ def mine_device(device: str, events: list[dict]) -> MineResult:
     spans, unfinished = segment.find_spans(tl)
     instances: list[dict[str, Any]] = []
     skipped: list[Skipped] = []
+    walks: dict[str, _Walk] = {}
     for span in spans:
         try:
             if span.excluded:
                 raise _Skip(span.excluded)
-            instances.append(_instance(tl, span))
+            instances.append(_instance(tl, span, walks))
         except _Skip as exc:
             skipped.append(Skipped(device, span.repo, span.start["seq"], span.end_seq, exc.reason))
     return MineResult(instances, skipped, unfinished)
@@ -150,7 +151,19 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Walk:
+    """A repository's tree followed from the `repo.state` at `state_i` up to (not including) event
+    `pos`, as `_instance` leaves it. The next span from the same state goes on from there instead
+    of applying every save again: tasks without a commit between them cost one pass, not one each."""
+    state_i: int
+    pos: int
+    track: patches.TreeTrack
+    last_commit: str | None
+    current_head: str
+
+
+def _instance(tl: segment.Timeline, span: segment.Span, walks: dict[str, _Walk] | None = None) -> dict[str, Any]:
     evs = tl.by_repo[span.repo]
     seqs = tl.seqs[span.repo]
     # The chain starts at the last repo.state at or before the start, or at a HEAD move between
@@ -168,13 +181,18 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     head = state["data"].get("head")
     if not isinstance(head, str):
         raise _Skip("no_repo_state")
-    track = patches.TreeTrack()
-    track.repo_state(state["data"].get("diff"), state["data"].get("diff_omitted"))
-    at_start = None
-    last_commit: str | None = None
-    current_head = head
     end_i = bisect.bisect_right(seqs, span.end_seq)
-    for ev in evs[state_i + 1:end_i]:
+    walk = (walks or {}).pop(span.repo, None)
+    if walk is not None and walk.state_i == state_i and walk.pos <= end_i \
+            and (walk.pos == state_i + 1 or evs[walk.pos - 1]["seq"] < start_seq):
+        # Up to `pos` the walk is the one this span would make: no event of it reaches the start.
+        track, last_commit, current_head, pos = walk.track, walk.last_commit, walk.current_head, walk.pos
+    else:
+        track = patches.TreeTrack()
+        track.repo_state(state["data"].get("diff"), state["data"].get("diff_omitted"))
+        last_commit, current_head, pos = None, head, state_i + 1
+    at_start = None
+    for ev in evs[pos:end_i]:
         if at_start is None and ev["seq"] >= start_seq:  # the start event is the task's first step
             at_start = track.snapshot()
         kind = ev["kind"]
@@ -195,6 +213,8 @@ def _instance(tl: segment.Timeline, span: segment.Span) -> dict[str, Any]:
     if at_start is None:
         at_start = track.snapshot()
     at_end = track.snapshot()
+    if walks is not None:
+        walks[span.repo] = _Walk(state_i, end_i, track, last_commit, current_head)
 
     passing = span.passing
     test_cwd = "."

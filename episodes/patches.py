@@ -385,8 +385,8 @@ def diff_file(path: str, a: FileState, b: FileState, tree: Tree) -> str:
         lo = max(0, lo - CONTEXT)
         hi = max(0, hi - CONTEXT)
         a_mid, b_mid = a_refs[lo:len(a_refs) - hi], b_refs[lo:len(b_refs) - hi]
-        ka = [_key(tree, a, r) for r in a_mid]
-        kb = [_key(tree, b, r) for r in b_mid]
+        ka = _keys(tree, a, a_mid)
+        kb = _keys(tree, b, b_mid)
         ops = _anchored_opcodes(a_mid, b_mid, ka, kb)
     else:
         ka = _full_text(tree, a, path)
@@ -399,9 +399,10 @@ def diff_file(path: str, a: FileState, b: FileState, tree: Tree) -> str:
     return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n" + "".join(hunks)
 
 
-def _key(tree: Tree, st: FileState, ref):
-    t = _text(tree, st, ref)
-    return t if t is not None else (st.origin, ref)
+def _keys(tree: Tree, st: FileState, refs: list) -> list:
+    """Each line's text where known, else (origin, HEAD line index)."""
+    get, origin = tree.head_text.get, st.origin
+    return [r if isinstance(r, str) else t if (t := get((origin, r))) is not None else (origin, r) for r in refs]
 
 
 def _anchored_opcodes(a_refs: list, b_refs: list, ka: list, kb: list) -> list[tuple]:

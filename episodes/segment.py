@@ -78,7 +78,10 @@ def _repo_for(path: str, roots: list[str], cache: dict[str, str | None]) -> str 
 def build_timeline(device: str, events: list[dict]) -> Timeline:
     roots = set()
     for ev in events:
-        if ev["kind"] in ("file.save", "repo.state") or ev["kind"].startswith("git."):
+        kind = ev["kind"]
+        if kind == "input.activity":  # most events: checked first
+            continue
+        if kind in ("file.save", "repo.state") or kind.startswith("git."):
             repo = ev["data"].get("repo")
             if isinstance(repo, str):
                 roots.add(repo)
@@ -96,7 +99,12 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
     paused_at: int | None = None
     stopped_at: int | None = None
     for ev in events:
-        kind, data, seq = ev["kind"], ev["data"], ev["seq"]
+        kind, data = ev["kind"], ev["data"]
+        if kind == "input.activity":  # most events: checked first
+            if data.get("keys") or data.get("clicks") or data.get("scrolls"):
+                activity.append(ev["ts"])
+            continue
+        seq = ev["seq"]
         repo: str | None = None
         if kind in ("file.save", "repo.state") or kind.startswith("git."):
             repo = data.get("repo") if isinstance(data.get("repo"), str) else None
@@ -120,9 +128,6 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
                 repo = repo_of.get(start["seq"])
         elif kind == "user.note":
             notes.append(ev)
-        elif kind == "input.activity":
-            if any(data.get(k) for k in ("keys", "clicks", "scrolls")):
-                activity.append(ev["ts"])
         elif kind in BARRIERS:
             barriers.append((seq, seq, BARRIERS[kind]))
         elif kind == "agent.pause":
@@ -146,9 +151,10 @@ def build_timeline(device: str, events: list[dict]) -> Timeline:
     note_repo: dict[int, str | None] = {}
     following: str | None = None
     for ev in reversed(events):
-        if ev["kind"] == "user.note":
+        kind = ev["kind"]
+        if kind == "user.note":
             note_repo[ev["seq"]] = following
-        elif ev["seq"] in repo_of and ev["kind"] in ("shell.start", "file.save", "test.run"):
+        elif kind in ("shell.start", "file.save", "test.run") and ev["seq"] in repo_of:
             following = repo_of[ev["seq"]]
     seqs = {r: [e["seq"] for e in evs] for r, evs in by_repo.items()}
     return Timeline(device, events, repo_of, start_of, end_of, by_repo, seqs, notes, note_repo, barriers,

@@ -400,3 +400,51 @@ def test_without_note_or_commit_the_task_starts_after_the_last_idle_gap():
     inst = mine_device("d", t.events).instances[0]
     assert inst["meta"]["start"] == "idle" and inst["meta"]["seq_first"] == 5  # the save after the gap
     assert "b/util.py" in inst["base_patch"] and "# later" not in inst["base_patch"] + inst["patch"]
+
+
+def test_tasks_without_a_commit_between_them_are_mined_as_each_alone():
+    """Spans of one `repo.state` go on from the previous span's walk; each must come out as a
+    fresh walk from the state gives it, whatever lies between (a skipped span, a commit)."""
+    from episodes import mine, segment
+
+    t = started()
+    loop(t, note="first", commit=None)
+    t.note("second")
+    t.cmd("python -m pytest -q", exit=1, tests=[("test_calc.py::test_mul", "failed")])
+    t.save("calc.py", FIXED + "\n\ndef mul(a, b):\n    return a * b\n")
+    t.cmd("python -m pytest -q", exit=0, tests=[("test_calc.py::test_mul", "passed")])
+    t.note("third, with a gap")
+    t.cmd("python -m pytest -q", exit=1, tests=[("test_calc.py::test_div", "failed")])
+    t.ev("agent.gap", "agent", {"reason": "overflow"})
+    t.save("calc.py", t.files["calc.py"] + "\n\ndef div(a, b):\n    return a / b\n")
+    t.cmd("python -m pytest -q", exit=0, tests=[("test_calc.py::test_div", "passed")])
+    t.note("fourth, committed halfway")
+    t.cmd("python -m pytest -q", exit=1, tests=[("test_calc.py::test_pow", "failed")])
+    t.save("test_calc.py", NEW_TEST + "\n\ndef test_pow():\n    assert 2 ** 3 == 8\n")
+    t.commit("e" * 40, "wip", HEAD)
+    t.save("calc.py", t.files["calc.py"] + "\n\ndef pow(a, b):\n    return a ** b\n")
+    t.cmd("python -m pytest -q", exit=0, tests=[("test_calc.py::test_pow", "passed")])
+    t.note("fifth")
+    t.cmd("python -m pytest -q", exit=1, tests=[("test_calc.py::test_neg", "failed")])
+    t.save("calc.py", t.files["calc.py"] + "\n\ndef neg(a):\n    return -a\n")
+    t.cmd("python -m pytest -q", exit=0, tests=[("test_calc.py::test_neg", "passed")])
+    r = mine_device("d", t.events)
+    assert [i["problem_statement"] for i in r.instances] == ["first", "second", "fourth, committed halfway", "fifth"]
+    assert [s.reason for s in r.skipped] == ["gap"]
+    tl = segment.build_timeline("d", t.events)
+    alone = [mine._instance(tl, span) for span in segment.find_spans(tl)[0] if not span.excluded]
+    assert [instance_line(i) for i in r.instances] == [instance_line(i) for i in alone]
+    assert "+def neg(a):" in r.instances[3]["patch"] and "+def pow" not in r.instances[3]["patch"]
+
+
+def test_reading_orders_by_seq_and_keeps_the_first_of_a_repeated_seq(tmp_path):
+    from episodes.events import read_device
+
+    lines = ['{"v":1,"seq":3,"ts":3,"kind":"user.note","source":"user","session":null,"data":{"text":"c"}}',
+             '{"v":1,"seq":1,"ts":1,"kind":"user.note","source":"user","session":null,"data":{"text":"a"}}',
+             '{"v":1,"seq":3,"ts":3,"kind":"user.note","source":"user","session":null,"data":{"text":"again"}}',
+             '', '{"v":1,"seq":2,"ts":2,"kind":"user.note","source":"user","session":null,"data":NaN}']
+    path = tmp_path / "laptop.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    events, read = read_device([("jsonl", path)])
+    assert read == 4 and [(e["seq"], e["data"].get("text")) for e in events] == [(1, "a"), (2, None), (3, "c")]
