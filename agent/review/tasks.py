@@ -119,13 +119,15 @@ def mine_held(index: JournalIndex, durable_seq: int, day: dt.date | None,
                 continue
             picked.append(snap.entry(seg, i))
             size += seg.size[i]
-    picked.reverse()  # seq order: segments in order, each newest first reversed
+    # Decoded newest first, as picked: the reader keeps the 1 MiB of the segment that ends at the
+    # record asked for, so the records before it come from memory.
     reader = SegmentReader(index.spool)
     events = []
     for e in picked:
         ev = reader.decode(e)
         if ev is not None:
             events.append(ev.to_dict())
+    events.reverse()  # seq order, as mining wants
     res = mine_device(DEVICE, events)
     return Mined(res.instances, res.skipped, res.unfinished, len(events), cut, time.monotonic() - t0)
 
