@@ -241,6 +241,11 @@ def test_tasks_tab_shows_the_task_mined_from_the_coding_loop(browser, daemon, sh
         assert re.match(r"\d+ steps", task.locator("dt:text('Trajectory') + dd").inner_text())
         assert page.get_by_role("heading", name=re.compile("^Spans not made into tasks")).is_visible()
         shot(page, shots / "tasks.png", (VIEWPORT["width"], VIEWPORT["height"]))
+        # The same task, by the same id, as `tracecap log --json | tracecap episodes mine --events -`.
+        out = daemon.home.parent / "mine.jsonl"
+        daemon.cli("episodes", "mine", "--events", "-", "--out", str(out), input=daemon.cli("log", "--json").stdout)
+        mined = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [m["instance_id"] for m in mined] == [task.locator("code.instance-id").inner_text()]
         assert not errors, errors
     finally:
         page.close()
