@@ -68,6 +68,12 @@ def test_the_bounds_keep_the_newest_events_and_count_the_rest(tmp_path):
         small = tasks.mine_held(ix, j.durable_seq, None, max_events=5)
         assert small.read == 5 and small.cut == full.read - 5
         assert not small.instances  # the task began before the newest five
+        html = page_environment().get_template("tasks.html").render(
+            st={"sources": {}, "consent": "opted-in", "version": "x"}, state_word="off", csrf="c", flash=None,
+            paused_until=None, tab="tasks", mined=small, tasks=[], skips=[], took="1 ms", max_events="5",
+            max_size="32 MiB", day=None, today=dt.date.today(), days=[], day_label="")
+        assert f"Only the newest 5 events were mined; {small.cut} older ones were left" in " ".join(html.split())
+        assert "No task in these events" in html
         by_size = tasks.mine_held(ix, j.durable_seq, None, max_bytes=2000)
         assert by_size.cut > 0 and by_size.read + by_size.cut == full.read
     finally:
