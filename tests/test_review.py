@@ -41,7 +41,9 @@ interval = "1s"
 hold = "1h"
 """
 
-SECRET_NOTE = "deploy to staging with key AKIAIOSFODNN7EXAMPLE before lunch"
+# Not the documented example key: redaction leaves placeholders such as `...EXAMPLE` alone.
+AWS_KEY = "AKIA" + "Z3MHQWERTY7UIOPA"  # synthetic, in the format the detector knows
+SECRET_NOTE = f"deploy to staging with key {AWS_KEY} before lunch"
 MARKER = "[REDACTED:aws-access-key-id]"
 STRIPE = "sk_live_" + "51HqLm2Xv9Rt4Yb7Nc1Kd6Wf"  # synthetic, in the format the detector knows
 GIT_ENV = {"GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.invalid",
@@ -89,7 +91,8 @@ def daemon(tmp_path_factory):
     (repo / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env={**os.environ, **GIT_ENV}, timeout=30)
-    (home / "spool").mkdir(parents=True)
+    home.mkdir(mode=0o700)  # the daemon refuses state directories other users can read
+    (home / "spool").mkdir(mode=0o700)
     policy = top / "policy.toml"
     policy.write_text(POLICY.format(src=src))
     os.chmod(policy, 0o644)
@@ -169,7 +172,7 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon, shots)
         assert row.count() == 1
         mark = row.locator("mark.redacted")
         assert mark.inner_text() == MARKER
-        assert "AKIAIOSFODNN7EXAMPLE" not in page.content()
+        assert AWS_KEY not in page.content()
         bg = mark.evaluate("m => getComputedStyle(m).backgroundColor")
         assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), bg
         # The coding loop as captured: commands with their exit codes, the save as a coloured
@@ -214,6 +217,35 @@ def test_page_shows_the_events_and_highlights_redactions(browser, daemon, shots)
         leaves = page.locator("section", has=page.get_by_role("heading", name="What leaves this machine"))
         shot(leaves, shots / "leaves.png")
         assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_tasks_tab_shows_the_task_mined_from_the_coding_loop(browser, daemon, shots):
+    errors: list = []
+    page, _ = open_page(browser, daemon, errors)
+    try:
+        page.get_by_role("link", name="Tasks from your work").click()
+        assert page.url.endswith("/tasks")
+        task = page.locator("li.task")
+        assert task.count() == 1
+        # The failing pytest run, the fix and the passing run make one task, closed by the commit.
+        assert task.get_by_role("heading", level=3).inner_text() == "Fix add: it subtracted"
+        assert task.locator("ul.f2p li").all_inner_texts() == ["test_calc.py::test_add"]
+        assert task.locator(".difficulty").inner_text() == "<15 min fix"
+        head = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=daemon.home.parent / "src" / "shop",
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert task.locator("dd code.sha").get_attribute("title") == head
+        assert task.locator(".patch .d-add").first.inner_text().strip() == "+    return a + b"
+        assert re.match(r"\d+ steps", task.locator("dt:text('Trajectory') + dd").inner_text())
+        assert page.get_by_role("heading", name=re.compile("^Spans not made into tasks")).is_visible()
+        shot(page, shots / "tasks.png", (VIEWPORT["width"], VIEWPORT["height"]))
+        # The same task, by the same id, as `tracecap log --json | tracecap episodes mine --events -`.
+        out = daemon.home.parent / "mine.jsonl"
+        daemon.cli("episodes", "mine", "--events", "-", "--out", str(out), input=daemon.cli("log", "--json").stdout)
+        mined = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [m["instance_id"] for m in mined] == [task.locator("code.instance-id").inner_text()]
         assert not errors, errors
     finally:
         page.close()

@@ -3,6 +3,7 @@
 Takes a `DaemonState` (the running daemon seen through the few things the page needs) and the
 secrets of one server run; gives an ASGI app. Routes:
     GET  /            the page (query: day=YYYY-MM-DD, kind, repo, q, page); with ?token=… once
+    GET  /tasks       the Tasks tab: the coding tasks mined from the held events (query: day)
     POST /consent     action = opt-in | opt-out | resume | pause-15m | pause-1h | pause-tomorrow
     POST /forget      scope = 15m | 1h | today | selected (with seq=N fields)
     GET  /static/…    the page's stylesheet and script (package data; nothing from the network)
@@ -78,20 +79,31 @@ def page_environment() -> Environment:
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["marked"] = view.mark_redactions
     env.get_template("page.html")
+    env.get_template("tasks.html")
     return env
 
 
 def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
               on_use: Callable[[], None] = lambda: None, env: Environment | None = None,
-              index: JournalIndex | None = None) -> Any:
+              index: JournalIndex | None = None, miner: Any = None) -> Any:
     """`state`: a `DaemonState` (agent/review/server.py). `on_use` is called for every request
-    that passes the guard. `env` and `index` are the daemon's (kept across server runs); without
-    them the app makes its own."""
+    that passes the guard. `env`, `index` and `miner` (a `tasks.TaskMiner`) are the daemon's (kept
+    across server runs); without them the app makes its own."""
     env = env or page_environment()
     index = index or JournalIndex(state.spool)
+    if miner is None:
+        from agent.review.tasks import TaskMiner
+
+        miner = TaskMiner(index)
 
     async def page(request: Request) -> Response:
         return _render_page(request, env, state, index, csrf)
+
+    async def tasks(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        # Mining reads and decodes up to tasks.MAX_EVENTS events: off the server's event loop.
+        return await run_in_threadpool(_render_tasks, request, env, state, index, miner, csrf)
 
     async def consent(request: Request) -> Response:
         form = await _checked_form(request, csrf)
@@ -136,6 +148,7 @@ def build_app(state: Any, *, port: int, tokens: Tokens, session: str, csrf: str,
 
     routes = [
         Route("/", page, methods=["GET", "HEAD"]),
+        Route("/tasks", tasks, methods=["GET", "HEAD"]),
         Route("/consent", consent, methods=["POST"]),
         Route("/forget", forget, methods=["POST"]),
         Mount("/static", app=StaticFiles(packages=[("agent.review", "static")]), name="static"),
@@ -377,18 +390,10 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
                         "leaves_at": int(leaves)})
     uploaded = [{**u, "when": view.when(u.get("at"), now_ns)} for u in state.uploaded()]
 
-    flash = None
-    done = request.query_params.get("done")
-    if done in DONE:
-        n = request.query_params.get("n", "0")
-        reason = REFUSALS.get(request.query_params.get("reason", ""), "")
-        flash = DONE[done].format(n=int(n) if n.isdigit() else 0, reason=reason)
-
     day_list = sorted(set(summary.days) | {today}, reverse=True)
     chart_hour = dt.datetime.now().hour if chart_day == today else None
     context = {
-        "st": st, "state_word": _state_word(st), "csrf": csrf, "flash": flash,
-        "paused_until": _paused_text(st.get("paused_until")),
+        **_header(request, st, csrf), "tab": "events",
         "chart": view.chart_svg(counts, now_hour=chart_hour), "chart_total": sum(map(sum, counts.values())),
         "day": q.day, "raw_day": raw_day, "today": today, "days": day_list[:14],
         "day_label": _day_label(q.day, today),
@@ -402,6 +407,44 @@ def _render_page(request: Request, env: Environment, state: Any, index: JournalI
     }
     html = env.get_template("page.html").render(**context)
     return HTMLResponse(html)
+
+
+def _header(request: Request, st: dict[str, Any], csrf: str) -> dict[str, Any]:
+    """What the top of every tab shows: the capture state, its controls, a sentence after a change."""
+    flash = None
+    done = request.query_params.get("done")
+    if done in DONE:
+        n = request.query_params.get("n", "0")
+        reason = REFUSALS.get(request.query_params.get("reason", ""), "")
+        flash = DONE[done].format(n=int(n) if n.isdigit() else 0, reason=reason)
+    return {"st": st, "state_word": _state_word(st), "csrf": csrf, "flash": flash,
+            "paused_until": _paused_text(st.get("paused_until"))}
+
+
+def _render_tasks(request: Request, env: Environment, state: Any, index: JournalIndex, miner: Any,
+                  csrf: str) -> Response:
+    from agent.review import tasks as tasks_mod
+
+    today = dt.date.today()
+    raw_day = request.query_params.get("day", "")
+    day: dt.date | None = None
+    if raw_day and raw_day != "all":
+        try:
+            day = dt.date.fromisoformat(raw_day)
+        except ValueError:
+            raise HTTPException(400, "bad day") from None
+    st = state.status()
+    mined = miner.mined(state.durable_seq(), day)
+    days = index.summary(today, state.durable_seq(), state.delivered_upto(), {}).days
+    context = {
+        **_header(request, st, csrf), "tab": "tasks",
+        "mined": mined, "tasks": [tasks_mod.task_view(i) for i in mined.instances],
+        "skips": mined.skip_summary(), "took": view.duration(mined.seconds * 1000),
+        "max_events": f"{miner.max_events:,}", "max_size": view.size(miner.max_bytes),
+        "day": day, "today": today, "days": sorted(set(days) | {today}, reverse=True)[:14],
+        "day_label": _day_label(day, today),
+    }
+    return HTMLResponse(env.get_template("tasks.html").render(**context))
 
 
 def _state_word(st: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ it calls the exact functions the control socket calls; a separate process would 
 protocol for all of that, and its own copy of the journal index. Uvicorn serves it on its own
 asyncio loop in one thread, started on the first `review` request. What is costly to make is
 made once for the daemon's life, not per server run: the journal index (the daemon builds it at
-start, `agent/review/index.py`) and the compiled templates (on the first `review` request).
+start, `agent/review/index.py`), the compiled templates (on the first `review` request) and the
+Tasks tab's last mining (`agent/review/tasks.py`, made when that tab is first asked for).
 
 Promises:
 - Bound to 127.0.0.1 on a port the kernel picks, never another interface.
@@ -89,6 +90,7 @@ class ReviewServer:
         self._tokens: Any = None
         self._last_use = time.monotonic()
         self._env: Any = None  # the compiled templates, kept for the daemon's life
+        self._miner: Any = None  # the Tasks tab's last mining, kept until the journal changes
 
     def url(self, idle: float | None = None) -> str:
         """The page's address with its token, starting the server if it is not running."""
@@ -132,8 +134,12 @@ class ReviewServer:
         index = getattr(self.daemon, "review_index", None)
         if index is None:  # a daemon that did not build one at start: the first page will
             index = self.daemon.review_index = JournalIndex(self.daemon.paths.spool)
+        if self._miner is None or self._miner.index is not index:
+            from agent.review.tasks import TaskMiner
+
+            self._miner = TaskMiner(index)
         app = build_app(DaemonState(self.daemon), port=port, tokens=tokens, session=session, csrf=csrf,
-                        on_use=self._touch, env=self._env, index=index)
+                        on_use=self._touch, env=self._env, index=index, miner=self._miner)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 server_header=False, date_header=False, proxy_headers=False,
                                 timeout_keep_alive=5, limit_concurrency=64, ws="none")
