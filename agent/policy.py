@@ -285,8 +285,10 @@ def check_directories(path: Path) -> None:
 
 def _read_policy_bytes(path: Path, strict_modes: bool) -> bytes:
     """Open once (no symlink followed, no blocking on a FIFO), check what was opened, read it."""
-    if strict_modes and os.path.lexists(path):
-        check_directories(path)  # first: where others can write, nothing else about it matters
+    # First: where others can write, nothing else about the file matters. Asked of the directory,
+    # not of the file, which a swap loop may have renamed away at this instant and back by the open.
+    if strict_modes and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        check_directories(path)
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
         getattr(os, "O_CLOEXEC", 0)
     try:
