@@ -223,13 +223,23 @@ def test_kill9_during_concurrent_notes_loses_no_acknowledged_note(tmp_path, daem
             i += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    def acked_reach(n: int, within: float) -> None:  # by progress, not by the clock: a loaded
+        deadline = time.monotonic() + within       # machine acknowledges fewer notes a second
+        while time.monotonic() < deadline:
+            with lock:
+                if len(acked) >= n:
+                    return
+            time.sleep(0.05)
+
     for t in threads:
         t.start()
-    time.sleep(3)
+    acked_reach(12, 30)
     d.kill9()
     time.sleep(0.5)
+    with lock:
+        before = len(acked)
     d.start()
-    time.sleep(2)
+    acked_reach(before + 10, 30)
     stop.set()
     for t in threads:
         t.join(60)
