@@ -51,12 +51,15 @@ def seal_device(device_id: str, bundles: int, events: int, pub) -> list[tuple[st
     return out
 
 
-def start_collector(data: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", "--data", str(data),
-                             "--listen", "127.0.0.1:0", "--token", TOKEN], cwd=REPO, stdout=log, stderr=log)
-    log.close()
-    deadline = time.monotonic() + 20
+def start_collector(store_args: list[str], log_path: Path,
+                    env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `tracecap collector serve` on a free loopback port over the store `store_args` names
+    (`--data DIR`, or `--blobs URL --index URL`); its process and URL."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", *store_args,
+                                 "--listen", "127.0.0.1:0", "--token", TOKEN], cwd=REPO, stdout=log,
+                                stderr=log, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         m = re.search(r"listening on (http://[\d.]+:\d+)", log_path.read_text())
         if m:
@@ -121,7 +124,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="tracecap-bench-") as tmp:
         data, log_path = Path(tmp) / "data", Path(tmp) / "collector.log"
-        proc, url = start_collector(data, log_path)
+        proc, url = start_collector(["--data", str(data)], log_path)
         try:
             wall, latencies, errors = upload_all(url, plans)
         finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -28,27 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.collector import TOKEN, seal_device, upload_all
+from bench.collector import seal_device, start_collector, upload_all
 from schemas.keys import generate_org_keypair, write_org_keypair
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def start_collector(store_args: list[str], log_path: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", *store_args,
-                                 "--listen", "127.0.0.1:0", "--token", TOKEN], cwd=REPO, stdout=log, stderr=log,
-                                env={**os.environ, **env})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on (http://[\d.]+:\d+)", log_path.read_text())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the collector did not start:\n{log_path.read_text()}")
 
 
 def stop(proc: subprocess.Popen) -> None:
