@@ -487,6 +487,10 @@ def builtin_policy() -> Policy:
 def load_effective_policy(env: dict | os._Environ | None = None) -> Policy:
     """The admin policy if its file exists, else the built-in default (personal mode)."""
     path = default_policy_path(env)
+    # Where others can write, a missing policy proves nothing (it may be renamed away this instant,
+    # to fall back on the default): the directory is judged before the file's absence is.
+    if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        check_directories(path)
     if not os.path.lexists(path):
         env = os.environ if env is None else env
         if env.get("TRACECAP_POLICY"):

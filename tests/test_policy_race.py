@@ -164,3 +164,13 @@ def test_directory_is_judged_even_when_the_file_is_missing_at_that_instant(share
     os.chmod(shared, 0o777)
     with pytest.raises(PolicyError, match="other users can write"):
         load_policy_file(shared / "policy.toml")
+
+
+def test_a_missing_policy_in_a_directory_others_can_write_is_no_default(shared):
+    """The built-in default stands in for a policy file that is not there; not where another user
+    could have renamed it away a moment before the look."""
+    from agent.policy import load_effective_policy
+
+    os.chmod(shared, 0o777)
+    with pytest.raises(PolicyError, match="other users can write"):
+        load_effective_policy({"TRACECAP_POLICY": str(shared / "policy.toml")})
