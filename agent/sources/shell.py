@@ -888,7 +888,9 @@ class ShellSource:
 
     # housekeeping
     def sweep(self) -> None:
-        """Delete fully read segments, scratch files and reports of shells that are gone."""
+        """Delete fully read segments, scratch files and reports of shells that are gone; make the
+        report directory again if it has gone."""
+        self._keep_report_dir()
         changed = False
         live: dict[str, bool] = {}
         for sid, segs in self._segments().items():
@@ -933,6 +935,17 @@ class ShellSource:
             changed = True
         if changed:
             self._save_cursor()
+
+    def _keep_report_dir(self) -> None:
+        """The hooks ask pytest for a report only into a report directory that exists (they make
+        none: pytest would make it readable by others), and they keep its name until the shell
+        exits. One removed under them (a cleaner of /dev/shm, the runtime directory removed at
+        logout) is made again here, private, so test runs get their outcomes again within
+        HOUSEKEEPING_S instead of never."""
+        if self.reports == self.spool or os.path.isdir(self.reports):
+            return
+        if Path(self.ctx.paths.report_dir()) == self.reports:
+            self.ctx.log.info("test report directory %s was gone; made again", self.reports)
 
     def _remove(self, path: Path) -> None:
         try:
