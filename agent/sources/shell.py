@@ -30,8 +30,10 @@ file for each record (`>>`). The hook starts segment k+1 when
 segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
 next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
 PYTEST_ADDOPTS; in `StatePaths.report_dir()`, a memory-backed directory, which is the spool itself
-unless TRACECAP_HOME is set), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
-command text) and `.reader.json` (this reader's offsets).
+unless TRACECAP_HOME is set; the hooks ask for reports only while it exists and is private, and
+the reader makes it again within HOUSEKEEPING_S when it is removed), `<sid>.umask` (bash's
+scratch copy of its umask while it creates a segment; no command text) and `.reader.json` (this
+reader's offsets).
 
 Records. Each record ends with one NUL byte; fields are separated by TAB. A record's last field
 may hold any byte but NUL (shells cannot hold NUL in a string; zsh, which can, writes `^@` for it),
