@@ -4,20 +4,33 @@ from pathlib import Path
 
 import pytest
 
+from agent.paths import _memory_dir
 from tests.daemon_harness import DaemonProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _report_dirs_cleaned():
+def _report_dirs_cleaned(tmp_path_factory):
     """Each test's TRACECAP_HOME gets a pytest-report directory in /dev/shm (StatePaths.report_dir);
-    those this session made are removed at its end."""
+    those of this session's homes are removed at its end. Only those: /dev/shm is shared by every
+    test session of the user, and another session's directory may still be in use by its daemon
+    and shells (one removed there takes away the reports its next test runs need)."""
     shm = Path("/dev/shm")
     pattern = f"tracecap-{os.getuid()}-*"
     before = set(shm.glob(pattern)) if shm.is_dir() else set()
     yield
-    if shm.is_dir():
-        for d in set(shm.glob(pattern)) - before:
-            shutil.rmtree(d, ignore_errors=True)
+    if not shm.is_dir():
+        return
+    made = set(shm.glob(pattern)) - before
+    if not made:
+        return
+    base = tmp_path_factory.getbasetemp()
+    # The directory of a home is named after a digest of its path (agent.paths._memory_dir);
+    # the homes of this session are directories under its base temporary directory.
+    ours = {_memory_dir(base)}
+    for dirpath, dirs, _files in os.walk(base):
+        ours.update(_memory_dir(Path(dirpath) / d) for d in dirs)
+    for d in made & ours:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -175,3 +175,38 @@ def test_pytest_reports_stay_off_the_disk_while_the_daemon_is_down(tmp_path, dae
         assert len(d.events("--kind", "test.run")) == 1
     finally:
         sh.close()
+
+
+def test_a_report_directory_removed_under_the_daemon_is_made_again(tmp_path, daemon_factory):
+    """The hooks ask pytest for a report only into a report directory that exists. One removed
+    while the daemon runs (a cleaner of /dev/shm, say) is made again, private, and the next test
+    run's outcomes are read."""
+    import shutil
+    import sys
+
+    from agent.paths import StatePaths
+    from tests.daemon_harness import TRACECAP
+
+    d = daemon_factory(policy=policy(tmp_path, SHELL_AND_TESTS))
+    d.start()
+    d.cli("opt-in")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "test_x.py").write_text("def test_ok():\n    pass\n\ndef test_bad():\n    assert 0\n")
+    reports = StatePaths.from_env({"TRACECAP_HOME": str(d.home)}).report_dir()
+    assert not str(reports).startswith(str(d.home)) and reports.is_dir()
+    rc = (f"export TRACECAP_HOME={d.home} TRACECAP_POLICY={d.env['TRACECAP_POLICY']}\n"
+          f'eval "$({TRACECAP} shell-init bash)"\n')
+    sh = Tmux(tmp_path, "bash", d.home / "run" / "shell", rc_extra=rc)
+    try:
+        sh.run(f"cd {proj}")
+        shutil.rmtree(reports)
+        wait_until(reports.is_dir, 30)
+        assert reports.is_dir(), "the report directory is made again"
+        assert reports.stat().st_mode & 0o777 == 0o700
+        run_line(sh, f"{sys.executable} -m pytest -q -p no:cacheprovider test_x.py", timeout=60)
+        wait_until(lambda: d.events("--kind", "test.run"), 20)
+        (run,) = d.events("--kind", "test.run")
+        assert run["data"]["passed"] == 1 and run["data"]["failed"] == 1, run["data"]
+    finally:
+        sh.close()

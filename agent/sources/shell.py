@@ -30,8 +30,10 @@ file for each record (`>>`). The hook starts segment k+1 when
 segment k would exceed `shell.spool_max_bytes / 4` bytes; a segment is never written again once the
 next one exists. Other files: `<sid>.<n>.junit.xml` (the pytest report of command n, through
 PYTEST_ADDOPTS; in `StatePaths.report_dir()`, a memory-backed directory, which is the spool itself
-unless TRACECAP_HOME is set), `<sid>.umask` (bash's scratch copy of its umask while it creates a segment; no
-command text) and `.reader.json` (this reader's offsets).
+unless TRACECAP_HOME is set; the hooks ask for reports only while it exists and is private, and
+the reader makes it again within HOUSEKEEPING_S when it is removed), `<sid>.umask` (bash's
+scratch copy of its umask while it creates a segment; no command text) and `.reader.json` (this
+reader's offsets).
 
 Records. Each record ends with one NUL byte; fields are separated by TAB. A record's last field
 may hold any byte but NUL (shells cannot hold NUL in a string; zsh, which can, writes `^@` for it),
@@ -888,7 +890,9 @@ class ShellSource:
 
     # housekeeping
     def sweep(self) -> None:
-        """Delete fully read segments, scratch files and reports of shells that are gone."""
+        """Delete fully read segments, scratch files and reports of shells that are gone; make the
+        report directory again if it has gone."""
+        self._keep_report_dir()
         changed = False
         live: dict[str, bool] = {}
         for sid, segs in self._segments().items():
@@ -933,6 +937,17 @@ class ShellSource:
             changed = True
         if changed:
             self._save_cursor()
+
+    def _keep_report_dir(self) -> None:
+        """The hooks ask pytest for a report only into a report directory that exists (they make
+        none: pytest would make it readable by others), and they keep its name until the shell
+        exits. One removed under them (a cleaner of /dev/shm, the runtime directory removed at
+        logout) is made again here, private, so test runs get their outcomes again within
+        HOUSEKEEPING_S instead of never."""
+        if self.reports == self.spool or os.path.isdir(self.reports):
+            return
+        if Path(self.ctx.paths.report_dir()) == self.reports:
+            self.ctx.log.info("test report directory %s was gone; made again", self.reports)
 
     def _remove(self, path: Path) -> None:
         try:
