@@ -67,7 +67,7 @@ def test_rename_swap_loop_never_gets_a_foreign_policy_applied(shared, mallory, t
     name, uid, gid = mallory
     if run_as(name, [PYTHON, "-c", "pass"]).returncode != 0:
         pytest.skip(f"{PYTHON} cannot be run by a second user here")
-    os.chmod(shared, 0o777)  # a directory others can write, as the review found
+    os.chmod(shared, 0o777)  # a directory others can write
     policy = _write(shared / "policy.toml", GOOD)
     foreign = _write(shared / "foreign.toml", FOREIGN)
     os.chown(foreign, uid, gid)
