@@ -424,14 +424,20 @@ def check_index_url(url: str) -> None:
         raise StorageConfigError(f"--index {redact_url(url)!r} is neither postgresql://… nor sqlite:///PATH")
 
 
-def open_index(url: str) -> BundleIndex:
-    """`postgresql://…` (or `postgres://…`), `sqlite:///PATH`, or a plain SQLite file path."""
+def sqlite_index_path(url: str) -> Path | None:
+    """The SQLite file an `--index` URL names (`sqlite:///PATH` or a plain path), or None for
+    PostgreSQL."""
     check_index_url(url)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresIndex(url)
+        return None
     if url.startswith("sqlite://"):
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
             raise StorageConfigError(f"--index {url!r}: name the file, sqlite:///relative/path or sqlite:////abs/path")
-        path = urllib.parse.unquote(url[len("sqlite:///"):])  # as SQLAlchemy reads it
-        return SQLiteIndex(Path(path))
-    return SQLiteIndex(Path(url))
+        return Path(urllib.parse.unquote(url[len("sqlite:///"):]))  # as SQLAlchemy reads it
+    return Path(url)
+
+
+def open_index(url: str) -> BundleIndex:
+    """`postgresql://…` (or `postgres://…`), `sqlite:///PATH`, or a plain SQLite file path."""
+    path = sqlite_index_path(url)
+    return PostgresIndex(url) if path is None else SQLiteIndex(path)

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from collector.blobs import BlobStore, LocalBlobs, open_blobs
-from collector.index import MAX_INDEX_INT, BundleIndex, DeviceSummary, SQLiteIndex, check_index_url, open_index
+from collector.index import (MAX_INDEX_INT, BundleIndex, DeviceSummary, SQLiteIndex, check_index_url,
+                              open_index, sqlite_index_path)
 from collector.records import (BundleRow, Refused, Stored, StorageConfigError, StorageUnavailable,
                                valid_bundle_id)
 from schemas.bundle import BundleError, BundleSignatureError, verify_bundle
@@ -165,12 +166,17 @@ class BundleStore:
         return self.blobs.open(digest, limit)
 
 
-def open_store(blobs_url: str, index_url: str) -> BundleStore:
+def open_store(blobs_url: str, index_url: str, *, create: bool = True) -> BundleStore:
     """A store from `--blobs` and `--index` URLs; `StorageConfigError` in one sentence if either
-    cannot be used."""
+    cannot be used. `create` False (verify, export): a SQLite index that is not there is a wrong
+    path, not an empty fleet, and is refused rather than made."""
     check_index_url(index_url)
     blobs = open_blobs(blobs_url)
     try:
+        sqlite = sqlite_index_path(index_url)
+        if not create and sqlite is not None and not sqlite.is_file():
+            raise StorageConfigError(f"--index {index_url}: no SQLite index at {sqlite}; pass the "
+                                     f"--index that 'tracecap collector serve' uses")
         index = open_index(index_url)
     except BaseException:
         blobs.close()

@@ -207,3 +207,14 @@ def test_unreachable_fleet_storage_is_exit_2_in_one_sentence(seaweedfs, postgres
     p = run_cli("collector", "serve", "--blobs", "s3://traces/p", "--index", dead, "--listen", "127.0.0.1:0",
                 env=env)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+
+
+def test_a_missing_sqlite_index_is_refused_not_made(tmp_path):
+    """verify and export read an index; one that is not there is a wrong path, not an empty fleet."""
+    (tmp_path / "blobs").mkdir()
+    assert run_cli("keys", "generate", "--out", str(tmp_path)).returncode == 0
+    missing = tmp_path / "missing.sqlite3"
+    for cmd in (["collector", "verify"], ["export", "--key", str(tmp_path / "org.key"), "--out", str(tmp_path / "o")]):
+        p = run_cli(*cmd, "--blobs", str(tmp_path / "blobs"), "--index", f"sqlite:///{missing}")
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no SQLite index" in p.stderr, p.stderr
+        assert not missing.exists()

@@ -84,7 +84,7 @@ def _open_store(args: argparse.Namespace, create: bool):
             raise UsageError("name the store: --data DIR, or --blobs s3://BUCKET/PREFIX together with "
                              "--index postgresql://USER@HOST:PORT/DB")
         try:
-            return open_store(blobs, index)
+            return open_store(blobs, index, create=create)
         except StorageConfigError as exc:
             raise UsageError(str(exc)) from None
     if not create and not (data / INDEX_NAME).is_file():
