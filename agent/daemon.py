@@ -125,6 +125,7 @@ class Daemon:
         self.policy_path = default_policy_path()
         self._policy_stat = self._stat_policy()
         self.stop_event = threading.Event()
+        self._wake = threading.Event()  # the main loop's wait: a signal cuts it short
         self.lock = DaemonLock(paths.lock)
         self.journal = Journal(paths.spool, fsync_ms=policy.get("spool.fsync_ms"),
                                reorder_ms=policy.get("spool.reorder_ms"),
@@ -209,11 +210,17 @@ class Daemon:
                 "sources": self.enabled_sources()}
 
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        # SIGHUP: re-read the policy now. Setting the stop event's sibling would need a second
-        # waitable; forcing the next check is enough since the loop wakes at least every 2 s.
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_policy_stat", ("reload",)))
+        def stop(*_: Any) -> None:
+            self.stop_event.set()
+            self._wake.set()
+
+        def reload(*_: Any) -> None:  # SIGHUP: re-read the policy now, not at the next 2 s check
+            self._policy_stat = ("reload",)
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def _main_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -221,7 +228,9 @@ class Daemon:
             pu = self.decision.paused_until
             if pu not in (None, consent_mod.PAUSE_INDEFINITE):
                 timeout = max(0.05, min(timeout, (pu - time.time_ns()) / 1e9 + 0.01))
-            if self.stop_event.wait(timeout):
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self.stop_event.is_set():
                 break
             self._check_policy()
             self._refresh_consent()

@@ -258,9 +258,10 @@ def test_https_upload_verifies_the_collector_with_the_policy_ca_bundle(tmp_path,
     assert r.returncode == 0, r.stderr
     assert srv.requests >= 1 and srv.bodies and srv.bodies[0].startswith(b"TRACECAP")
     # Without the CA bundle the same collector is not trusted: the upload fails, saying why.
+    before = d.status()["policy"]["digest"]
     p.write_text(p.read_text().replace(f'ca_bundle = "{cert}"\n', ""))
-    d.proc.send_signal(signal.SIGHUP)
-    time.sleep(1.0)
+    d.proc.send_signal(signal.SIGHUP)  # applied at once, not at the next 2 s check
+    assert _wait_for(lambda: d.status()["policy"]["digest"] != before, 1.0)
     d.cli("note", "untrusted")
     r = d.cli("flush", "--timeout", "4", check=False)
     assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
