@@ -104,7 +104,10 @@ def test_paused_entries_are_dropped(tmp_path):
         r.wait_ready(lambda: src.logs)
         rec.capturing = False
         git(repo, "commit", "-q", "--allow-empty", "-m", "private")
-        time.sleep(0.5)
+        # Capture comes back only once the source has read the private entry (while it was off),
+        # however late a loaded machine lets it run: every log it follows is read to its end.
+        r.wait_ready(lambda: all(log.offset >= log.path.stat().st_size
+                                 for log in list(src.logs.values()) if log.path.exists()))
         rec.capturing = True
         git(repo, "commit", "-q", "--allow-empty", "-m", "public")
         rec.wait_for(lambda ev: len(ev) == 1)

@@ -259,9 +259,17 @@ def test_focus_changes_are_reported(wm, display, tmp_path, titles):
         _until(lambda: _root_prop("_NET_CLIENT_LIST").count("0x") >= 2, 10, "both windows managed")
         _activate(wb)
         h = Harness(tmp_path, {"input": {"titles": titles}}).start()
-        for win in (wa, wb, wa):
+
+        def focused(ev) -> list[str]:
+            return [d["app"] for k, d in ev if k == "app.focus"]
+        # The watcher reports the window in front once it runs, then each change: a change made
+        # before its thread got to the first report (a loaded machine) would be that report, and
+        # two changes before it reads the active window are one. Change focus only once the
+        # previous focus was reported.
+        h.wait_for(lambda ev: len(focused(ev)) >= 1, timeout=8)
+        for n, win in enumerate((wa, wb, wa), start=2):
             _activate(win)
-            time.sleep(0.2)
+            h.wait_for(lambda ev: len(focused(ev)) >= n, timeout=8)
         h.wait_for(lambda ev: [d["app"] for k, d in ev if k == "app.focus"]
                    == ["Betaterm", "Alphaedit", "Betaterm", "Alphaedit"], timeout=8)
     finally:

@@ -98,7 +98,9 @@ def test_full_disk_leaves_a_gap_and_an_unrecorded_note_stays_unrecorded(tmp_path
     wait_until(lambda: d.status()["capturing"], 15)
     wait_until(lambda: any(e["kind"] == "agent.gap" for e in d.events()), 10)
     d.cli("note", "after")
-    time.sleep(1)
+    # Visible in the log once durable (the journal's reorder window and fsync): wait for it.
+    wait_until(lambda: any(e["kind"] == "user.note" and e["data"]["text"] == "after"
+                           for e in d.events()), 15)
     evs = d.events()
     assert [e["data"]["text"] for e in evs if e["kind"] == "user.note"] == ["before", "after"]
     (gap,) = [e for e in evs if e["kind"] == "agent.gap"]
@@ -120,10 +122,12 @@ def test_a_forgotten_span_is_no_gap_after_restarts(tmp_path, daemon_factory):
     d.start()
     d.cli("opt-in")
     d.cli("note", "kept")
-    time.sleep(2.5)
+    # "kept" is outside the last 5 s and the three notes inside it: five seconds leave room for
+    # four CLI processes to start and finish before `forget` even on a loaded machine.
+    time.sleep(5.5)
     for i in range(3):
         d.cli("note", f"forgotten {i}")
-    r = d.cli("forget", "--last", "2s")
+    r = d.cli("forget", "--last", "5s")
     assert r.stdout.startswith("forgot 3 events"), r.stdout
     d.cli("note", "after")
     for _ in range(2):

@@ -76,6 +76,22 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "t", *keys)
 
+    def descendants(self) -> list[list[str]]:
+        """The command lines of the processes under the pane's shell."""
+        import psutil
+
+        pane = int(self._tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").split()[0])
+        out = []
+        try:
+            for p in psutil.Process(pane).children(recursive=True):
+                try:
+                    out.append(p.cmdline())
+                except psutil.Error:  # ended while we looked
+                    pass
+        except psutil.Error:
+            pass
+        return out
+
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
 
@@ -157,6 +173,9 @@ def test_ctrl_c_records_interrupted_command(shell, tmp_path, spool, shells):
     sh = shells(tmp_path, shell, spool)
     sh.run("sleep 30", wait=False)
     sh.wait_for(lambda: any(isinstance(r, Start) for r in records(spool)))
+    # Ctrl-C for the program, not for the hook still writing its record: wait (bounded) until the
+    # shell has started it, then let it run a moment.
+    sh.wait_for(lambda: ["sleep", "30"] in sh.descendants())
     time.sleep(0.3)
     before = sh.screen().count(PROMPT)
     sh.keys("C-c")

@@ -18,7 +18,7 @@ from agent.policy import builtin_policy
 from agent.sources.base import SourceContext
 from agent.sources.shell import (CURSOR_FILE, Dropped, End, PairState, ShellSource, Start,
                                  decode_field, pair_records, parse_record, parse_time, split_lines)
-from tests.test_shell_hooks import Tmux
+from tests.test_shell_hooks import Tmux, records
 
 SID = "123-456"
 
@@ -140,6 +140,11 @@ class Harness:
         raise AssertionError(f"timed out; events: {self.events}")
 
 
+def spooled_commands(spool: Path) -> set[str]:
+    """The commands still readable in the spool (those not erased yet)."""
+    return {r.cmd for r in records(spool) if isinstance(r, Start)}
+
+
 @pytest.fixture
 def harness(tmp_path):
     made = []
@@ -217,7 +222,12 @@ def test_records_are_discarded_while_capture_is_off(tmp_path, harness, shell_ses
     h = harness(capturing=False).start()
     sh = shell_session("bash", h.paths.shell_spool)
     sh.run("echo private")
-    time.sleep(1.0)
+    # The source reads the record while capture is off, discards it and erases it from the spool:
+    # wait for that (bounded) before capture comes back, whatever the machine's load.
+    deadline = time.monotonic() + 20
+    while "echo private" in spooled_commands(h.paths.shell_spool) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "echo private" not in spooled_commands(h.paths.shell_spool)
     assert h.events == []
     h.capture = True
     sh.run("echo public")

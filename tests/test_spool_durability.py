@@ -142,7 +142,12 @@ def test_kill9_storm_loses_and_doubles_nothing(tmp_path, storm_daemon):
         typed.append("storm-end")
         want = {f"true {n}" for n in typed}
 
-        wait_until(lambda: want <= {e["data"]["cmd"] for e in d.events("--kind", "shell.start")}, 60)
+        def all_in() -> bool:  # every command typed has its start and its end journaled
+            evs = d.events("--kind", "shell.")
+            starts = {e["data"]["id"]: e["data"]["cmd"] for e in evs if e["kind"] == "shell.start"}
+            ends = {e["data"]["id"] for e in evs if e["kind"] == "shell.end"}
+            return want <= set(starts.values()) and set(starts) <= ends
+        wait_until(all_in, 60)
         time.sleep(1.5)  # anything doubled would show up by now
         d.stop()
         evs = d.events()
@@ -184,8 +189,13 @@ def test_kill9_while_reading_a_full_spool_accounts_for_every_record_once(tmp_pat
             time.sleep(pause)
             d.kill9()
         d.start()
-        wait_until(lambda: any(e["kind"] == "shell.start" and e["data"]["cmd"] == f"true {names[-1]}"
-                               for e in d.events()), 30)
+        def accounted(evs: list[dict]) -> int:
+            return sum(1 for e in evs if e["kind"] in ("shell.start", "shell.end")) + sum(
+                e["data"]["dropped"] for e in evs
+                if e["kind"] == "agent.gap" and "shell spool full" in e["data"]["reason"])
+        # Every record is read back (a command, its end or a dropped count), then a moment more:
+        # anything doubled would show up by then.
+        wait_until(lambda: accounted(d.events()) >= 2 * len(names), 30)
         time.sleep(1.0)
         evs = d.events()
     finally:

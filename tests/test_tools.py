@@ -190,9 +190,26 @@ def test_programs_under_a_coding_agent_are_marked_agent(shell, tmp_path):
     assert claude and claude[0]["actor"] == "agent"
 
 
+def _child_running(parent: int, argv: list[str], timeout: float = 10.0) -> None:
+    """Until `parent` has a child running `argv`: the shell has read the line and started it."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(c.cmdline() == argv for c in psutil.Process(parent).children()):
+                return
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{argv} never started under pid {parent}")
+
+
 def test_processes_that_started_before_the_baseline_are_not_recorded(shell):
     shell.send("sleep 1.2")
-    time.sleep(0.4)
+    # The baseline must come after the program started: on a loaded machine the shell can take
+    # longer than any fixed pause to read the line and fork.
+    _child_running(shell.pid, ["sleep", "1.2"])
     w = ProcessWatcher(ToolsSettings(interval_s=0.05))
     w.baseline()
     got = poll_until(w, lambda g: False, timeout=1.5)
@@ -263,26 +280,32 @@ def test_invocations_carry_the_shell_hook_session(tmp_path):
     assert f"\t{sid}\t" in records and "sleep 0.4" in records
 
 
-def _ctx(tmp_path, policy: dict, events: list, capturing) -> SourceContext:
+def _ctx(tmp_path, policy: dict, events: list, capturing, set_state=lambda s: None) -> SourceContext:
     def emit(kind, data, *, ts=None, session=None, source=None):
         events.append((kind, dict(data), session))
 
     return SourceContext(name="tools", policy=policy, paths=StatePaths.from_env(
         {"TRACECAP_HOME": str(tmp_path / "state")}), emit=emit, capturing=capturing,
-        log=logging.getLogger("test.tools"), set_state=lambda s: None)
+        log=logging.getLogger("test.tools"), set_state=set_state)
 
 
 def test_source_emits_while_capturing_and_not_while_paused(shell, tmp_path):
     events: list = []
     on = threading.Event()
     on.set()
-    ctx = _ctx(tmp_path, {"tools": {"interval_ms": 50}}, events, on.is_set)
+    states: list[str] = []
+    ctx = _ctx(tmp_path, {"tools": {"interval_ms": 50}}, events, on.is_set, states.append)
     src = ToolsSource(ctx)
     stop = threading.Event()
     t = threading.Thread(target=src.run, args=(stop,), daemon=True)
     t.start()
     try:
-        time.sleep(0.4)
+        # Programs started before the source's baseline are never recorded: send only once the
+        # source says it took it ("running"), however long that takes on a loaded machine.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "running" not in states:
+            time.sleep(0.02)
+        assert "running" in states, states
         shell.send("sleep 0.3")
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline and not events:
@@ -327,8 +350,9 @@ def test_real_daemon_records_tools_joined_to_shell_commands(tmp_path, daemon_fac
         time.sleep(0.8)
         sh.send(f"{sys.executable} -c 'import time; time.sleep(0.6)' {token}")
 
-        def seen() -> bool:
-            return bool(d.events("--kind", "tool.invocation"))
+        def seen() -> bool:  # both sources journal on their own schedule: wait for each
+            return bool(d.events("--kind", "tool.invocation")) and any(
+                "time.sleep" in e["data"]["cmd"] for e in d.events("--kind", "shell.start"))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not seen():
             time.sleep(0.2)
