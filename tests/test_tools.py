@@ -83,6 +83,19 @@ def shell(tmp_path):
 
 
 VALIDATOR = EventValidator()
+_SESSION_DIR: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _this_session(tmp_path_factory):
+    """The watcher sees every interactive shell of the user on the machine, also those of another
+    test session running at the same time; tests look only at programs run under this session's
+    temporary directories (every shell here starts in its test's tmp_path)."""
+    _SESSION_DIR[:] = [str(tmp_path_factory.getbasetemp()) + os.sep]
+
+
+def ours(data: dict) -> bool:
+    return (data.get("cwd") or "").startswith(_SESSION_DIR[0])
 
 
 def assert_valid(kind: str, data: dict) -> None:
@@ -97,7 +110,8 @@ def poll_until(watcher: ProcessWatcher, pred, timeout: float = 10.0) -> list[dic
     while time.monotonic() < deadline:
         for data in watcher.poll():
             assert_valid("tool.invocation", data)
-            got.append(data)
+            if ours(data):
+                got.append(data)
         if pred(got):
             return got
         time.sleep(0.05)
@@ -162,7 +176,7 @@ def test_deny_list_and_allow_list(shell):
     shell.send("sleep 0.5; cat /dev/null; sleep 0.4 | cat")
     got = poll_until(w, lambda g: len(by_exe(g, "cat")) >= 1, timeout=6)
     time.sleep(0.6)
-    got += w.poll()
+    got += [e for e in w.poll() if ours(e)]
     assert by_exe(got, "cat"), got
     assert not by_exe(got, "sleep"), got
 
@@ -171,7 +185,7 @@ def test_deny_list_and_allow_list(shell):
     shell.send("sleep 0.5 | cat")
     got2 = poll_until(w2, lambda g: by_exe(g, "sleep"), timeout=6)
     time.sleep(0.3)
-    got2 += w2.poll()
+    got2 += [e for e in w2.poll() if ours(e)]
     assert by_exe(got2, "sleep") and not by_exe(got2, "cat"), got2
 
 
@@ -220,14 +234,14 @@ def test_processes_outside_any_shell_session_are_ignored(tmp_path):
     # A program whose parent chain has no interactive shell or editor: tmux's server runs it
     # through `sh -c` (not an interactive session) with no terminal-attached shell above.
     sock = f"tc-tools-bare-{os.getpid()}"
-    subprocess.run(["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "sleep 30"],
-                   check=True, timeout=10)
+    subprocess.run(["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-c", str(tmp_path),
+                    "sleep 30"], check=True, timeout=10)
     try:
         time.sleep(0.3)  # the server has daemonized: its parent is init, not this test
         w = ProcessWatcher(ToolsSettings(interval_s=0.05))
         w.baseline()
-        subprocess.run(["tmux", "-L", sock, "new-window", "sleep 0.5; sleep 0.4"], check=True,
-                       timeout=10)
+        subprocess.run(["tmux", "-L", sock, "new-window", "-c", str(tmp_path), "sleep 0.5; sleep 0.4"],
+                       check=True, timeout=10)
         got = poll_until(w, lambda g: False, timeout=1.5)
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], timeout=10, capture_output=True)
@@ -243,7 +257,7 @@ def test_tracecap_commands_are_never_recorded(shell, tmp_path):
     shell.send(f"{fake} note hello; sleep 0.3")
     got = poll_until(w, lambda g: by_exe(g, "sleep"))
     time.sleep(0.3)
-    got += w.poll()
+    got += [e for e in w.poll() if ours(e)]
     assert [e["argv"] for e in by_exe(got, "sleep")] == [["sleep", "0.3"]], got  # not its child
     assert not [e for e in got if "tracecap" in " ".join(e["argv"])], got
 
@@ -282,7 +296,8 @@ def test_invocations_carry_the_shell_hook_session(tmp_path):
 
 def _ctx(tmp_path, policy: dict, events: list, capturing, set_state=lambda s: None) -> SourceContext:
     def emit(kind, data, *, ts=None, session=None, source=None):
-        events.append((kind, dict(data), session))
+        if ours(data):
+            events.append((kind, dict(data), session))
 
     return SourceContext(name="tools", policy=policy, paths=StatePaths.from_env(
         {"TRACECAP_HOME": str(tmp_path / "state")}), emit=emit, capturing=capturing,
