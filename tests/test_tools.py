@@ -35,20 +35,23 @@ class TmuxShell:
                         "-x", "120", "-y", "30", "-c", str(tmp), *extra, shell], check=True,
                        timeout=10)
         self.pid = self._pane_pid()
-        self._wait_for_shell(shell.split()[0])
+        self._wait_for_shell(shell.split())
 
-    def _wait_for_shell(self, name: str) -> None:
+    def _wait_for_shell(self, argv: list[str]) -> None:
+        """Until the pane's process is the program itself: tmux starts it by way of the user's
+        shell (`$SHELL -c '…'`), and with SHELL=bash the name is "bash" before the exec too; a
+        baseline taken then sees a non-interactive `bash -c` and never a capture root."""
         import psutil
 
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if psutil.Process(self.pid).name() == name:
+                if psutil.Process(self.pid).cmdline() == argv:
                     return
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"the tmux pane never became {name}")
+        raise AssertionError(f"the tmux pane never became {argv}")
 
     def _pane_pid(self) -> int:
         out = subprocess.run(["tmux", "-L", self.sock, "list-panes", "-F", "#{pane_pid}"],
