@@ -6,6 +6,7 @@ CLI is run as separate processes, and stop sends SIGTERM (or SIGKILL for crash t
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -87,3 +88,11 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
+
+
+def forget_window(began: float) -> int:
+    """Whole seconds for `forget --last` that reach back to `began` (just before the events to
+    forget were made) with a second to spare for the forget command to start, and not to an event
+    made at least 2.5 s before `began`: a window that follows the CLI calls in between, however
+    long a loaded machine makes them, instead of a fixed 2 s they may outlast."""
+    return max(2, math.ceil(time.monotonic() - began) + 1)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.daemon_harness import TRACECAP
+from tests.daemon_harness import TRACECAP, forget_window
 
 QUIET = '[capture]\nsources = []\n'
 
@@ -261,18 +261,18 @@ def test_forget_removes_recent_events_with_and_without_daemon(tmp_path, daemon_f
     d.start()
     d.cli("opt-in")
     d.cli("note", "old")
-    # "old" is outside the last 5 s and the two notes inside it: five seconds leave room for three
-    # CLI processes (notes, flush) to start and finish before `forget` even on a loaded machine.
-    time.sleep(5.5)
+    time.sleep(2.5)
+    began = time.monotonic()
     d.cli("note", "secret plan A")
     d.cli("note", "secret plan B")
     d.cli("flush", check=False)  # seals a bundle that the hold keeps in the outbox
-    r = d.cli("forget", "--last", "5s")
+    last = forget_window(began)
+    r = d.cli("forget", "--last", f"{last}s")
     assert "forgot 2 events" in r.stdout
     notes = [e["data"]["text"] for e in d.events("--kind", "user.note")]
     assert notes == ["old"]
     fg = d.events("--kind", "agent.forget")[-1]["data"]
-    assert fg["count"] == 2 and fg["to"] - fg["from"] == 5 * 10**9
+    assert fg["count"] == 2 and fg["to"] - fg["from"] == last * 10**9
     d.stop()
     r = d.cli("forget", "--last", "1h")  # no daemon: works on the state directly
     assert "forgot" in r.stdout

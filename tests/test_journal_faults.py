@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from agent.journal import REC_MARK, SEG_HEADER, SEG_MAGIC, scan_segment
-from tests.daemon_harness import DaemonProcess
+from tests.daemon_harness import DaemonProcess, forget_window
 from tests.test_spool_durability import policy, wait_until
 
 QUIET = "[capture]\nsources = []\n"
@@ -122,12 +122,11 @@ def test_a_forgotten_span_is_no_gap_after_restarts(tmp_path, daemon_factory):
     d.start()
     d.cli("opt-in")
     d.cli("note", "kept")
-    # "kept" is outside the last 5 s and the three notes inside it: five seconds leave room for
-    # four CLI processes to start and finish before `forget` even on a loaded machine.
-    time.sleep(5.5)
+    time.sleep(2.5)
+    began = time.monotonic()
     for i in range(3):
         d.cli("note", f"forgotten {i}")
-    r = d.cli("forget", "--last", "5s")
+    r = d.cli("forget", "--last", f"{forget_window(began)}s")
     assert r.stdout.startswith("forgot 3 events"), r.stdout
     d.cli("note", "after")
     for _ in range(2):
