@@ -58,20 +58,41 @@ class Collector:
     def __init__(self, data: Path, token: str) -> None:
         self.data, self.token, self.port = data, token, free_port()
         self.proc: subprocess.Popen | None = None
+        self.started = False
 
     def start(self) -> "Collector":
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACECAP_")}
-        self.proc = subprocess.Popen([TRACECAP, "collector", "serve", "--data", str(self.data), "--listen",
-                                      f"127.0.0.1:{self.port}", "--token", self.token], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.data.parent / "collector.err", "ab"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+        err = self.data.parent / "collector.err"
+        for _ in range(3):
+            self.proc = subprocess.Popen([TRACECAP, "collector", "serve", "--data", str(self.data), "--listen",
+                                          f"127.0.0.1:{self.port}", "--token", self.token], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=open(err, "ab"))
+            deadline = time.monotonic() + 20
+            # Ready when this process listens on the port: a port taken by another process
+            # between free_port() and the bind would answer a connection too.
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._listening():
+                    self.started = True
                     return self
-            except OSError:
                 time.sleep(0.1)
-        raise TimeoutError("collector did not start")
+            if self.proc.poll() is None or "Address already in use" not in err.read_text():
+                break
+            if self.started:  # a restart must keep its port: the daemon's policy names it
+                break
+            self.port = free_port()  # taken since free_port() chose it: choose again
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(20)
+        raise TimeoutError(f"collector did not start: {err.read_text()[-2000:]}")
+
+    def _listening(self) -> bool:
+        import psutil
+
+        try:
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                       for c in psutil.Process(self.proc.pid).net_connections("tcp"))
+        except psutil.Error:
+            return False
 
     def stop(self, kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:
