@@ -142,10 +142,14 @@ def captured(tmp_path_factory):
         bot.run(PYTEST)
         bot.run(_edit("calc.py", "return a - b", "return a + b"))
         bot.run(PYTEST)
-        deadline = time.monotonic() + 30
+        # Every run's test.run and every command's end are journaled before the log is mined
+        # (each source journals on its own schedule; a loaded machine delays some more than others).
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             evs = d.events()
-            if sum(e["kind"] == "test.run" for e in evs) >= 9:
+            ended = {e["data"]["id"] for e in evs if e["kind"] == "shell.end"}
+            if (sum(e["kind"] == "test.run" for e in evs) >= 9
+                    and all(e["data"]["id"] in ended for e in evs if e["kind"] == "shell.start")):
                 break
             time.sleep(0.3)
         log = d.cli("log", "--json").stdout
