@@ -84,20 +84,26 @@ def test_replaying_captured_diffs_rebuilds_the_final_tree(tmp_path):
     repo = init_repo(tmp_path / "src" / "demo", head)
     rec = Recorder()
     src = files_source(tmp_path, rec)
+    def saved(path: str, n: int = 1):  # the source reports `n` saves of `path`
+        return lambda ev: sum(1 for k, d, _ in ev if k == "file.save" and d["path"] == path) >= n
+
     with Running(src) as r:
         r.wait_ready(lambda: len(src.repos) == 1)
+        # Each step that must be a save of its own waits until the one before it was reported:
+        # the source groups what it reads within one debounce window, and a loaded machine can
+        # let it read two steps at once however long a fixed pause between them.
         vim(repo / "app.py", "%s/return 1/return 2/")           # vim's write-then-rename
         (repo / "new.py").write_text("import app\n")             # create
         (repo / "debug.log").write_text("ignored\n")             # gitignored
-        time.sleep(0.3)
+        rec.wait_for(saved("new.py"))
         vim(repo / "new.py", "normal Goprint(app.f())")
         subprocess.run(["sed", "-i", "s/demo/Demo project/", str(repo / "README.md")],
                        check=True, timeout=10)                   # sed -i temp + rename
         (repo / "old.txt").unlink()                              # delete
         (repo / "pkg").mkdir()
-        time.sleep(0.3)
+        rec.wait_for(saved("new.py", 2))
         (repo / "new.py").rename(repo / "pkg" / "main.py")      # move
-        time.sleep(0.3)
+        rec.wait_for(saved("pkg/main.py"))
         with open(repo / "pkg" / "main.py", "a") as f:         # direct write, no final newline
             f.write("# end")
         (repo / "unicode.txt").write_text("naïve café ✓\r\nline two")
