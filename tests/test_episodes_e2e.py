@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ PYTEST = "python3 -m pytest -q -p no:cacheprovider"
 
 class Tmux:
     def __init__(self, env: dict, cwd: Path, program: str) -> None:
-        self.sock = f"tc-ep-{os.getpid()}-{id(self) % 10000}"
+        self.sock = f"tc-ep-{uuid.uuid4().hex[:12]}"  # two shells at once: never the same server
         cmd = "env -i " + " ".join(f"{k}={_q(v)}" for k, v in env.items()) + " " + program
         self._tmux("new-session", "-d", "-s", "t", "-x", "200", "-y", "50", "-c", str(cwd), cmd)
         self.marks = 0
