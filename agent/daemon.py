@@ -313,13 +313,14 @@ class Daemon:
 
     def _make_context(self, name: str, set_state: Any, heartbeat: Any = None) -> SourceContext:
         def emit(kind: str, data: dict[str, Any], *, ts: int | None = None,
-                 session: str | None = None, source: str | None = None) -> None:
+                 session: str | None = None, source: str | None = None) -> bool:
             if not self.capturing() or self._happened_while_off(ts):
                 self.discarded += 1
                 if self.journal.disk_full:
                     self.discarded_full += 1
-                return
+                return False
             self._journal(kind, data, source=source or name, session=session, ts=ts, once=True)
+            return True
 
         journal = self.journal
         acks = DurableAcks(mark=journal.mark, reached=lambda m: journal.durable_mark >= m,

@@ -184,6 +184,61 @@ def test_paused_changes_are_dropped_and_the_next_diff_is_against_head(tmp_path):
     assert apply_unified_diff("v1\n", second["diff"]) == "v4\n"
 
 
+class _DropsWhatHappenedWhileOff(Recorder):
+    """As the daemon's emit: an event whose time falls in a period capture was off is dropped,
+    and emit says so (False), even when capture is back on by the time the source emits it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.off: list[list] = []  # [start_ns, end_ns or None]
+        self.dropped: list[dict] = []
+
+    def pause(self) -> None:
+        self.capturing = False
+        self.off.append([time.time_ns(), None])
+
+    def resume(self) -> None:
+        self.off[-1][1] = time.time_ns()
+        self.capturing = True
+
+    def emit(self, kind, data, *, ts=None, session=None, source=None):
+        if not self.capturing or (ts is not None and any(
+                start <= ts and (end is None or ts < end) for start, end in self.off)):
+            with self.cond:
+                self.dropped.append(data)
+                self.cond.notify_all()
+            return False
+        super().emit(kind, data, ts=ts, session=session, source=source)
+        return True
+
+
+def test_a_save_made_while_off_and_read_after_resuming_is_no_base_for_the_next(tmp_path):
+    """A save made just before capture comes back is read by the source after it (its debounce
+    window, or a loaded machine): its event is dropped, as it happened while capture was off, so
+    the next save must diff against HEAD, not against a version no receiver has."""
+    repo = init_repo(tmp_path / "src" / "r", {"a.py": "v1\n"})
+    rec = _DropsWhatHappenedWhileOff()
+    src = files_source(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: len(src.repos) == 1)
+        (repo / "a.py").write_text("v2\n")
+        rec.wait_for(lambda ev: len(ev) == 1)
+        rec.pause()
+        time.sleep(0.05)  # the file's mtime (a coarse clock) falls inside the off period
+        (repo / "a.py").write_text("v3 private\n")
+        rec.resume()  # well within the source's 100 ms debounce: it reads the save only now
+        deadline = time.monotonic() + 10
+        while not rec.dropped and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rec.dropped and "private" in rec.dropped[0]["diff"], rec.dropped
+        (repo / "a.py").write_text("v4\n")
+        rec.wait_for(lambda ev: len(ev) == 2)
+    first, second = rec.data("file.save")
+    assert apply_unified_diff("v1\n", first["diff"]) == "v2\n"
+    assert second["base"] == "head" and "private" not in second["diff"], second
+    assert apply_unified_diff("v1\n", second["diff"]) == "v4\n"
+
+
 def test_repos_created_later_and_nested_ones_are_watched(tmp_path):
     (tmp_path / "src").mkdir()
     rec = Recorder()

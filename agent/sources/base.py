@@ -26,7 +26,7 @@ class Emit(Protocol):
         ts: int | None = None,
         session: str | None = None,
         source: str | None = None,  # defaults to the emitting source's name
-    ) -> None: ...
+    ) -> bool | None: ...  # False: dropped, capture was off when it happened (or is off now)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -509,13 +509,10 @@ class FilesSource:
         if touched.path in self._rescanned:
             self._rescanned.discard(touched.path)
             chain_break = chain_break or "overflow_rescan"
-        self._note_saved((repo.root, rel), state)
         if chain_break is not None:
             data["chain_break"] = chain_break
         if src is not None:
             self._forget_version((repo.root, src))
-        self._stamp((repo.root, rel), st)
-        self.emitted += 1
         # A rename keeps the file's mtime, which may predate capture (and be dropped as having
         # happened while capture was off); its ctime is when it moved.
         ts = max(st.st_mtime_ns, st.st_ctime_ns) if src is not None else st.st_mtime_ns
@@ -524,7 +521,15 @@ class FilesSource:
             # still sorts after the state, which its diff chains from; an mtime in the future
             # (`touch -d`, an unpacked archive) must not sort a save after a later state.
             ts = self.states.stamp_after(repo.root, min(ts, time.time_ns()))
-        self.ctx.emit("file.save", data, ts=ts)
+        if self.ctx.emit("file.save", data, ts=ts) is False:
+            # Dropped: the save happened while capture was off and was read only once it was back
+            # on (within the debounce window of a resume, or late on a loaded machine). As for a
+            # save seen while off, its version is no base: the next diff is against HEAD.
+            self._forget_version((repo.root, rel))
+            return
+        self._note_saved((repo.root, rel), state)
+        self._stamp((repo.root, rel), st)
+        self.emitted += 1
 
     def _note_saved(self, key: tuple[Path, str], state: RepoState | None) -> None:
         self._saved_in.pop(key, None)
