@@ -132,9 +132,15 @@ def test_coding_loop_from_failing_to_passing_test(world):
     d, sh, repo = world
     sh.run("python3 -m pytest -q -p no:cacheprovider", settle=0.1)
     sh.wait_prompt_count("1 failed")
-    sh.run("vim -u NONE -c '%s/a - b/a + b/' -c wq calc.py", settle=1.0)
+    # The story's order is the order things happened in: each step waits until the daemon has
+    # journaled the one before (sources journal on their own schedules; a fixed pause between
+    # steps is no bound on a loaded machine).
+    wait_for(d, lambda e: sum(x["kind"] == "test.run" for x in e) == 1)
+    sh.run("vim -u NONE -c '%s/a - b/a + b/' -c wq calc.py", settle=0.1)
+    wait_for(d, lambda e: any(x["kind"] == "file.save" and x["data"]["path"] == "calc.py" for x in e))
     sh.run("python3 -m pytest -q -p no:cacheprovider", settle=0.1)
     sh.wait_prompt_count("1 passed")
+    wait_for(d, lambda e: sum(x["kind"] == "test.run" for x in e) == 2)
     sh.run("git commit -qam 'fix add'", settle=0.5)
     evs = wait_for(d, lambda e: any(x["kind"] == "git.commit" for x in e)
                    and sum(x["kind"] == "test.run" for x in e) == 2)
