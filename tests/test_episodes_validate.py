@@ -155,10 +155,13 @@ def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path, sig):
                              "--test-cmd", f"sleep 97.5 && {PYTEST}", "--out", str(tmp_path / "o.jsonl")],
                             env={**os.environ, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    def sleeps() -> list:  # this test's: another session's run of it may be going on too
+        return [p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cmdline"]
+                and p.info["cmdline"][:2] == ["sleep", "97.5"] and (p.info["cwd"] or "").startswith(str(scratch))]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(
-            p.info["cmdline"] and p.info["cmdline"][:2] == ["sleep", "97.5"] for p in psutil.process_iter(["cmdline"])):
+    while time.monotonic() < deadline and not sleeps():
         time.sleep(0.1)
+    assert sleeps(), "the test command never started in the worktree"
     assert list(scratch.glob("tracecap-validate-*")), "no worktree was made"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -166,7 +169,7 @@ def test_ctrl_c_removes_the_worktree_and_the_tests(mined, tmp_path, sig):
     assert "interrupted; temporary worktrees removed" in err and "Traceback" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "o.jsonl").exists()
     assert len(git(clone, "worktree", "list").splitlines()) == 1
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][:2] == ["sleep", "97.5"]]
+    assert not sleeps()
 
 
 def test_a_run_over_the_time_limit_is_an_error(mined, tmp_path):
