@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.daemon_harness import TRACECAP, DaemonProcess
-from tests.test_episodes_e2e import GIT_ENV, Tmux, _append, _edit, _repo
+from tests.test_episodes_e2e import Tmux, _append, _edit, _repo, shell_env, wait_sources
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
@@ -51,13 +51,8 @@ def captured(tmp_path_factory):
     sh = None
     try:
         d.cli("opt-in")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not all(
-                s.startswith("running") for n, s in d.status()["sources"].items() if n in ("files", "shell", "git")):
-            time.sleep(0.2)
-        env = {"HOME": str(root), "PATH": f"{os.path.dirname(TRACECAP)}:{os.path.dirname(NODE)}:/usr/bin:/bin",
-               "TERM": "xterm", "TRACECAP_HOME": d.env["TRACECAP_HOME"], "TRACECAP_POLICY": str(policy),
-               "LANG": "C.UTF-8", "PS1": "$ ", "HISTCONTROL": "ignorespace", **GIT_ENV}
+        wait_sources(d)
+        env = shell_env(root, d, policy, os.path.dirname(NODE))
         sh = Tmux(env, src / "js", "bash --norc --noprofile -i")
         sh.run('eval "$(tracecap shell-init bash)"')
         sh.run('tracecap note "add() subtracts instead of adding"')
