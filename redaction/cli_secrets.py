@@ -131,14 +131,18 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"\b(?:echo(?:\s+-[neE]+)*|printf(?:\s+[\"'][^\"'\n]*%s[^\"'\n]*[\"'])?)\s+" + VALUE
          + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
          r"|[A-Za-z0-9_.-]+\b[^\n|;&]*(?:--password-stdin|--with-token|--token-stdin|--secret-stdin)\b"
-         r"|passwd\s+--stdin)",
-         keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin"), group=1, validator="context", category="context",
+         r"|passwd\s+--stdin"
+         r"|[A-Za-z0-9_.-]+\b[^\n|;&]*\s--data-file(?:=|\s+)(?:-|/dev/stdin)(?:\s|$)|wrangler\s+secret\s+put\b)",
+         keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin", "data-file",
+                   "wrangler"), group=1, validator="context", category="context",
          reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
                    ('echo -n "Ec-Pw-73" | docker login -u bob --password-stdin', "Ec-Pw-73"),
                    ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84"),
-                   ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57")),
+                   ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57"),
+                   ("echo -n 'Gc-Sec-Pipe-4' | gcloud secrets versions add db --data-file=-", "Gc-Sec-Pipe-4"),
+                   ("echo Wr-Sec-Put-9 | wrangler secret put API_KEY", "Wr-Sec-Put-9")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"

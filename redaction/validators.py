@@ -65,6 +65,9 @@ _PLACEHOLDER_FRAGMENTS = (
     "not-a-", "fake_", "fake-", "sample_", "sample-", "replace_me", "replaceme", "replace-me", "fixme",
     "todo_", "secret_value", "####", "____", "----", "0000000", "1234567",
 )
+# Last words of a name given to a secret (a Kubernetes Secret, a key in it, a vault path).
+_SECRET_NOUNS = frozenset("password passwords passwd secret secrets token tokens key keys credentials creds "
+                          "credential pass apikey".split())
 _KEYBOARD_RUNS = ("qwerty", "asdfgh", "zxcvbn", "qwertz", "azerty")
 
 
@@ -119,6 +122,9 @@ def is_placeholder(value: str) -> bool:
         return True
     if core.isalpha() and _made_of_words(core):
         return True  # `mysecretvalue`, `supersecretpassword`, `changemeplease`
+    if len(parts) > 1 and all(p.isalpha() for p in parts) and low == low.lower() and parts[-1] in _SECRET_NOUNS \
+            and ("-" in v or "_" in v):
+        return True  # the name of a secret (`db-credentials`, `postgres-password`), not its value
     if len(parts) > 1 and all(len(p) >= 3 and (_sequential(p) or len(set(p)) == 1) for p in parts):
         return True  # `1234-5678-abcd`, `xxx-xxx-xxx`
     if len(set(low)) <= 2 or _periodic(low, 4) or _sequential(low) or _longest_run(v) >= max(5, len(v) // 2):
@@ -341,6 +347,37 @@ def _dollar_reference(v: str) -> bool:
     return v[1:2].isalpha() or v[1:2] == "_"
 
 
+def is_version(v: str) -> bool:
+    """A version or a version range: `1.4.2`, `^9.0.2`, `~> 2.1`, `>=24.3.1`, `v2.0.0-rc.1`."""
+    body = v.lstrip("^~<>=! v").strip()
+    if not body or not body[0].isdigit():
+        return False
+    core, _, tail = body.partition("-")
+    nums = core.split(".")
+    return 2 <= len(nums) <= 4 and all(n.isdigit() and len(n) <= 8 for n in nums) \
+        and all(c.isalnum() or c in ".-+" for c in tail)
+
+
+def is_colour(v: str) -> bool:
+    """A CSS colour (`#1f6feb`, `#fff`, `#1f6feb80`): a design token, not a secret."""
+    return v[:1] == "#" and len(v) in (4, 5, 7, 9) and all(c in "0123456789abcdefABCDEF" for c in v[1:])
+
+
+_SSH_KEY_TYPES = (b"ssh-rsa", b"ssh-dss", b"ssh-ed25519", b"ssh-ed448", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-")
+
+
+def is_ssh_public_key(v: str) -> bool:
+    """An SSH public key (`ssh-ed25519 AAAAC3…`), or its base64 blob alone: the blob names its key
+    type (`\\0\\0\\0\\x0bssh-ed25519`), which a private key or a token does not."""
+    v = v.strip().strip("\"'`")
+    if v.startswith(tuple(t.decode() + " AAAA" for t in _SSH_KEY_TYPES)) or v.startswith("ecdsa-sha2-"):
+        return True
+    if not v.startswith("AAAA") or len(v) < 40:
+        return False
+    raw = b64decode(v.split()[0][:80 - 80 % 4] if len(v.split()[0]) > 80 else v.split()[0])
+    return raw is not None and raw[4:4 + 11].startswith(_SSH_KEY_TYPES)
+
+
 def is_public_token(value: str) -> bool:
     """A publishable key (Stripe `pk_live_`, Mapbox `pk.`, PostHog `phc_`): public by design."""
     return value.strip().strip("\"'`").startswith(_PUBLIC_PREFIXES)
@@ -386,6 +423,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "http://", "https://", "file:")):
         return False
+    if is_version(v) or is_colour(v) or is_ssh_public_key(v):
+        return False  # `"jsonwebtoken": "^9.0.2"`, `--token-color-primary: #1f6feb`, `public_key = "ssh-ed25519 AAAA…"`
     if _decodes_to_placeholder(v):
         return False  # a Kubernetes Secret's `password: cGFzc3dvcmQ=` is base64 of "password"
     if _is_path(v):
@@ -465,12 +504,20 @@ def pair_value(secret: str, match: str = "", before: str = "", after: str = "") 
     "v")`, `new X("token", "v")`): as `context_value`, and not words with spaces (a label), not a
     flag (`"--password", "-p"`), not a lower-case field name (`"password_hash"`)."""
     v = secret.strip()
-    if " " in v or v.startswith("-") or any(w in v.lower() for w in ("password", "passwd", "secret", "token")):
+    if " " in v or _flag_like(v) or any(w in v.lower() for w in ("password", "passwd", "secret", "token")):
         return False  # a label, the next flag, or another name (`"HTTPPasswordMgr"`, `"user:passwd"`)
     parts = v.split("_")
     if len(parts) > 1 and v.islower() and all(p.isalpha() for p in parts):
         return False
     return context_value(secret, match, before, after)
+
+
+def _flag_like(v: str) -> bool:
+    """`-p`, `--password`, `--db-pass`: a flag, not a password that starts with `-`."""
+    body = v.lstrip("-")
+    return v.startswith("-") and len(v) - len(body) <= 2 and bool(body) and body[0].isalpha() \
+        and all(c.isalnum() or c == "-" for c in body) and not (any(c.isdigit() for c in body)
+                                                               and any(c.isupper() for c in body))
 
 
 _NOT_SETTERS = ("get", "load", "read", "fetch", "find", "lookup", "has", "is", "check", "verify", "validate",
@@ -518,6 +565,8 @@ def _descriptive_key(match: str) -> bool:
     if any(p in key.lower() for p in _NOT_SECRET_KEY_PARTS):
         return True
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
+    if last.startswith("existing_") or last.endswith(("password_key", "passwords_key")):
+        return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
 
 
@@ -556,12 +605,13 @@ def _prose(v: str) -> bool:
 
 
 def _random_letters(v: str) -> bool:
-    """Letters only, but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not camelCase words: the case
-    flips at least at 40% of the positions."""
-    if len(v) < 16 or not v.isalpha():
-        return False
-    flips = sum(a.isupper() != b.isupper() for a, b in zip(v, v[1:]))
-    return flips >= 0.4 * len(v) and shannon_entropy(v) >= 3.5
+    """Letters only (a separator or two aside), but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not
+    camelCase words: the case flips at least at 40% of the positions."""
+    letters = v.replace("_", "").replace("-", "")
+    if len(v) < 16 or len(letters) < 14 or not letters.isalpha() or len(letters) < len(v) - 2:
+        return False  # at most two `_`/`-` between the letters (`PQHzOh_eTBhJExRC`)
+    flips = sum(a.isupper() != b.isupper() for a, b in zip(letters, letters[1:]))
+    return flips >= 0.4 * len(letters) and shannon_entropy(letters) >= 3.5
 
 
 def _has_alnum_mix(v: str) -> bool:
@@ -598,6 +648,8 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     lead = match[:match.rfind(v)].lower() if v and v in match else ""
     if lead.endswith(("sha1:", "sha256:", "sha384:", "sha512:", "md5:")) or is_public_token(v):
         return False  # an SSH or GPG fingerprint (`SHA256:...`), a digest named by its algorithm
+    if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC):
+        return False  # an SSH public key; a JSON Web Key's public modulus or point (`"n"`, `"x"`, `"y"`)
     if is_placeholder(v):
         return False
     raw = b64decode(v) if len(v) >= 16 else None
@@ -609,6 +661,18 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     classes = sum((any(c.islower() for c in v), any(c.isupper() for c in v),
                    any(c.isdigit() for c in v)))
     return classes == 3 and shannon_entropy(v) >= 3.6
+
+
+_JWK_PUBLIC = ('"n', '"e', '"x', '"y')
+
+
+def session_id(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A session id or a webhook's secret path part: 16 characters or more, letters and digits,
+    spread like a random value (`q7k2m9x4v1n8b3c6…`, `9A7C3E1B5D2F…`), not a placeholder."""
+    v = secret.strip().strip("\"'")
+    if len(v) < 16 or is_reference(v) or is_placeholder(v):
+        return False
+    return any(c.isdigit() for c in v) and any(c.isalpha() for c in v) and shannon_entropy(v) >= 3.0
 
 
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
@@ -722,6 +786,7 @@ VALIDATORS = {
     "call": setter_value,
     "url-param": url_param,
     "generated": generated_secret,
+    "session-id": session_id,
     "not-reference": not_reference,
     "known-token": known_token,
     "truncated": truncated_token,
