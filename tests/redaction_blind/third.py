@@ -525,7 +525,7 @@ def look_alikes(seed: int = 4242) -> list[LookAlike]:
         add("placeholder", "empty-values", 'password=\nsecret_key = ""\nAPI_TOKEN=\n')
         add("placeholder", "sql-doc", "ALTER USER name WITH PASSWORD 'password';\nCREATE USER username IDENTIFIED BY password;\n")
         # ---- hashes, ids, digests ----
-        add("hash-id", "git-log", f"commit {g.hex(40)}\nMerge: {g.hex(7)} {g.hex(7)}\nAuthor: Alice <alice@acme.io>\n")
+        add("hash-id", "git-log", f"commit {g.hex(40)}\nMerge: {g.hex(7)} {g.hex(7)}\nDate:   Mon Mar 2 10:12:44 2026 +0000\n")
         add("hash-id", "image-digest", f"image: ghcr.io/acme/api@sha256:{g.hex(64)}\n")
         add("hash-id", "go-sum", f"golang.org/x/crypto v0.21.0 h1:{g.b64(32)}\ngolang.org/x/crypto v0.21.0/go.mod h1:{g.b64(32)}\n")
         add("hash-id", "cargo-lock", f'[[package]]\nname = "serde"\nversion = "1.0.197"\nsource = "registry+https://github.com/rust-lang/crates.io-index"\nchecksum = "{g.hex(64)}"\n')
@@ -535,7 +535,7 @@ def look_alikes(seed: int = 4242) -> list[LookAlike]:
         add("hash-id", "sha256sums", f"{g.hex(64)}  tracecap-1.4.0-linux-amd64.tar.gz\n")
         add("hash-id", "ci-sha", f"GITHUB_SHA={g.hex(40)}\nCI_COMMIT_SHORT_SHA={g.hex(8)}\n")
         add("hash-id", "package-lock", f'"node_modules/jsonwebtoken": {{\n  "version": "9.0.2",\n  "resolved": "https://registry.npmjs.org/jsonwebtoken/-/jsonwebtoken-9.0.2.tgz",\n  "integrity": "sha512-{g.b64(64)}"\n}}\n')
-        add("hash-id", "password-hash-column", f"INSERT INTO users (email, password_hash) VALUES ('a@acme.io', '$argon2id$v=19$m=65536,t=3,p=4${g.b64(16).rstrip('=')}${g.b64(32).rstrip('=')}');\n")
+        add("hash-id", "password-hash-column", f"INSERT INTO users (id, password_hash) VALUES (42, '$argon2id$v=19$m=65536,t=3,p=4${g.b64(16).rstrip('=')}${g.b64(32).rstrip('=')}');\n")
         # ---- public material ----
         pub = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00 " + g.r.randbytes(32)).decode()
         add("public", "authorized-keys", f"ssh-ed25519 {pub} alice@laptop\n")
