@@ -86,8 +86,9 @@ TOOL_FLAGS: tuple[ToolFlags, ...] = (
               examples=(("doctl auth init -t 4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4",
                          "4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4"),)),
     ToolFlags("registry-login", ("docker", "podman", "nerdctl", "helm", "buildah", "skopeo", "oras", "crane",
-                                 "regctl"), ("--password", "-p"),
-              examples=(("podman login quay.io -u robot -p Qy7-Rb0t-Pw9", "Qy7-Rb0t-Pw9"),),
+                                 "regctl", "oc"), ("--password", "-p"),
+              examples=(("podman login quay.io -u robot -p Qy7-Rb0t-Pw9", "Qy7-Rb0t-Pw9"),
+                        ("oc login https://api.ocp.acme.io:6443 -u kubeadmin -p Oc-Login-Pw-3", "Oc-Login-Pw-3")),
               negatives=("docker run -p 8080:80 nginx", "podman run -p 5432:5432 postgres")),
 )
 

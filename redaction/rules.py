@@ -63,19 +63,23 @@ _SECRET_WORDS = (
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
-    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)|(?-i:\bPW\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
     r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
-_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
+# Between a key and `=`: a type annotation (`password: String`, `api_key: &'static str`,
+# `apiKey?: string`), a Go type (`Password string`) or a C# auto-property (`Password { get; set; }`).
+_TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
+          r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})?")
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
     r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
     r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt"
-    r"|(?-i:_(?:KEY|PASS|PW|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
+    r"|(?-i:_(?:KEY|PASS|PW|PWD|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
 )
 _KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt", "_pw", "_pat", "_seed", "_cred",
                       "_sig", "_pepper", "_hmac")
@@ -311,8 +315,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("docker login -u bob -p Dkr-P4ss registry.io", "Dkr-P4ss")),
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
-         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
-         + r"[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=)[ \t]{0,4}" + _VALUE,
+         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q + _TYPED
+         + r"[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=)[ \t]{0,4}(?:!![a-z]+[ \t]+)?" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -340,11 +344,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("db.url: jdbc:mysql://db/app\ndb.password: YBeRzUNcBBJcqipTcDkiG\n", "YBeRzUNcBBJcqipTcDkiG"),
                    ('network={\n    psk="copper-falcon-meadow57"\n}', "copper-falcon-meadow57"),
                    ("$env:AZURE_DEVOPS_EXT_PAT = 'w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7'",
-                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7")),
+                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
+                   ('private val clientSecret: String = "Kt-Typed-Sec-4"', "Kt-Typed-Sec-4"),
+                   ("static API_KEY: &'static str = \"Rs-Static-K3y9\";", "Rs-Static-K3y9"),
+                   ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
+                   ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
+                   ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
+                    "password: str", "password: String", 'apiKey?: string;', "const apiKey: string = process.env.API_KEY!", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
                     'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"',
@@ -410,14 +419,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "Hv-Ms-Pw-8")),
          negatives=("<property><name>fs.s3a.secret.key</name><value>${env.S3_SECRET}</value></property>",)),
     Rule("code-pair",
-         r"(?i)[\"'](" + _KEY_NAME + r")[\"']\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?[\"']([^\"'\n]+)[\"']",
+         r"(?i)(?:[\"']|(?:^|[\s(]):)(" + _KEY_NAME + r")[\"']?\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?"
+         r"[\"']([^\"'\n]+)[\"']",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="pair", category="context",
          reason="code: a key and its value side by side",
          examples=(('var cfg = new Dictionary<string,string> { { "AccountKey", "Dct-Acc-Key-88" } };', "Dct-Acc-Key-88"),
                    ('new SqlParameter("password", "Prm-Pw-55")', "Prm-Pw-55"),
                    ('props.setProperty("db.password", "Jv-Prop-Pw3");', "Jv-Prop-Pw3"),
                    ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z"),
-                   ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK")),
+                   ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK"),
+                   ('set :password, "Rb-Sym-Pw-9"', "Rb-Sym-Pw-9")),
          negatives=('parser.add_argument("--password", "-p")', 'os.getenv("API_TOKEN", "")',
                     '("password", "Password")', 'choices = [("password", "password_hash")]',
                     'form.add("password", "Enter your password")')),
@@ -431,11 +442,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\b[A-Za-z_]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]|\bbasic_auth\s+"
-         r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect)\s*\(\s*"
-         r"(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
-         r"[\"'][^\"'\n]+[\"']\s*,\s*(?:Some\s*\(\s*)?[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli"), group=1, validator="pair",
+         r"(?:\b[A-Za-z_]{0,30}(?i:credentials?|auth|login|simple_bind|bind_s)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
+         r"|\bbasic_auth\s+"
+         r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect|mysql_p?connect|new\s+Sequelize)"
+         r"\s*\(\s*(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
+         r"(?:[\"'][^\"'\n]*[\"']|[A-Za-z_.]*(?i:user|name|login|email|account)[A-Za-z0-9_]*)\s*,\s*"
+         r"(?:Some\s*\(\s*)?[\"']([^\"'\n]+)[\"']",
+         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind"),
+         group=1, validator="pair",
          category="context",
          reason="code: a credential object built from user and password",
          examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
@@ -447,8 +461,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("$c = mysqli_connect('db', 'app', 'Mysqli-Pw-5', 'shop');", "Mysqli-Pw-5"),
                    ("req.basic_auth 'reporter', 'Rb-Basic-81'", "Rb-Basic-81"),
                    ('client.post(url).basic_auth("admin", Some("Rs-Basic-62"))', "Rs-Basic-62"),
-                   ('$pdo = new PDO("mysql:host=db", "shop", "-sQx7#!Pdo-Lead");', "-sQx7#!Pdo-Lead")),
-         negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
+                   ('$pdo = new PDO("mysql:host=db", "shop", "-sQx7#!Pdo-Lead");', "-sQx7#!Pdo-Lead"),
+                   ('SecureString s = new NetworkCredential("", "Net-Empty-U-3").SecurePassword;', "Net-Empty-U-3"),
+                   ('smtp.login(user, "Smtp-Var-U-5")', "Smtp-Var-U-5"),
+                   ('ldap.simple_bind_s("cn=admin,dc=acme,dc=io", "Ldap-Bind-Pw-6")', "Ldap-Bind-Pw-6"),
+                   ('mysql_connect("localhost", "root", "My-Conn-Pw-7");', "My-Conn-Pw-7"),
+                   ('new Sequelize("app", "app", "Seq-Pw-8x", { dialect: "postgres" });', "Seq-Pw-8x")),
+         negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")',
+                    'login(request, "Welcome back")', 'auth.bind(handler, "click")')),
     Rule("netrc-password",
          r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
          keywords=("machine", "default"), group=1, validator="context", category="context", reason=".netrc entry",
@@ -457,10 +477,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
          negatives=("machine learning password reset flow", "machine x login y password $PW")),
     Rule("dockerfile-env",
-         r"(?im)^\s*(?:ENV|ARG)\s+([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
-         keywords=("env", "arg"), group=2, key_group=1, validator="context", category="context",
-         reason="Dockerfile ENV/ARG",
-         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),),
+         r"(?im)(?:^\s*(?:ENV|ARG)|\b(?:setx|setenv|launchctl\s+setenv|set\s+-[gxU]{1,3}))\s+"
+         r"([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
+         keywords=("env", "arg", "setx", "set -"), group=2, key_group=1, validator="context", category="context",
+         reason="a variable set by a command (Dockerfile ENV/ARG, setx, setenv, fish set -x)",
+         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),
+                   ('setx API_SECRET "Win-Setx-Sec-3"', "Win-Setx-Sec-3"),
+                   ("setenv DB_PASSWORD Csh-Env-Pw-7", "Csh-Env-Pw-7"), ("set -gx GITHUB_TOKEN Fish-Tok-8q", "Fish-Tok-8q")),
          negatives=("ENV API_TOKEN $API_TOKEN", "ENV PASSWORD_FILE /run/secrets/pw")),
     Rule("pgpass-line", r"(?m)^(?:[A-Za-z0-9_.-]+|\*):(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(\S+)$",
          group=1, validator="context", category="context", reason=".pgpass entry",
@@ -481,14 +504,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('jwt.sign(payload, "secret")', "jwt.encode(payload, key, algorithm='HS256')")),
     Rule("sql-password",
          r"(?i)\b(?:password\s+|set\s+password\s+(?:for\s+\S+\s*)?=\s*"
+         r"|sp_addlogin\s+(?:@loginame\s*=\s*)?'[^'\n]+'\s*,\s*(?:@passwd\s*=\s*)?"
          r"|identified\s+(?:with\s+\S+\s+)?by\s+(?:password\s+)?)('[^'\n]+'|\"[^\"\n]+\")",
-         keywords=("password", "identified"), group=1, validator="context", category="context",
+         keywords=("password", "identified", "sp_addlogin"), group=1, validator="context", category="context",
          reason="SQL: a user's password",
          examples=(("psql -c \"CREATE USER app WITH PASSWORD 'Crt-Pw-06'\"", "Crt-Pw-06"),
                    ("ALTER USER app PASSWORD 'Alt-Pw-95';", "Alt-Pw-95"),
                    ("CREATE USER 'a'@'%' IDENTIFIED BY 'Idb-Pw-17';", "Idb-Pw-17"),
                    ('CREATE USER app_owner IDENTIFIED BY "Ora-Quoted-3" DEFAULT TABLESPACE users;', "Ora-Quoted-3"),
-                   ("SET PASSWORD FOR 'report'@'%' = 'Set-Pw-For-8';", "Set-Pw-For-8")),
+                   ("SET PASSWORD FOR 'report'@'%' = 'Set-Pw-For-8';", "Set-Pw-For-8"),
+                   ("EXEC sp_addlogin 'app', 'Sp-Add-Pw-3';", "Sp-Add-Pw-3")),
          negatives=("ALTER USER app PASSWORD NULL;", "CREATE USER app WITH PASSWORD :'pw'")),
     Rule("sql-identified-bare", r"(?i)\bidentified\s+by\s+([A-Za-z][A-Za-z0-9_#$]{3,29})(?:[\s;]|$)",
          keywords=("identified",), group=1, validator="context", category="context",
@@ -547,11 +572,12 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('token = os.environ.get("API_TOKEN") or "Py-Env-Fb-9"', "Py-Env-Fb-9")),
          negatives=("const port = process.env.PORT || '3000'", "const s = process.env.SESSION_SECRET || ''")),
     Rule("config-directive",
-         r"(?m)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?)"
+         r"(?im)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?|\bconfig[ \t]+set[ \t]+)"
          r"(requirepass|masterauth|rpcpassword|insecure-password)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)",
          keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password"), group=2, key_group=1,
          validator="context", category="context", reason="server config directive (redis.conf, haproxy.cfg)",
          examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),
+                   ('127.0.0.1:6379> CONFIG SET requirepass "Rds-Set-Pw-2"', "Rds-Set-Pw-2"),
                    ("userlist admins\n  user admin insecure-password Hap-Pw-39\n", "Hap-Pw-39")),
          negatives=("# requirepass foobared",)),
     Rule("sasl-passwd-line",

@@ -435,6 +435,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
         return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
+    if v.endswith("!") and "." in v and _is_identifier_path(v[:-1]) and not _looks_generated(v):
+        return False  # TypeScript's non-null assertion: `process.env.API_KEY!`
     if any(c in v for c in "()[]") or _verb_noun(v):
         return False  # a call, or a PowerShell command (`$cred = Get-Credential`)
     if _inside_string(before) or (_tight_equals(match, secret) and after[:1] not in (",", ")", "(", ".")):
