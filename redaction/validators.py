@@ -397,6 +397,8 @@ def is_reference(value: str) -> bool:
                     and not inner.isalpha() and not inner.islower())
     if v.startswith("%") and (len(v) <= 3 or (v.endswith("%") and v[1:-1].replace("_", "").isalnum())):
         return True  # a bare `%s`, a Windows `%PASSWORD%`
+    if v.startswith("@") and v.endswith("@") and len(v) > 2 and v[1:-1].replace("_", "").replace(".", "").isalnum():
+        return True  # a build tool's filter token: `@API_KEY@`, `@db.password@`
     return False
 
 
@@ -425,6 +427,13 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if is_version(v) or is_colour(v) or is_ssh_public_key(v):
         return False  # `"jsonwebtoken": "^9.0.2"`, `--token-color-primary: #1f6feb`, `public_key = "ssh-ed25519 AAAA…"`
+    if _in_template(before):
+        return False  # `{{resolve:secretsmanager:db:SecretString:password}}`: inside a template expression
+    if " " in v and match[match.rfind(secret) - 1:match.rfind(secret)] == "`":
+        return False  # TOKEN=`cat ~/.token`: a command's output
+    if v[-1] in ")]}" and {")": "(", "]": "[", "}": "{"}[v[-1]] not in v and _is_identifier_path(v[:-1]) \
+            and not any(c.isdigit() for c in v) and not _random_letters(v[:-1]):
+        return False  # `{'token': token}`: a name, then the bracket that closes around it
     if _decodes_to_placeholder(v):
         return False  # a Kubernetes Secret's `password: cGFzc3dvcmQ=` is base64 of "password"
     if _is_path(v):
@@ -447,6 +456,13 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return _env_style(match) or _looks_generated(v) or (_starts_line(before) and (_has_alnum_mix(v)
                                                                                         or _random_letters(v)))
     return True
+
+
+def _in_template(before: str) -> bool:
+    """The match starts inside an open `{{ … }}` of its line (not `${key:default}`, whose default is
+    a literal)."""
+    line = before.rsplit("\n", 1)[-1]
+    return line.count("{{") > line.count("}}")
 
 
 def _key_word(low: str, key: str) -> bool:
@@ -650,8 +666,9 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     lead = match[:match.rfind(v)].lower() if v and v in match else ""
     if lead.endswith(("sha1:", "sha256:", "sha384:", "sha512:", "md5:")) or is_public_token(v):
         return False  # an SSH or GPG fingerprint (`SHA256:...`), a digest named by its algorithm
-    if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC):
-        return False  # an SSH public key; a JSON Web Key's public modulus or point (`"n"`, `"x"`, `"y"`)
+    named = (before.rsplit("\n", 1)[-1][-12:] + lead).lower()
+    if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC) or "public" in named or "pubkey" in named:
+        return False  # an SSH public key, a key named public; a JSON Web Key's public members (`"n"`, `"x"`)
     if is_placeholder(v):
         return False
     raw = b64decode(v) if len(v) >= 16 else None
