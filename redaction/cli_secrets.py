@@ -82,6 +82,8 @@ TOOL_FLAGS: tuple[ToolFlags, ...] = (
     ToolFlags("snmp", ("snmpwalk", "snmpget", "snmpset", "snmpbulkwalk", "snmpbulkget", "snmptrap"), ("-A", "-X"),
               examples=(("snmpwalk -v3 -l authPriv -u mon -a SHA -A Snmp-Auth-77 -x AES -X Snmp-Priv-88 10.0.0.1",
                          "Snmp-Auth-77"),)),
+    ToolFlags("codecov", ("codecov", "codecovcli"), ("-t", "--token"),
+              examples=(("codecov -t 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55 -f coverage.xml", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),)),
     ToolFlags("doctl", ("doctl",), ("-t", "--access-token"),
               examples=(("doctl auth init -t 4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4",
                          "4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4"),)),
@@ -133,9 +135,10 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
          r"|[A-Za-z0-9_.-]+\b[^\n|;&]*(?:--password-stdin|--with-token|--token-stdin|--secret-stdin)\b"
          r"|passwd\s+--stdin"
-         r"|[A-Za-z0-9_.-]+\b[^\n|;&]*\s--data-file(?:=|\s+)(?:-|/dev/stdin)(?:\s|$)|wrangler\s+secret\s+put\b)",
+         r"|[A-Za-z0-9_.-]+\b[^\n|;&]*\s--data-file(?:=|\s+)(?:-|/dev/stdin)(?:\s|$)|wrangler\s+secret\s+put\b"
+         r"|(?:docker|podman)\s+secret\s+create\s+(?:-\S+\s+)*\S+\s+-(?:\s|$))",
          keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin", "data-file",
-                   "wrangler"), group=1, validator="context", category="context",
+                   "wrangler", "secret create"), group=1, validator="context", category="context",
          reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
@@ -143,7 +146,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84"),
                    ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57"),
                    ("echo -n 'Gc-Sec-Pipe-4' | gcloud secrets versions add db --data-file=-", "Gc-Sec-Pipe-4"),
-                   ("echo Wr-Sec-Put-9 | wrangler secret put API_KEY", "Wr-Sec-Put-9")),
+                   ("echo Wr-Sec-Put-9 | wrangler secret put API_KEY", "Wr-Sec-Put-9"),
+                   ('printf "Dkr-Sec-Cr-8" | docker secret create db_password -', "Dkr-Sec-Cr-8")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
@@ -169,7 +173,7 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
-         r"|\bcargo login\s+"
+         r"|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
          r"|\bmysqladmin\b" + _REST + r"\spassword\s+"
          r"|\bnet user\s+[^\s/]+\s+"
          r"|\bConvertTo-SecureString\s+(?:-String\s+)?"
@@ -178,7 +182,7 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
-                   "pulumi config", "mysqladmin", "net user", "convertto-securestring"),
+                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -193,6 +197,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("az keyvault secret set --vault-name kv --name db --value Kv-Val-19x", "Kv-Val-19x"),
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
                    ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
+                   ("snyk auth 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
+                   ("ngrok config add-authtoken 2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa", "2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa"),
                    ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83"),
                    ("mysqladmin -u root password N3w-Root-Pw", "N3w-Root-Pw"),
                    ("net user bob Nu-Pw-28 /add", "Nu-Pw-28"),

@@ -65,7 +65,7 @@ _SECRET_WORDS = (
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
     r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)|(?-i:\bPW\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
-    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd)\b)"
+    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
 # Between a key and `=`: a type annotation (`password: String`, `api_key: &'static str`,
@@ -349,7 +349,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("static API_KEY: &'static str = \"Rs-Static-K3y9\";", "Rs-Static-K3y9"),
                    ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
-                   ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61")),
+                   ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
@@ -380,10 +380,11 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
                     '{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"}')),
     Rule("xml-secret-element",
-         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*([^<>\s][^<>\n]*?)\s*</",
+         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*(?:<!\[CDATA\[)?([^<>\s\[\]][^<>\n\]]*?)\s*(?:\]\]>)?</",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML element",
          examples=(("<datasource><password>Xml-El-Pw42</password></datasource>", "Xml-El-Pw42"),
+                   ("<password><![CDATA[Xml-Cdata-Pw-7]]></password>", "Xml-Cdata-Pw-7"),
                    ("  <ApiKey>Zk8Lm2Pq9Rt4Vx7Nc1</ApiKey>", "Zk8Lm2Pq9Rt4Vx7Nc1"),
                    ("<password>{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}</password>",
                     "{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}")),
@@ -446,13 +447,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\b[A-Za-z_]{0,30}(?i:credentials?|auth|login|simple_bind|bind_s)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
+         r"(?:\bPlainAuth\s*\(\s*[\"'][^\"'\n]*[\"']\s*,|\bDBI->connect\s*\(\s*[\"'][^\"'\n]+[\"']\s*,"
+         r"|\b[A-Za-z_]{0,30}(?i:credentials?|auth|login|simple_bind|bind_s)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
          r"|\bbasic_auth\s+"
          r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect|mysql_p?connect|new\s+Sequelize)"
          r"\s*\(\s*(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
          r"(?:[\"'][^\"'\n]*[\"']|[A-Za-z_.]*(?i:user|name|login|email|account)[A-Za-z0-9_]*)\s*,\s*"
          r"(?:Some\s*\(\s*)?[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind"),
+         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind", "dbi->"),
          group=1, validator="pair",
          category="context",
          reason="code: a credential object built from user and password",
@@ -470,7 +472,9 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('smtp.login(user, "Smtp-Var-U-5")', "Smtp-Var-U-5"),
                    ('ldap.simple_bind_s("cn=admin,dc=acme,dc=io", "Ldap-Bind-Pw-6")', "Ldap-Bind-Pw-6"),
                    ('mysql_connect("localhost", "root", "My-Conn-Pw-7");', "My-Conn-Pw-7"),
-                   ('new Sequelize("app", "app", "Seq-Pw-8x", { dialect: "postgres" });', "Seq-Pw-8x")),
+                   ('new Sequelize("app", "app", "Seq-Pw-8x", { dialect: "postgres" });', "Seq-Pw-8x"),
+                   ('auth := smtp.PlainAuth("", "me@acme.io", "Go-Plain-Pw-6", "smtp.acme.io")', "Go-Plain-Pw-6"),
+                   ('my $dbh = DBI->connect("dbi:mysql:app", "root", "Perl-Dbi-Pw-7");', "Perl-Dbi-Pw-7")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")',
                     'login(request, "Welcome back")', 'auth.bind(handler, "click")')),
     Rule("netrc-password",
@@ -577,11 +581,16 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("const port = process.env.PORT || '3000'", "const s = process.env.SESSION_SECRET || ''")),
     Rule("config-directive",
          r"(?im)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?|\bconfig[ \t]+set[ \t]+)"
-         r"(requirepass|masterauth|rpcpassword|insecure-password)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)",
-         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password"), group=2, key_group=1,
-         validator="context", category="context", reason="server config directive (redis.conf, haproxy.cfg)",
+         r"(requirepass|masterauth|rpcpassword|insecure-password|rootpw|bindpw|bind_pw|stats[ \t]+auth[ \t]+[^:\s]+:)"
+         r"[ \t]*(\"[^\"\n]+\"|[^\s\"#]\S*)",
+         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password", "rootpw", "bindpw", "bind_pw",
+                   "stats"), group=2, key_group=1,
+         validator="context", category="context",
+         reason="server config directive (redis.conf, haproxy.cfg, slapd.conf, nslcd.conf)",
          examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),
                    ('127.0.0.1:6379> CONFIG SET requirepass "Rds-Set-Pw-2"', "Rds-Set-Pw-2"),
+                   ("rootpw Slapd-Root-Pw-3\n", "Slapd-Root-Pw-3"), ("bindpw Nslcd-Bind-Pw-4\n", "Nslcd-Bind-Pw-4"),
+                   ("listen stats\n   stats auth admin:Hap-Stats-Pw-5\n", "Hap-Stats-Pw-5"),
                    ("userlist admins\n  user admin insecure-password Hap-Pw-39\n", "Hap-Pw-39")),
          negatives=("# requirepass foobared",)),
     Rule("sasl-passwd-line",
@@ -602,6 +611,33 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('variable "db_password" {\n  type      = string\n  sensitive = true\n}',
                     "password:\n  valueFrom:\n    secretKeyRef:", 'token_ttl:\n  default: 3600',
                     '"password": {\n  "value": "${var.db_password}"')),
+    Rule("xml-key-string",
+         r"(?i)(?:<key>\s*|\bproperty\s*=\s*[\"'])(" + _KEY_NAME + r")(?:\s*</key>|[\"']\s*>)\s*<string>\s*"
+         r"([^<>\s][^<>\n]*?)\s*</string>",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="property list key and string (Info.plist, Java XMLEncoder)",
+         examples=(("<dict>\n  <key>API_KEY</key>\n  <string>Plist-Api-K3y-8</string>\n</dict>", "Plist-Api-K3y-8"),
+                   ('<void property="password"><string>Xml-Enc-Pw-9</string></void>', "Xml-Enc-Pw-9")),
+         negatives=("<key>API_KEY</key>\n<string>$(API_KEY)</string>",)),
+    Rule("keystore-password-literal",
+         r"\b(?:load|init|getKey|setKeyEntry|PasswordProtection)\s*\([^()\n]*?(?:\([^()\n]*\)[^()\n]*?)?"
+         r"[\"']([^\"'\n]+)[\"']\s*\.toCharArray\(\)",
+         keywords=("tochararray",), group=1, validator="pair", category="context",
+         reason="code: a key store's password as a literal",
+         examples=(('ks.load(new FileInputStream("ks.jks"), "Ks-Load-Pw-3".toCharArray());', "Ks-Load-Pw-3"),
+                   ('kmf.init(ks, "Kmf-Init-Pw-4".toCharArray());', "Kmf-Init-Pw-4")),
+         negatives=('ks.load(in, password.toCharArray());', 'chars = "abc".toCharArray();')),
+    Rule("cli-output-secret",
+         r"(?m)^[ \t]*(secret_id|SecretID|client_token|wrapping_token|root_token|unseal_key_b64|Initial Root Token"
+         r"|Unseal Key \d+)(?::[ \t]+|[ \t]{2,})(\S+)[ \t]*$",
+         keywords=("secret_id", "secretid", "client_token", "wrapping_token", "root_token", "unseal key"), group=2, key_group=1,
+         validator="context", category="context", reason="a secret printed by a CLI (Vault, Consul)",
+         examples=(("Key                  Value\nsecret_id            3f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55\n",
+                    "3f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
+                   ("AccessorID:       9c1d2e3f-0a1b-4c5d-8e9f-001122334455\nSecretID:         e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b\n",
+                    "e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b"),
+                   ("Unseal Key 1: q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab\n", "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab")),
+         negatives=("secret_id_accessor   84896a0c-1347-aa90-a4f6-aca8b7558780",)),
     Rule("bundler-credentials",
          r"(?:\bBUNDLE_[A-Z0-9_]+__[A-Z0-9_]+[\"']?\s*[:=]\s*[\"']?"
          r"|\bbundle\s+config\s+(?:set\s+)?(?:--[a-z]+\s+)*[a-z0-9-]+(?:\.[a-z0-9-]+)+\s+[\"']?)"

@@ -585,6 +585,8 @@ def _descriptive_key(match: str) -> bool:
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
     if last.startswith("existing_") or last.endswith(("password_key", "passwords_key")):
         return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it
+    if last.endswith(("secret_id", "secretid")):
+        return False  # Vault's AppRole and Consul's SecretID are the credential, not its name
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
 
 
