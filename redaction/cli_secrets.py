@@ -82,6 +82,9 @@ TOOL_FLAGS: tuple[ToolFlags, ...] = (
     ToolFlags("snmp", ("snmpwalk", "snmpget", "snmpset", "snmpbulkwalk", "snmpbulkget", "snmptrap"), ("-A", "-X"),
               examples=(("snmpwalk -v3 -l authPriv -u mon -a SHA -A Snmp-Auth-77 -x AES -X Snmp-Priv-88 10.0.0.1",
                          "Snmp-Auth-77"),)),
+    ToolFlags("rabbitmqadmin-influx", ("rabbitmqadmin", "influx"), ("-p", "--password"),
+              examples=(("rabbitmqadmin -u admin -p Rmq-Adm-Pw-2 list queues", "Rmq-Adm-Pw-2"),
+                        ("influx setup -u admin -p Infl-Setup-Pw-3 -o acme -b main -f", "Infl-Setup-Pw-3"))),
     ToolFlags("codecov", ("codecov", "codecovcli"), ("-t", "--token"),
               examples=(("codecov -t 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55 -f coverage.xml", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),)),
     ToolFlags("doctl", ("doctl",), ("-t", "--access-token"),
@@ -173,7 +176,7 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
-         r"|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
+         r"|\bisql\s+(?:-\S+\s+)*[^\s-]\S*\s+[^\s-]\S*\s+|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
          r"|\bmysqladmin\b" + _REST + r"\spassword\s+"
          r"|\bnet user\s+[^\s/]+\s+"
          r"|\bConvertTo-SecureString\s+(?:-String\s+)?"
@@ -182,7 +185,7 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
-                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok"),
+                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok", "isql"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -197,6 +200,7 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("az keyvault secret set --vault-name kv --name db --value Kv-Val-19x", "Kv-Val-19x"),
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
                    ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
+                   ("isql -v PROD_DSN app Isql-Odbc-Pw-4", "Isql-Odbc-Pw-4"),
                    ("snyk auth 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
                    ("ngrok config add-authtoken 2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa", "2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa"),
                    ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83"),

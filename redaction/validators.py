@@ -453,8 +453,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_identifier_path(v):
         if "." in v:
             return _looks_generated(v)
-        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and (_has_alnum_mix(v)
-                                                                                        or _random_letters(v)))
+        return _env_style(match) or _looks_generated(v) or _random_letters(v) or (_starts_line(before)
+                                                                                   and _has_alnum_mix(v))
     return True
 
 
