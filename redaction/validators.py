@@ -429,6 +429,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False  # `"jsonwebtoken": "^9.0.2"`, `--token-color-primary: #1f6feb`, `public_key = "ssh-ed25519 AAAA…"`
     if _in_template(before):
         return False  # `{{resolve:secretsmanager:db:SecretString:password}}`: inside a template expression
+    if before.endswith("${") and v.startswith("?"):
+        return False  # `${DB_PASSWORD:?must be set}`: the shell's message when it is not
     if " " in v and match[match.rfind(secret) - 1:match.rfind(secret)] == "`":
         return False  # TOKEN=`cat ~/.token`: a command's output
     if v[-1] in ")]}" and {")": "(", "]": "[", "}": "{"}[v[-1]] not in v and _is_identifier_path(v[:-1]) \
@@ -671,7 +673,7 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     named = (before.rsplit("\n", 1)[-1][-12:] + lead).lower()
     if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC) or "public" in named or "pubkey" in named:
         return False  # an SSH public key, a key named public; a JSON Web Key's public members (`"n"`, `"x"`)
-    if is_placeholder(v):
+    if is_placeholder(v) or _qualified_name(v):
         return False
     raw = b64decode(v) if len(v) >= 16 else None
     if raw is not None:
@@ -682,6 +684,14 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     classes = sum((any(c.islower() for c in v), any(c.isupper() for c in v),
                    any(c.isdigit() for c in v)))
     return classes == 3 and shannon_entropy(v) >= 3.6
+
+
+def _qualified_name(v: str) -> bool:
+    """A dotted name in code (`django.contrib.auth.hashers.Argon2PasswordHasher`): two parts or more
+    that are lower-case words."""
+    parts = v.split(".")
+    return len(parts) >= 3 and _is_identifier_path(v) and sum(p.isalpha() and p.islower() and len(p) >= 3
+                                                              for p in parts) >= 2
 
 
 _JWK_PUBLIC = ('"n', '"e', '"x', '"y')
