@@ -71,7 +71,7 @@ _SECRET_WORDS = (
 # Between a key and `=`: a type annotation (`password: String`, `api_key: &'static str`,
 # `apiKey?: string`), a Go type (`Password string`) or a C# auto-property (`Password { get; set; }`).
 _TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
-          r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})?")
+          r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})")
 _SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
@@ -315,8 +315,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("docker login -u bob -p Dkr-P4ss registry.io", "Dkr-P4ss")),
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
-         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q + _TYPED
-         + r"[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=)[ \t]{0,4}(?:!![a-z]+[ \t]+)?" + _VALUE,
+         r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
+         + r"(?:" + _TYPED + r"[ \t]*=|[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=))[ \t]{0,4}(?:!![a-z]+[ \t]+)?" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -355,7 +355,11 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
                     "password: str", "password: String", "api_key: @API_KEY@",
-                    "TOKEN=`cat ~/.token`", ': "${DB_PASSWORD:?DB_PASSWORD must be set}"',"return {'token': token}",
+                    "TOKEN=`cat ~/.token`", "password: op://Prod/db/password", "token: vault:secret/data/ci#token",
+                    'ClientSecret: "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/cs/)"',
+                    "db_password: projects/acme/secrets/db-password/versions/latest", "jasypt_password: ENC(G6N718UuyPE5bHyWKyuLQSm02auQPUtm)",
+                    "api_key = :api_key", "SECRET_KEY=@@SECRET_KEY@@", "api_key: api_key_123",
+                    "secret: deadbeefdeadbeefdeadbeefdeadbeef", ': "${DB_PASSWORD:?DB_PASSWORD must be set}"',"return {'token': token}",
                     'Password: !Sub "{{resolve:secretsmanager:db:SecretString:password}}"', 'apiKey?: string;', "const apiKey: string = process.env.API_KEY!", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
                     'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",

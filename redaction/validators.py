@@ -118,8 +118,9 @@ def is_placeholder(value: str) -> bool:
     if core in _PLACEHOLDER_WORDS or not core:
         return True
     parts = [p for p in low.replace("-", "_").replace(".", "_").replace(" ", "_").split("_") if p]
-    if parts and all(p.rstrip("0123456789") in _NAME_WORDS for p in parts):
-        return True
+    if parts and all(p.rstrip("0123456789") in _NAME_WORDS or p.isdigit() for p in parts) \
+            and not all(p.isdigit() for p in parts):
+        return True  # `db_password`, `api_key_123`
     if core.isalpha() and _made_of_words(core):
         return True  # `mysecretvalue`, `supersecretpassword`, `changemeplease`
     if len(parts) > 1 and all(p.isalpha() for p in parts) and low == low.lower() and parts[-1] in _SECRET_NOUNS \
@@ -127,7 +128,8 @@ def is_placeholder(value: str) -> bool:
         return True  # the name of a secret (`db-credentials`, `postgres-password`), not its value
     if len(parts) > 1 and all(len(p) >= 3 and (_sequential(p) or len(set(p)) == 1) for p in parts):
         return True  # `1234-5678-abcd`, `xxx-xxx-xxx`
-    if len(set(low)) <= 2 or _periodic(low, 4) or _sequential(low) or _longest_run(v) >= max(5, len(v) // 2):
+    if len(set(low)) <= 2 or _periodic(low, 4 if len(low) < 16 else 8) or _sequential(low) \
+            or _longest_run(v) >= max(5, len(v) // 2):
         return True
     return v[0] in "[(" and v[-1] in "])"  # `[REDACTED]`, `(hidden)`
 
@@ -397,8 +399,34 @@ def is_reference(value: str) -> bool:
                     and not inner.isalpha() and not inner.islower())
     if v.startswith("%") and (len(v) <= 3 or (v.endswith("%") and v[1:-1].replace("_", "").isalnum())):
         return True  # a bare `%s`, a Windows `%PASSWORD%`
-    if v.startswith("@") and v.endswith("@") and len(v) > 2 and v[1:-1].replace("_", "").replace(".", "").isalnum():
-        return True  # a build tool's filter token: `@API_KEY@`, `@db.password@`
+    inner = v.strip("@")
+    if v.startswith("@") and v.endswith("@") and inner and inner.replace("_", "").replace(".", "").isalnum():
+        return True  # a build tool's filter token: `@API_KEY@`, `@@TOKEN@@`, `@db.password@`
+    if v[:1] == ":" and _is_identifier_path(v[1:]):
+        return True  # a Ruby symbol: `api_key = :token`
+    return _secret_store_reference(v)
+
+
+# Where a value is kept rather than the value: 1Password, Vault, vals, cloud secret managers,
+# SOPS, Doppler; `env:NAME` as openssl and others read it.
+_STORE_SCHEMES = ("op", "vault", "awssm", "awsssm", "ssm", "secretsmanager", "gcpsm", "gcpsecrets", "azkv",
+                  "keyvault", "akv", "sops", "secretref", "doppler", "infisical", "bw", "lpass", "gopass", "env",
+                  "arn", "k8s", "kubernetes", "sm")
+
+
+def _secret_store_reference(v: str) -> bool:
+    """`op://vault/item/password`, `vault:secret/data/db#password`, `ref+awssecrets://db`,
+    `arn:aws:secretsmanager:…`, `@Microsoft.KeyVault(SecretUri=…)`, GCP's
+    `projects/p/secrets/s/versions/latest`, Jasypt's `ENC(…)` (encrypted for committing)."""
+    if v.startswith(("@Microsoft.KeyVault(", "ref+")) or (v[:4] in ("ENC(", "enc(") and v.endswith(")")):
+        return True
+    if v.startswith("projects/") and "/secrets/" in v:
+        return True
+    scheme, sep, rest = v.partition(":")
+    if not sep or not rest or " " in v or scheme.lower() not in _STORE_SCHEMES:
+        return False
+    path = rest.lstrip("/")
+    return bool(path) and all(c.isalnum() or c in "_.-/#:@+" for c in path)
     return False
 
 
