@@ -54,7 +54,7 @@ class Rule:
 _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
-_VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
+_VALUE = (r"(\"\"\"[^\"\n]+\"\"\"|\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
           r"|[^\s\"'`,;=<>(){}\[\]\\&][^\s\"'`,;<>\\&]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
@@ -63,7 +63,7 @@ _SECRET_WORDS = (
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
-    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)|(?-i:\bPW\b)"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)|\bpw\b"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
     r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
@@ -350,7 +350,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
-                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61")),
+                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"),
+                   ('password = """Py-Triple-Pw-3"""', "Py-Triple-Pw-3"), ("# pw: Cmt-Pw-77x", "Cmt-Pw-77x")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
@@ -430,7 +431,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "Hv-Ms-Pw-8")),
          negatives=("<property><name>fs.s3a.secret.key</name><value>${env.S3_SECRET}</value></property>",)),
     Rule("code-pair",
-         r"(?i)(?:[\"']|(?:^|[\s(]):)(" + _KEY_NAME + r")[\"']?\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?"
+         r"(?i)(?:[\"']|(?:^|[\s(]):|\{\s*)(" + _KEY_NAME + r")[\"']?\s*(?:,|\bto\b)\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?"
          r"[\"']([^\"'\n]+)[\"']",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="pair", category="context",
          reason="code: a key and its value side by side",
@@ -439,7 +440,9 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('props.setProperty("db.password", "Jv-Prop-Pw3");', "Jv-Prop-Pw3"),
                    ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z"),
                    ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK"),
-                   ('set :password, "Rb-Sym-Pw-9"', "Rb-Sym-Pw-9")),
+                   ('set :password, "Rb-Sym-Pw-9"', "Rb-Sym-Pw-9"),
+                   ('val creds = mapOf("password" to "Kt-Map-Pw-4")', "Kt-Map-Pw-4"),
+                   ('{password, "Erl-Tuple-Pw-5"}', "Erl-Tuple-Pw-5")),
          negatives=('parser.add_argument("--password", "-p")', 'os.getenv("API_TOKEN", "")',
                     '("password", "Password")', 'choices = [("password", "password_hash")]',
                     'form.add("password", "Enter your password")')),
@@ -491,13 +494,15 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
          negatives=("machine learning password reset flow", "machine x login y password $PW")),
     Rule("dockerfile-env",
-         r"(?im)(?:^\s*(?:ENV|ARG)|\b(?:setx|setenv|launchctl\s+setenv|set\s+-[gxU]{1,3}))\s+"
-         r"([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
-         keywords=("env", "arg", "setx", "set -"), group=2, key_group=1, validator="context", category="context",
+         r"(?im)(?:^\s*(?:ENV|ARG)\s+|\b(?:setx|setenv|launchctl\s+setenv|set\s+-[gxU]{1,3})\s+"
+         r"|\bSet-Item\s+(?:-Path\s+)?env:)"
+         r"([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+(?:-Value[ \t]+)?([^\s=][^\n]*?)\s*$",
+         keywords=("env", "arg", "setx", "set -", "set-item"), group=2, key_group=1, validator="context", category="context",
          reason="a variable set by a command (Dockerfile ENV/ARG, setx, setenv, fish set -x)",
          examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),
                    ('setx API_SECRET "Win-Setx-Sec-3"', "Win-Setx-Sec-3"),
-                   ("setenv DB_PASSWORD Csh-Env-Pw-7", "Csh-Env-Pw-7"), ("set -gx GITHUB_TOKEN Fish-Tok-8q", "Fish-Tok-8q")),
+                   ("setenv DB_PASSWORD Csh-Env-Pw-7", "Csh-Env-Pw-7"), ("set -gx GITHUB_TOKEN Fish-Tok-8q", "Fish-Tok-8q"),
+                   ("Set-Item env:DB_PASSWORD 'Ps-Item-Pw-6'", "Ps-Item-Pw-6")),
          negatives=("ENV API_TOKEN $API_TOKEN", "ENV PASSWORD_FILE /run/secrets/pw")),
     Rule("pgpass-line", r"(?m)^(?:[A-Za-z0-9_.-]+|\*):(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(\S+)$",
          group=1, validator="context", category="context", reason=".pgpass entry",
@@ -529,13 +534,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("SET PASSWORD FOR 'report'@'%' = 'Set-Pw-For-8';", "Set-Pw-For-8"),
                    ("EXEC sp_addlogin 'app', 'Sp-Add-Pw-3';", "Sp-Add-Pw-3")),
          negatives=("ALTER USER app PASSWORD NULL;", "CREATE USER app WITH PASSWORD :'pw'")),
-    Rule("sql-identified-bare", r"(?i)\bidentified\s+by\s+([A-Za-z][A-Za-z0-9_#$]{3,29})(?:[\s;]|$)",
-         keywords=("identified",), group=1, validator="context", category="context",
+    Rule("sql-identified-bare",
+         r"(?i)\b(?:user|role|to)\s+\S{1,64}\s+(identified)\s+by\s+([A-Za-z][A-Za-z0-9_#$]{3,29})(?:[\s;]|$)",
+         keywords=("identified",), group=2, key_group=1, validator="context", category="context",
          reason="SQL: a user's password (Oracle, unquoted)",
          examples=(("CREATE USER scott IDENTIFIED BY Tiger_Ora_41;", "Tiger_Ora_41"),
                    ("CREATE DATABASE LINK hr CONNECT TO hr IDENTIFIED BY Hr_Link_77 USING 'prod';", "Hr_Link_77")),
          negatives=("CREATE USER username IDENTIFIED BY password;", "ALTER USER u IDENTIFIED BY VALUES 'S:9A8B';",
-                    "CREATE USER app IDENTIFIED BY :pw;")),
+                    "CREATE USER app IDENTIFIED BY :pw;", "AIX filesets are identified by four decimal values")),
     Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",
@@ -645,6 +651,23 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b"),
                    ("Unseal Key 1: q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab\n", "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab")),
          negatives=("secret_id_accessor   84896a0c-1347-aa90-a4f6-aca8b7558780",)),
+    Rule("yaml-block-value",
+         r"(?im)^[ \t]*(?:-[ \t]+)?[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*:[ \t]*[|>][-+]?[0-9]?[ \t]*\n[ \t]+([^\s#][^\n]*?)[ \t]*$",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="YAML block scalar under a secret key",
+         examples=(("db:\n  password: >-\n    Yaml-Fold-Pw-7\n", "Yaml-Fold-Pw-7"),
+                   ("token: |\n  Yaml-Lit-Tok-8\n", "Yaml-Lit-Tok-8")),
+         negatives=("password: |\n  {{ .Values.password }}\n", "tls.key: |\n  -----BEGIN CERTIFICATE-----\n")),
+    Rule("secret-word-value",
+         r"(?im)(?:^[ \t]*(?:#+|//|--|;)?[ \t]*(password|passwd|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+"
+         r"|\b(password|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+(?:is|was)[ \t]+[\"']?)"
+         r"([^\s\"':=][^\s\"']{5,})[\"']?[ \t]*\.?[ \t]*$",
+         keywords=("pass", "pwd", "secret", "token", "key"), group=3, validator="password-like", category="context",
+         reason="a secret word and its value, with no sign between (a directive, a note)",
+         examples=(("password CwQ00s=tFYH_eCS3\n", "CwQ00s=tFYH_eCS3"),
+                   ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX")),
+         negatives=("password required\n", "token refreshed\n", "the password is incorrect\n", "Password reset\n",
+                    "secret store\n", "the token is valid\n", "password protected\n")),
     Rule("bundler-credentials",
          r"(?:\bBUNDLE_[A-Z0-9_]+__[A-Z0-9_]+[\"']?\s*[:=]\s*[\"']?"
          r"|\bbundle\s+config\s+(?:set\s+)?(?:--[a-z]+\s+)*[a-z0-9-]+(?:\.[a-z0-9-]+)+\s+[\"']?)"

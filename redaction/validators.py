@@ -725,6 +725,18 @@ def _qualified_name(v: str) -> bool:
 _JWK_PUBLIC = ('"n', '"e', '"x', '"y')
 
 
+def password_like(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A word after a secret word with no sign between (`password Kq2-xL9!`, `the token is …`): a
+    secret only when it reads like one: letters with digits or symbols, eight characters or more,
+    no placeholder, reference, path or version."""
+    v = secret.strip().strip("\"'").rstrip(".")
+    if len(v) < 8 or is_reference(v) or is_placeholder(v) or _is_path(v) or is_version(v) or "://" in v:
+        return False
+    has_alpha = any(c.isalpha() for c in v)
+    other = any(c.isdigit() for c in v) or any(not c.isalnum() for c in v)
+    return (has_alpha and other and (not _is_identifier_path(v) or _looks_generated(v))) or _random_letters(v)
+
+
 def session_id(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """A session id or a webhook's secret path part: 16 characters or more, letters and digits,
     spread like a random value (`q7k2m9x4v1n8b3c6…`, `9A7C3E1B5D2F…`), not a placeholder."""
@@ -846,6 +858,7 @@ VALIDATORS = {
     "url-param": url_param,
     "generated": generated_secret,
     "session-id": session_id,
+    "password-like": password_like,
     "not-reference": not_reference,
     "known-token": known_token,
     "truncated": truncated_token,
