@@ -111,7 +111,9 @@ def _tool_rule(row: ToolFlags) -> Rule:
         pattern = (r"\b(?:" + tools + r")\s+(?:registry\s+)?login\b" + _REST + r"\s(?:\-\-password|\-p)(?:\s+|=)" + VALUE)
     flags = ", ".join(row.flags + row.attached)
     repeat = _REST + r"\s(?:" + "|".join(branches) + ")" + VALUE
-    return Rule(f"cli-{row.name}", pattern, repeat=repeat, keywords=tuple(t.lower() for t in row.tools), group=1,
+    # registry logins are found after `login`, which is rarer in text than a short tool name (`oc`)
+    keywords = ("login",) if row.name == "registry-login" else tuple(t.lower() for t in row.tools)
+    return Rule(f"cli-{row.name}", pattern, repeat=repeat, keywords=keywords, group=1,
                 validator="context", category="context", reason=f"command line: {row.tools[0]} {flags}",
                 examples=row.examples, negatives=row.negatives)
 

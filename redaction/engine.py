@@ -236,7 +236,8 @@ class Redactor:
             found = self._scan_window(text, 0)
             if "%" in text and _PERCENT_SYNTAX.search(text):
                 found += self._scan_percent_decoded(text)
-            if ("\\u00" in text or "\\x" in text or "&" in text) and _CHAR_ESCAPE.search(text):
+            if ("\\u00" in text or "\\x" in text or "&quot;" in text or "&#" in text or "&apos;" in text) \
+                    and _ESCAPED_SYNTAX.search(text):
                 found += self._scan_unescaped(text)
             return _merge(found)
         raw = []
@@ -374,6 +375,8 @@ _PERCENT_ESCAPE = re2.compile(r"%[0-7][0-9A-Fa-f]")
 _ESC = "\x00\\"  # marks a detail found with character escapes decoded
 # `\u0022`, `\x22` (printable ASCII only) and the HTML character references that quote or separate.
 _CHAR_ESCAPE = re2.compile(r"\\u00[2-7][0-9A-Fa-f]|\\x[2-7][0-9A-Fa-f]|&(?:quot|apos|amp|lt|gt);|&#(?:x[2-7][0-9A-Fa-f]|[3-9][0-9]|1[01][0-9]|12[0-6]);")
+# Escaped quotes and separators: only a text holding one of these is scanned again decoded.
+_ESCAPED_SYNTAX = re2.compile(r"\\u00(?:22|27|3[AaDd])|\\x(?:22|27|3[AaDd])|&(?:quot|apos|#34|#39|#x22|#x27);")
 _ENTITIES = {"&quot;": '"', "&apos;": "'", "&amp;": "&", "&lt;": "<", "&gt;": ">"}
 
 
