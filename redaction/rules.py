@@ -63,7 +63,8 @@ _SECRET_WORDS = (
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
-    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)|\bpw\b"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN|SK)\b)|\bpw\b"
+    r"|(?-i:\b[A-Z][A-Z0-9_]*[A-Z]{3}KEY\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
     r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
@@ -72,7 +73,7 @@ _SECRET_WORDS = (
 # `apiKey?: string`), a Go type (`Password string`) or a C# auto-property (`Password { get; set; }`).
 _TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
           r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})")
-_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw",
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw", "_sk",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
@@ -350,12 +351,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
-                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"),
+                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
+                   ("HONEYCOMB_WRITEKEY=Vq8Lm2Zx9Pw4Rt6Yb1Nc", "Vq8Lm2Zx9Pw4Rt6Yb1Nc"), ("API_SECRET=8947731172394062", "8947731172394062"),
                    ('password = """Py-Triple-Pw-3"""', "Py-Triple-Pw-3"), ("# pw: Cmt-Pw-77x", "Cmt-Pw-77x")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", "password: String", "api_key: @API_KEY@",
+                    "password: str", "password: String", "TOKEN_TTL=3600", "MONKEY=banana", "api_key: @API_KEY@",
                     "TOKEN=`cat ~/.token`", "password: op://Prod/db/password", "token: vault:secret/data/ci#token",
                     'ClientSecret: "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/cs/)"',
                     "db_password: projects/acme/secrets/db-password/versions/latest", "jasypt_password: ENC(G6N718UuyPE5bHyWKyuLQSm02auQPUtm)",

@@ -115,7 +115,7 @@ def is_placeholder(value: str) -> bool:
     if any(f in low for f in _PLACEHOLDER_FRAGMENTS) or any(k in low for k in _KEYBOARD_RUNS):
         return True
     core = low.rstrip("0123456789!?.#_-*@ ")
-    if core in _PLACEHOLDER_WORDS or not core:
+    if core in _PLACEHOLDER_WORDS or (not core and not _random_digits(v)):
         return True
     parts = [p for p in low.replace("-", "_").replace(".", "_").replace(" ", "_").split("_") if p]
     if parts and all(p.rstrip("0123456789") in _NAME_WORDS or p.isdigit() for p in parts) \
@@ -132,6 +132,12 @@ def is_placeholder(value: str) -> bool:
             or _longest_run(v) >= max(5, len(v) // 2):
         return True
     return v[0] in "[(" and v[-1] in "])"  # `[REDACTED]`, `(hidden)`
+
+
+def _random_digits(v: str) -> bool:
+    """Twelve digits or more spread like a random number, not `1234…`, `0000…` or a date."""
+    return v.isdigit() and len(v) >= 12 and shannon_entropy(v) >= 2.8 and not _sequential(v) \
+        and _in_runs(v, 4) < len(v) // 2
 
 
 def _made_of_words(word: str) -> bool:
@@ -471,7 +477,7 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _quoted_in(match, secret):
         return not _prose(v)
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
-        return False
+        return v.isdigit() and len(v) >= 12 and shannon_entropy(v) >= 2.8 and _strong_key(match)  # a numeric secret
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
         return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
     if v.endswith("!") and "." in v and _is_identifier_path(v[:-1]) and not _looks_generated(v):
@@ -493,6 +499,12 @@ def _in_template(before: str) -> bool:
     a literal)."""
     line = before.rsplit("\n", 1)[-1]
     return line.count("{{") > line.count("}}")
+
+
+def _strong_key(match: str) -> bool:
+    """The key says secret, token or password outright (not merely `key` or `auth`)."""
+    key = _key_of(match).lower()
+    return any(w in key for w in ("secret", "token", "passw", "pwd", "apikey", "api_key", "api-key"))
 
 
 def _key_word(low: str, key: str) -> bool:
