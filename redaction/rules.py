@@ -59,7 +59,8 @@ _VALUE = (r"(\"\"\"[^\"\n]+\"\"\"|\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrR
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
-    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|passwort|kennwort|contrase(?:n|\x{00f1})a|\bsenha|wachtwoord"
+    r"|mot[_.-]?de[_.-]?passe|\bparola\b|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
@@ -74,15 +75,17 @@ _SECRET_WORDS = (
 _TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
           r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})")
 _SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw", "_sk",
+                    "kennwort", "contrase", "senha", "wachtwoord", "parola",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
-    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|passwort|kennwort|senha|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
     r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt"
     r"|(?-i:_(?:KEY|PASS|PW|PWD|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
 )
 _KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt", "_pw", "_pat", "_seed", "_cred",
+                      "kennwort", "senha",
                       "_sig", "_pepper", "_hmac")
 
 _SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
@@ -351,7 +354,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
-                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
+                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
+                   ('senha: "Minha-Senha-12"', "Minha-Senha-12"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
                    ("HONEYCOMB_WRITEKEY=Vq8Lm2Zx9Pw4Rt6Yb1Nc", "Vq8Lm2Zx9Pw4Rt6Yb1Nc"), ("API_SECRET=8947731172394062", "8947731172394062"),
                    ('password = """Py-Triple-Pw-3"""', "Py-Triple-Pw-3"), ("# pw: Cmt-Pw-77x", "Cmt-Pw-77x")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
@@ -615,13 +619,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("[smtp.mailgun.org]:587 postmaster@mg.acme.io:${SMTP_PASSWORD}",)),
     Rule("nested-value",
          r"(?i)[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*(?:[:=][ \t]*\{?|\{)[ \t]*\n?"
-         r"(?:[ \t]*[\"']?[A-Za-z]+[\"']?[ \t]*[:=][^\n{}]*\n){0,4}[ \t]*[\"']?(?:value|default)"
+         r"(?:[ \t]*[\"']?[A-Za-z]+[\"']?[ \t]*[:=][^\n{},]*,?[ \t]*\n?){0,4}[ \t]*[\"']?(?:value|default|defaultValue)"
          r"[\"']?[ \t]*[:=][ \t]*(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"',}#]+)",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          reason="a secret's value or default one level down (Terraform state and variables, CloudFormation)",
          examples=(('"outputs": {\n  "db_password": {\n    "value": "Tf-State-Pw3",\n    "sensitive": true', "Tf-State-Pw3"),
                    ('variable "api_token" {\n  type    = string\n  default = "Tf-Var-Tok-8"\n}', "Tf-Var-Tok-8"),
-                   ("DBPassword:\n  Type: String\n  NoEcho: true\n  Default: Cfn-Def-Pw5\n", "Cfn-Def-Pw5")),
+                   ("DBPassword:\n  Type: String\n  NoEcho: true\n  Default: Cfn-Def-Pw5\n", "Cfn-Def-Pw5"),
+                   ('"adminPassword": {"type": "securestring", "defaultValue": "Arm-Def-Pw-9"}', "Arm-Def-Pw-9")),
          negatives=('variable "db_password" {\n  type      = string\n  sensitive = true\n}',
                     "password:\n  valueFrom:\n    secretKeyRef:", 'token_ttl:\n  default: 3600',
                     '"password": {\n  "value": "${var.db_password}"',
