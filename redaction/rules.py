@@ -674,7 +674,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          examples=(("password CwQ00s=tFYH_eCS3\n", "CwQ00s=tFYH_eCS3"),
                    ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX")),
          negatives=("password required\n", "token refreshed\n", "the password is incorrect\n", "Password reset\n",
-                    "secret store\n", "the token is valid\n", "password protected\n", "token   token-based\n")),
+                    "secret store\n", "the token is valid\n", "password protected\n", "token   token-based\n",
+                    "password VARCHAR(255)\n")),
     Rule("bundler-credentials",
          r"(?:\bBUNDLE_[A-Z0-9_]+__[A-Z0-9_]+[\"']?\s*[:=]\s*[\"']?"
          r"|\bbundle\s+config\s+(?:set\s+)?(?:--[a-z]+\s+)*[a-z0-9-]+(?:\.[a-z0-9-]+)+\s+[\"']?)"

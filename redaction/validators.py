@@ -742,8 +742,9 @@ def password_like(secret: str, match: str = "", before: str = "", after: str = "
     secret only when it reads like one: letters with digits or symbols, eight characters or more,
     no placeholder, reference, path or version."""
     v = secret.strip().strip("\"'").rstrip(".")
-    if len(v) < 8 or is_reference(v) or is_placeholder(v) or _is_path(v) or is_version(v) or "://" in v:
-        return False
+    if len(v) < 8 or is_reference(v) or is_placeholder(v) or _is_path(v) or is_version(v) or "://" in v \
+            or (v.endswith(")") and "(" in v):
+        return False  # ... or a call or a column type (`VARCHAR(255)`)
     has_alpha = any(c.isalpha() for c in v)
     other = any(c.isdigit() for c in v) or any(not c.isalnum() and c not in "-_." for c in v)
     return (has_alpha and other and (not _is_identifier_path(v) or _looks_generated(v))) or _random_letters(v)
