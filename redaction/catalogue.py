@@ -233,6 +233,18 @@ DECODE_RULES: tuple[Rule, ...] = (
          validator="decoded-credentials", category="context", reason="decoded: base64 of user:password",
          examples=(('{"auths": {"registry.acme.io": {"auth": "Ym90OlJlZy1QdXNoLTc3eA=="}}}', "Ym90OlJlZy1QdXNoLTc3eA=="),),
          negatives=('"auth": "b2F1dGgy"', '{"auth": "dXNlcjo="}')),
+    Rule("base64-url-credentials",
+         r"\b(?:cG9zdGdyZ|bXlzcWw6Ly|bW9uZ29kYi|cmVkaXM6Ly|cmVkaXNzOi8v|YW1xcD|aHR0cHM6Ly|aHR0cDovL|bWFyaWFkYjovL"
+         r"|bXNzcWw6Ly|c3Fsc2VydmVyOi8v|ZnRwOi8v|c2Z0cDovL|c210cDovL|bGRhcDovL|bmF0czovL)[A-Za-z0-9+/]{12,}={0,2}",
+         keywords=("cg9zdgdyz", "bxlzcww6ly", "bw9uz29kyi", "cmvkaxm6ly", "cmvkaxnzoi8v", "yw1xcd", "ahr0chm6ly",
+                   "ahr0cdovl", "bwfyawfkyjovl", "bxnzcww6ly", "c3fsc2vydmvyoi8v", "znrwoi8v", "c2z0cdovl", "c210cdovl",
+                   "bgrhcdovl", "bmf0czovl"),
+         validator="decoded-url-credentials", category="context",
+         reason="decoded: base64 of a URL with user and password (a Kubernetes Secret's DATABASE_URL)",
+         examples=(("  DATABASE_URL: cG9zdGdyZXM6Ly9hcHA6UGcta3ViZS1Edy03QGRiOjU0MzIvYXBw",
+                    "cG9zdGdyZXM6Ly9hcHA6UGcta3ViZS1Edy03QGRiOjU0MzIvYXBw"),),
+         negatives=("  url: aHR0cHM6Ly9hcGkuYWNtZS5pby92MS9pdGVtcw==",
+                    "  DATABASE_URL: cG9zdGdyZXM6Ly9hcHA6JHtEQl9QQVNTV09SRH1AZGIvYXBw")),
     Rule("base64-json", r"\be(?:yJ|wog|wogI)[A-Za-z0-9+/_-]{30,}={0,2}", keywords=("eyj", "ewog"), validator="decoded-json",
          reason="decoded: base64 of JSON holding a secret",
          examples=(("kubectl apply -f - <<< '.dockerconfigjson: eyJhdXRocyI6eyJyZWcuYWNtZS5pbyI6eyJwYXNzd29yZCI6Ik"

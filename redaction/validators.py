@@ -797,6 +797,19 @@ def decoded_credentials(secret: str, match: str = "", before: str = "", after: s
     return credentials_in_base64(secret)
 
 
+def decoded_url_credentials(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """The value decodes from base64 to a URL whose userinfo holds a password that is no reference or
+    placeholder (`postgres://app:pw@db/app`)."""
+    raw = b64decode(secret)
+    if raw is None or not raw.isascii():
+        return False
+    text = raw.decode("ascii")
+    scheme, sep, rest = text.partition("://")
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
+    user, colon, pw = userinfo.partition(":")
+    return bool(colon and pw) and text.isprintable() and not is_reference(pw) and not is_placeholder(pw)
+
+
 _JSON_SECRET_KEYS = ("password", "passwd", "secret", "token", "apikey", "api_key", "auth", "credential",
                      "private_key", "privatekey", "accountkey", "access_key")
 
@@ -878,4 +891,5 @@ VALIDATORS = {
     "decoded-credentials": decoded_credentials,
     "decoded-private-key": decoded_private_key,
     "decoded-json": decoded_json,
+    "decoded-url-credentials": decoded_url_credentials,
 }
