@@ -462,14 +462,17 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\bPlainAuth\s*\(\s*[\"'][^\"'\n]*[\"']\s*,|\bDBI->connect\s*\(\s*[\"'][^\"'\n]+[\"']\s*,"
+         r"(?:\bPlainAuth\s*\(\s*[\"'][^\"'\n]*[\"']\s*,|\b(?:DBI->)?connect\s*\(\s*[\"'][^\"'\n]+[\"']\s*,"
+         r"|\bTransport\.send\s*\(\s*[A-Za-z_][A-Za-z0-9_.]*\s*,"
          r"|\b[A-Za-z_]{0,30}(?i:credentials?|auth|login|simple_bind|bind_s)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
          r"|\bbasic_auth\s+"
          r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect|mysql_p?connect|new\s+Sequelize)"
          r"\s*\(\s*(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
-         r"(?:[\"'][^\"'\n]*[\"']|[A-Za-z_.]*(?i:user|name|login|email|account)[A-Za-z0-9_]*)\s*,\s*"
+         r"(?:[\"'][^\"'\n]*[\"']|[A-Za-z_.]*(?i:user|name|login|email|account)[A-Za-z0-9_]*|[Ss]tring\.Empty|null|None|nil)"
+         r"\s*,\s*"
          r"(?:Some\s*\(\s*)?[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind", "dbi->"),
+         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind", "connect",
+                   "transport.send"),
          group=1, validator="pair",
          category="context",
          reason="code: a credential object built from user and password",
@@ -489,7 +492,10 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('mysql_connect("localhost", "root", "My-Conn-Pw-7");', "My-Conn-Pw-7"),
                    ('new Sequelize("app", "app", "Seq-Pw-8x", { dialect: "postgres" });', "Seq-Pw-8x"),
                    ('auth := smtp.PlainAuth("", "me@acme.io", "Go-Plain-Pw-6", "smtp.acme.io")', "Go-Plain-Pw-6"),
-                   ('my $dbh = DBI->connect("dbi:mysql:app", "root", "Perl-Dbi-Pw-7");', "Perl-Dbi-Pw-7")),
+                   ('my $dbh = DBI->connect("dbi:mysql:app", "root", "Perl-Dbi-Pw-7");', "Perl-Dbi-Pw-7"),
+                   ('transport.connect("smtp.acme.io", "mailer", "Jm-Conn-Pw-8");', "Jm-Conn-Pw-8"),
+                   ('Transport.send(msg, "mailer@acme.io", "Jm-Send-Pw-9");', "Jm-Send-Pw-9"),
+                   ('new NetworkCredential(string.Empty, "Net-Empty-Pw-2").SecurePassword', "Net-Empty-Pw-2")),
          negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")',
                     'login(request, "Welcome back")', 'auth.bind(handler, "click")')),
     Rule("netrc-password",
@@ -640,12 +646,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('<void property="password"><string>Xml-Enc-Pw-9</string></void>', "Xml-Enc-Pw-9")),
          negatives=("<key>API_KEY</key>\n<string>$(API_KEY)</string>",)),
     Rule("keystore-password-literal",
-         r"\b(?:load|init|getKey|setKeyEntry|PasswordProtection)\s*\([^()\n]*?(?:\([^()\n]*\)[^()\n]*?)?"
+         r"\b(?:load|init|getKey|setKeyEntry|PasswordProtection|[A-Za-z]*(?i:credential|authentication|login))\s*\("
+         r"[^()\n]*?(?:\([^()\n]*\)[^()\n]*?)?"
          r"[\"']([^\"'\n]+)[\"']\s*\.toCharArray\(\)",
          keywords=("tochararray",), group=1, validator="pair", category="context",
          reason="code: a key store's password as a literal",
          examples=(('ks.load(new FileInputStream("ks.jks"), "Ks-Load-Pw-3".toCharArray());', "Ks-Load-Pw-3"),
-                   ('kmf.init(ks, "Kmf-Init-Pw-4".toCharArray());', "Kmf-Init-Pw-4")),
+                   ('kmf.init(ks, "Kmf-Init-Pw-4".toCharArray());', "Kmf-Init-Pw-4"),
+                   ('MongoCredential.createCredential("app", "admin", "Mongo-Cred-Pw-5".toCharArray());', "Mongo-Cred-Pw-5")),
          negatives=('ks.load(in, password.toCharArray());', 'chars = "abc".toCharArray();')),
     Rule("cli-output-secret",
          r"(?m)^[ \t]*(secret_id|SecretID|client_token|wrapping_token|root_token|unseal_key_b64|Initial Root Token"
