@@ -85,6 +85,9 @@ TOOL_FLAGS: tuple[ToolFlags, ...] = (
     ToolFlags("rabbitmqadmin-influx", ("rabbitmqadmin", "influx"), ("-p", "--password"),
               examples=(("rabbitmqadmin -u admin -p Rmq-Adm-Pw-2 list queues", "Rmq-Adm-Pw-2"),
                         ("influx setup -u admin -p Infl-Setup-Pw-3 -o acme -b main -f", "Infl-Setup-Pw-3"))),
+    ToolFlags("macos-security", ("security",), ("-w",),
+              examples=(("security add-generic-password -a me -s api -w Kc-Gen-Pw-3 -U", "Kc-Gen-Pw-3"),),
+              negatives=("security find-generic-password -s api -w",)),
     ToolFlags("codecov", ("codecov", "codecovcli"), ("-t", "--token"),
               examples=(("codecov -t 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55 -f coverage.xml", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),)),
     ToolFlags("doctl", ("doctl",), ("-t", "--access-token"),
@@ -139,11 +142,11 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"\b(?:echo(?:\s+-[neE]+)*|printf(?:\s+[\"'][^\"'\n]*%s[^\"'\n]*[\"'])?)\s+" + VALUE
          + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
          r"|[A-Za-z0-9_.-]+\b[^\n|;&]*(?:--password-stdin|--with-token|--token-stdin|--secret-stdin)\b"
-         r"|passwd\s+--stdin"
+         r"|passwd\s+--stdin|(?:sudo\s+)?chpasswd\b"
          r"|[A-Za-z0-9_.-]+\b[^\n|;&]*\s--data-file(?:=|\s+)(?:-|/dev/stdin)(?:\s|$)|wrangler\s+secret\s+put\b"
          r"|(?:docker|podman)\s+secret\s+create\s+(?:-\S+\s+)*\S+\s+-(?:\s|$))",
          keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin", "data-file",
-                   "wrangler", "secret create"), group=1, validator="context", category="context",
+                   "wrangler", "secret create", "chpasswd"), group=1, validator="context", category="context",
          reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
@@ -152,7 +155,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57"),
                    ("echo -n 'Gc-Sec-Pipe-4' | gcloud secrets versions add db --data-file=-", "Gc-Sec-Pipe-4"),
                    ("echo Wr-Sec-Put-9 | wrangler secret put API_KEY", "Wr-Sec-Put-9"),
-                   ('printf "Dkr-Sec-Cr-8" | docker secret create db_password -', "Dkr-Sec-Cr-8")),
+                   ('printf "Dkr-Sec-Cr-8" | docker secret create db_password -', "Dkr-Sec-Cr-8"),
+                   ('echo "deploy:Chp-Pw-9x" | sudo chpasswd', "deploy:Chp-Pw-9x")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"

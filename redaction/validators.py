@@ -759,6 +759,12 @@ def session_id(secret: str, match: str = "", before: str = "", after: str = "") 
     return any(c.isdigit() for c in v) and any(c.isalpha() for c in v) and shannon_entropy(v) >= 3.0
 
 
+def url_token_user(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A token as a URL's user name (`https://TOKEN@github.com/...`); not a Sentry DSN's public key,
+    which Sentry documents as safe to publish."""
+    return "sentry" not in match.lower() and session_id(secret)
+
+
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """Anything but a `$VAR`/template reference or a placeholder word."""
     v = secret.strip().strip("\"'")
@@ -884,6 +890,7 @@ VALIDATORS = {
     "url-param": url_param,
     "generated": generated_secret,
     "session-id": session_id,
+    "url-token-user": url_token_user,
     "password-like": password_like,
     "not-reference": not_reference,
     "known-token": known_token,
