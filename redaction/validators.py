@@ -47,7 +47,8 @@ _PLACEHOLDER_WORDS = frozenset(
     "password passwd passphrase pass pwd token tokens apikey key keys value values foo bar baz foobar qux "
     "xxx xyz abc todo tbd fixme none null nil redacted hidden masked removed omitted default empty unset "
     "notset insert replace here your mine qwerty asdf asdfgh qwertyuiop zxcvbn letmein "
-    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword guest".split()
+    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword guest "
+    "fixture fixtures stub notsecret nosecret".split()
 )
 # Words that, joined by `_`/`-`/`.`, make a name rather than a secret: `super_secret_password`,
 # `your-api-key-here`, `db_password`.
@@ -55,7 +56,7 @@ _NAME_WORDS = _PLACEHOLDER_WORDS | frozenset(
     "my the a an some new old super top very real app api db database access private public auth client "
     "secret_key service user admin root prod dev staging local store storage account master signing "
     "refresh session id bearer basic oauth jwt github gitlab aws azure gcp slack stripe goes put enter "
-    "set get required please".split()
+    "set get required please for tests unit ci spec only insecure hello world lorem ipsum keyboard cat".split()
 )
 # Fragments no generated secret contains: a marked stand-in anywhere in the value.
 _PLACEHOLDER_FRAGMENTS = (
