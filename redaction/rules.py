@@ -638,6 +638,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "password:\n  valueFrom:\n    secretKeyRef:", 'token_ttl:\n  default: 3600',
                     '"password": {\n  "value": "${var.db_password}"',
                     'output "db_password" {\n  value     = random_password.db.result\n  sensitive = true\n}')),
+    Rule("xml-element-value",
+         r"(?i)<(" + _KEY_NAME + r")\s[^<>\n]*?\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML element named by its key, the value in an attribute",
+         examples=(('<Password Value="Xml-Val-Attr-7"/>', "Xml-Val-Attr-7"),
+                   ('<Secret name="api" value="Xml-Sec-Val-9"/>', "Xml-Sec-Val-9")),
+         negatives=('<PasswordPolicy value="strict"/>', '<Password value="${DB_PASSWORD}"/>')),
     Rule("xml-key-string",
          r"(?i)(?:<key>\s*|\bproperty\s*=\s*[\"'])(" + _KEY_NAME + r")(?:\s*</key>|[\"']\s*>)\s*<string>\s*"
          r"([^<>\s][^<>\n]*?)\s*</string>",
