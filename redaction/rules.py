@@ -67,7 +67,7 @@ _SECRET_WORDS = (
     r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN|SK)\b)|\bpw\b"
     r"|(?-i:\b[A-Z][A-Z0-9_]*[A-Z]{3}KEY\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
-    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW)\b)"
+    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW|Pat)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
 # Between a key and `=`: a type annotation (`password: String`, `api_key: &'static str`,
@@ -75,7 +75,7 @@ _SECRET_WORDS = (
 _TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
           r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})")
 _SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw", "_sk",
-                    "kennwort", "contrase", "senha", "wachtwoord", "parola",
+                    "kennwort", "contrase", "senha", "wachtwoord", "parola", 'pat"', "pat'", "pat=", "pat:",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
@@ -355,6 +355,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
                    ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
+                   ('{"azureDevopsExtPat": "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"}',
+                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
                    ('senha: "Minha-Senha-12"', "Minha-Senha-12"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
                    ("HONEYCOMB_WRITEKEY=Vq8Lm2Zx9Pw4Rt6Yb1Nc", "Vq8Lm2Zx9Pw4Rt6Yb1Nc"), ("API_SECRET=8947731172394062", "8947731172394062"),
                    ('password = """Py-Triple-Pw-3"""', "Py-Triple-Pw-3"), ("# pw: Cmt-Pw-77x", "Cmt-Pw-77x")),
@@ -674,6 +676,18 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b"),
                    ("Unseal Key 1: q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab\n", "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab")),
          negatives=("secret_id_accessor   84896a0c-1347-aa90-a4f6-aca8b7558780",)),
+    Rule("nested-key",
+         r"(?im)^[ \t]*[\"']?((?:[A-Za-z0-9_-]*[_-])?(?:encryption|signing|secret|jwt|hmac|cipher|crypto|master|session|cookie))"
+         r"[\"']?[ \t]*:[ \t]*\{?[ \t]*\n(?:[ \t]+[A-Za-z_]+[ \t]*:[^\n]*\n){0,3}[ \t]+[\"']?(?:key|secret)[\"']?[ \t]*:[ \t]*"
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'#]+)",
+         keywords=("encryption", "signing", "secret", "jwt", "hmac", "cipher", "crypto", "master", "session", "cookie"),
+         group=2, key_group=1, validator="context", category="context",
+         reason="a key one level under a section that says what it is for (encryption:, jwt:, session:)",
+         examples=(("encryption:\n  key: 1445d0b5f5a811bcdb5a9f313a93f046190be815e85be4299dc8c1cc9ac99b76\n  timeout: 30\n",
+                    "1445d0b5f5a811bcdb5a9f313a93f046190be815e85be4299dc8c1cc9ac99b76"),
+                   ("jwt:\n  issuer: acme\n  secret: Jwt-Nested-Sec-4\n", "Jwt-Nested-Sec-4")),
+         negatives=("session:\n  key: user_id\n", "encryption:\n  key: ${ENCRYPTION_KEY}\n",
+                    "cookie:\n  key: sid\n  secure: true\n")),
     Rule("yaml-block-value",
          r"(?im)^[ \t]*(?:-[ \t]+)?[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*:[ \t]*[|>][-+]?[0-9]?[ \t]*\n[ \t]+([^\s#][^\n]*?)[ \t]*$",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
