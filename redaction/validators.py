@@ -29,7 +29,8 @@ _DESCRIPTIVE_SUFFIXES = (
     "hint", "strategy", "lifetime", "rotation", "host", "port", "username", "user", "email", "enabled",
     "required", "endpoint", "arn", "policy", "manager", "service", "handler", "validator", "generator",
     "help", "text", "description", "desc", "message", "msg", "title", "tooltip", "placeholder", "caption",
-    "prompt", "error", "warning",
+    "prompt", "error", "warning", "hash", "hashed", "digest", "sha", "sha1", "sha256", "sha512", "md5", "checksum",
+    "fingerprint", "at", "date", "time", "timestamp",
 )
 # Words that contain a secret-bearing word without being about a secret.
 _NOT_SECRET_KEY_PARTS = ("tokeniz", "secretar", "passport", "passthrough", "bypass", "compass", "passenger",
@@ -626,8 +627,8 @@ def _descriptive_key(match: str) -> bool:
     if any(p in key.lower() for p in _NOT_SECRET_KEY_PARTS):
         return True
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
-    if last.startswith("existing_") or last.endswith(("password_key", "passwords_key")):
-        return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it
+    if last.startswith(("existing_", "public_")) or last.endswith(("password_key", "passwords_key")):
+        return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it; `public_token`
     if last.endswith(("secret_id", "secretid")):
         return False  # Vault's AppRole and Consul's SecretID are the credential, not its name
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
