@@ -79,7 +79,7 @@ _SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential"
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
-    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|passwort|kennwort|senha|secret|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|passwort|kennwort|senha|requirepass|masterauth|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
     r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt"
     r"|(?-i:_(?:KEY|PASS|PW|PWD|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
@@ -320,7 +320,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
          r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
-         + r"(?:" + _TYPED + r"[ \t]*=|[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=))[ \t]{0,4}(?:!![a-z]+[ \t]+)?" + _VALUE,
+         + r"(?:" + _TYPED + r"[ \t]*=|[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=))[ \t]{0,4}"
+         r"(?:!![a-z]+[ \t]+|&[A-Za-z0-9_-]+[ \t]+)?" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -354,6 +355,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
+                   ("password: &pw Yaml-Anchor-Pw-2", "Yaml-Anchor-Pw-2"),
                    ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
                    ('{"azureDevopsExtPat": "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"}',
                     "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
@@ -690,6 +692,25 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("jwt:\n  issuer: acme\n  secret: Jwt-Nested-Sec-4\n", "Jwt-Nested-Sec-4")),
          negatives=("session:\n  key: user_id\n", "encryption:\n  key: ${ENCRYPTION_KEY}\n",
                     "cookie:\n  key: sid\n  secure: true\n")),
+    Rule("yaml-argv-flag",
+         r"(?im)^[ \t]*-[ \t]+[\"']?(--?[a-z0-9-]*(?:password|passwd|passphrase|token|secret|api-key|apikey|access-key"
+         r"|private-key|requirepass|masterauth)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))[\"']?[ \t]*\n[ \t]*-[ \t]+"
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'#-][^\s#]*)",
+         keywords=("pass", "pwd", "token", "secret", "key"), group=2, key_group=1, validator="context", category="context",
+         reason="a secret flag and its value as two items of a YAML list (container args)",
+         examples=(("args:\n  - --token\n  - K8s-Arg-Tok-5x\n", "K8s-Arg-Tok-5x"),
+                   ('command:\n  - redis-server\n  - "--requirepass"\n  - "Cmp-List-Pw-6"\n', "Cmp-List-Pw-6")),
+         negatives=("args:\n  - --token-file\n  - /var/run/token\n", "args:\n  - --password\n  - $(DB_PASSWORD)\n")),
+    Rule("server-header-directive",
+         r"(?i)\b(?:proxy_set_header|grpc_set_header|add_header|more_set_headers|RequestHeader\s+(?:set|add|append)"
+         r"|Header\s+(?:always\s+)?(?:set|add))\s+[\"']?((?:x-)?[a-z0-9-]{0,30}(?:key|token|secret)[a-z0-9-]{0,20}|api-key|apikey)"
+         r":?[\"']?\s+[\"']?([^\s\"';]{8,})",
+         keywords=("proxy_set_header", "grpc_set_header", "add_header", "more_set_headers", "requestheader", "header"),
+         group=2, key_group=1, validator="context", category="context",
+         reason="a web server setting a secret header (nginx, Apache)",
+         examples=(('proxy_set_header X-Api-Key "Ngx-Hdr-Key-3x";', "Ngx-Hdr-Key-3x"),
+                   ("RequestHeader set X-Auth-Token Apache-Tok-44x", "Apache-Tok-44x")),
+         negatives=("proxy_set_header X-Api-Key $http_x_api_key;", "add_header X-Frame-Options DENY;")),
     Rule("yaml-block-value",
          r"(?im)^[ \t]*(?:-[ \t]+)?[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*:[ \t]*[|>][-+]?[0-9]?[ \t]*\n[ \t]+([^\s#][^\n]*?)[ \t]*$",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
