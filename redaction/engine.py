@@ -236,7 +236,8 @@ class Redactor:
             found = self._scan_window(text, 0)
             if "%" in text and _PERCENT_SYNTAX.search(text):
                 found += self._scan_percent_decoded(text)
-            if ("\\u00" in text or "\\x" in text or "&quot;" in text or "&#" in text or "&apos;" in text) \
+            if (("\\" in text and ("\\u00" in text or "\\x" in text))
+                    or ("&" in text and ";" in text and ("&quot;" in text or "&#" in text or "&apos;" in text))) \
                     and _ESCAPED_SYNTAX.search(text):
                 found += self._scan_unescaped(text)
             return _merge(found)
