@@ -634,7 +634,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          r"(?i)[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*(?:[:=][ \t]*\{?|\{)[ \t]*\n?"
          r"(?:[ \t]*[\"']?[A-Za-z]+[\"']?[ \t]*[:=][^\n{},]*,?[ \t]*\n?){0,4}[ \t]*[\"']?(?:value|default|defaultValue)"
          r"[\"']?[ \t]*[:=][ \t]*(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"',}#]+)",
-         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
+         keywords=("value", "default"), group=2, key_group=1, validator="literal", category="context",
          reason="a secret's value or default one level down (Terraform state and variables, CloudFormation)",
          examples=(('"outputs": {\n  "db_password": {\n    "value": "Tf-State-Pw3",\n    "sensitive": true', "Tf-State-Pw3"),
                    ('variable "api_token" {\n  type    = string\n  default = "Tf-Var-Tok-8"\n}', "Tf-Var-Tok-8"),
