@@ -158,6 +158,14 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ('printf "Dkr-Sec-Cr-8" | docker secret create db_password -', "Dkr-Sec-Cr-8"),
                    ('echo "deploy:Chp-Pw-9x" | sudo chpasswd', "deploy:Chp-Pw-9x")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
+    Rule("cli-herestring-secret",
+         r"(?:--password-stdin|--with-token|--token-stdin|--secret-stdin|--data-file(?:=|\s+)-|\bsudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
+         r"[^\n<|;&]*|\bchpasswd|\bwrangler\s+secret\s+put\s+\S+)\s*<<<\s*" + VALUE,
+         keywords=("<<<",), group=1, validator="context", category="context",
+         reason="command line: a secret given on stdin as a here-string",
+         examples=(('gh auth login --with-token <<< "Gh-Here-Str-Tok-1"', "Gh-Here-Str-Tok-1"),
+                   ("docker login -u me --password-stdin <<< Here-Str-Pw-2", "Here-Str-Pw-2")),
+         negatives=('gh auth login --with-token <<< "$GH_TOKEN"',)),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
          r"|\blftp\b" + _REST + r"\s-u\s+[\"']?[^\s,\"']+,"
