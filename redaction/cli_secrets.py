@@ -163,8 +163,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"[^\n<|;&]*|\bchpasswd|\bwrangler\s+secret\s+put\s+\S+)\s*<<<\s*" + VALUE,
          keywords=("<<<",), group=1, validator="context", category="context",
          reason="command line: a secret given on stdin as a here-string",
-         examples=(('gh auth login --with-token <<< "Gh-Here-Str-Tok-1"', "Gh-Here-Str-Tok-1"),
-                   ("docker login -u me --password-stdin <<< Here-Str-Pw-2", "Here-Str-Pw-2")),
+         examples=(('gh auth login --with-token <<< "Gh-Hstr-Tok-1x"', "Gh-Hstr-Tok-1x"),
+                   ("docker login -u me --password-stdin <<< Hstr-Dk-Pw-2", "Hstr-Dk-Pw-2")),
          negatives=('gh auth login --with-token <<< "$GH_TOKEN"',)),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
