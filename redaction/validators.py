@@ -461,6 +461,8 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "http://", "https://", "file:")):
         return False
+    if "://" in v and "@" not in v and " " not in v:
+        return False  # a URL with no user in it (`kms://projects/…`, `vault://…`)
     if is_version(v) or is_colour(v) or is_ssh_public_key(v):
         return False  # `"jsonwebtoken": "^9.0.2"`, `--token-color-primary: #1f6feb`, `public_key = "ssh-ed25519 AAAA…"`
     if _in_template(before):
@@ -627,7 +629,7 @@ def _descriptive_key(match: str) -> bool:
     if any(p in key.lower() for p in _NOT_SECRET_KEY_PARTS):
         return True
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
-    if last.startswith(("existing_", "public_")) or last.endswith(("password_key", "passwords_key")):
+    if last.startswith(("existing_", "public_")) or last.endswith(("password_key", "passwords_key", "signingkey")):
         return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it; `public_token`
     if last.endswith(("secret_id", "secretid")):
         return False  # Vault's AppRole and Consul's SecretID are the credential, not its name
@@ -756,8 +758,8 @@ def session_id(secret: str, match: str = "", before: str = "", after: str = "") 
     """A session id or a webhook's secret path part: 16 characters or more, letters and digits,
     spread like a random value (`q7k2m9x4v1n8b3c6…`, `9A7C3E1B5D2F…`), not a placeholder."""
     v = secret.strip().strip("\"'")
-    if len(v) < 16 or is_reference(v) or is_placeholder(v):
-        return False
+    if len(v) < 16 or is_reference(v) or is_placeholder(v) or "://" in v or "%3A%2F%2F" in v.upper():
+        return False  # ... or a URL kept in a cookie (`auth_redirect=https%3A%2F%2F…`)
     return any(c.isdigit() for c in v) and any(c.isalpha() for c in v) and shannon_entropy(v) >= 3.0
 
 
@@ -765,6 +767,16 @@ def url_token_user(secret: str, match: str = "", before: str = "", after: str = 
     """A token as a URL's user name (`https://TOKEN@github.com/...`); not a Sentry DSN's public key,
     which Sentry documents as safe to publish."""
     return "sentry" not in match.lower() and session_id(secret)
+
+
+def webhook_token(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A webhook URL's secret path part; a UUID there is more often the webhook's id in an API path."""
+    return session_id(secret) and not _is_uuid(secret)
+
+
+def _is_uuid(v: str) -> bool:
+    parts = v.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(c in "0123456789abcdefABCDEF" for p in parts for c in p)
 
 
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
@@ -893,6 +905,7 @@ VALIDATORS = {
     "generated": generated_secret,
     "session-id": session_id,
     "url-token-user": url_token_user,
+    "webhook-token": webhook_token,
     "password-like": password_like,
     "not-reference": not_reference,
     "known-token": known_token,
