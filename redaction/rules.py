@@ -569,17 +569,21 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          keywords=("jdbc:oracle",), group=1, validator="context", category="context", reason="JDBC Oracle URL",
          examples=(("jdbc:oracle:thin:scott/Ora-Jdbc-7@db.acme.io:1521:ORCL", "Ora-Jdbc-7"),)),
     Rule("url-query-secret",
-         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
+         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_?token|api[_-]?key|apikey|key|code"
          r"|client_secret|secret|password|passwd|pwd|pass|x-amz-signature|x-amz-security-token|x-goog-signature"
-         r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,})",
+         r"|x-goog-credential|sas_token|subscription-key|private[_-]token|circle-token|api[_-]?token|access[_-]?key"
+         r"|secret[_-]?key|hapikey|jwt|session_?id))=([^&\s#\"'<>]{6,})",
          keywords=("sig=", "signature=", "token=", "key=", "code=", "secret=", "password=", "passwd=", "pwd=",
-                   "pass=", "x-amz-", "x-goog-"), group=2, key_group=1, validator="url-param", category="context",
+                   "pass=", "x-amz-", "x-goog-", "jwt=", "sessionid=", "session_id="), group=2, key_group=1,
+         validator="url-param", category="context",
          reason="URL query parameter",
          examples=(("https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D",
                     "Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D"),
                    ("wget 'https://dl.acme.io/a.tgz?token=Dl7Tok3nQx9Lm2'", "Dl7Tok3nQx9Lm2"),
                    ("https://maps.example.net/api?key=k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G&q=x", "k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G"),
-                   ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==")),
+                   ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5=="),
+                   ("https://atlas.microsoft.com/search?api-version=1.0&subscription-key=Az8Maps2Key9Lq4Xz", "Az8Maps2Key9Lq4Xz"),
+                   ("curl 'https://gitlab.acme.io/api/v4/projects?private_token=Gl8Qry2Tok9Lq4'", "Gl8Qry2Tok9Lq4")),
          negatives=("https://shop.acme.io/search?key=summer-dress&page=2", "https://x.io/cb?code=200",
                     "https://api.acme.io/v1?token=${TOKEN}", "https://x.io/?key=value")),
     Rule("go-mysql-dsn", r"[\"'`]([^\s:\"'`/@]{1,64}):([^\s@\"'`]{1,128})@(?:tcp|unix|udp)(?:\(|/)",

@@ -598,7 +598,7 @@ def setter_value(secret: str, match: str = "", before: str = "", after: str = ""
     return pair_value(secret, match, before, after)
 
 
-_WEAK_PARAMS = frozenset(("key", "code"))
+_WEAK_PARAMS = frozenset(("key", "code", "sessionid", "session_id"))
 
 
 def url_param(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
