@@ -230,10 +230,12 @@ _KNOWN_RULES: tuple[Rule, ...] = (
     Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
          examples=(("age key: " + _AGE, _AGE),)),
     # ---- structured tokens and key material ----
-    Rule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", keywords=("eyj",),
+    Rule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", keywords=("eyj",), validator="jwt",
          examples=(("Cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
                     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),),
-         negatives=("eyJ is how base64 JSON starts",)),
+         negatives=("eyJ is how base64 JSON starts",
+                    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5"
+                    "MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")),
     Rule("private-key",
          r"-----BEGIN[ A-Z0-9]{0,20}PRIVATE KEY(?: BLOCK)?-----"
          r"((?s:[A-Za-z0-9+/=\s\\,:.\"'|+-]{16,}?))"
@@ -365,7 +367,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", "password: String", "token_hash: 3f4e5d6c7b8a99887766554433221100ffeeddcc3f4e5d6c7b8a998877665544",
+                    "password: str", "password: String", "token: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6"
+                    "IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "token_hash: 3f4e5d6c7b8a99887766554433221100ffeeddcc3f4e5d6c7b8a998877665544",
                     "password_digest: $2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", "public_token: Xq2Lm9Pw4Rt6Vz8Nc1Df",
                     "password_changed_at: 2026-01-01T00:00:00Z", 'TEST_TOKEN = "fixture-token-abc123"', "secret: keyboard-cat",
                     'fake_secret = "secret-for-tests"', "TOKEN_TTL=3600", "MONKEY=banana", "api_key: @API_KEY@",

@@ -125,6 +125,8 @@ def is_placeholder(value: str) -> bool:
         return True  # `db_password`, `api_key_123`
     if core.isalpha() and _made_of_words(core):
         return True  # `mysecretvalue`, `supersecretpassword`, `changemeplease`
+    if v.startswith("eyJ") and v.count(".") == 2 and not jwt_token(v):
+        return True  # the JWT of the tutorials
     if len(parts) > 1 and all(p.isalpha() for p in parts) and low == low.lower() and parts[-1] in _SECRET_NOUNS \
             and ("-" in v or "_" in v):
         return True  # the name of a secret (`db-credentials`, `postgres-password`), not its value
@@ -779,6 +781,25 @@ def _is_uuid(v: str) -> bool:
     return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(c in "0123456789abcdefABCDEF" for p in parts for c in p)
 
 
+def jwt_token(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A JSON Web Token, unless its claims are documentation's (`"name": "John Doe"`, jwt.io's `"iat":
+    1516239022`, an `example.com` issuer or address): the token every JWT tutorial shows is no secret."""
+    import json
+
+    parts = secret.split(".")
+    if len(parts) < 3 or not token_body_ok(parts[2]):
+        return False
+    raw = b64decode(parts[1])
+    try:
+        claims = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return True
+    if not isinstance(claims, dict):
+        return True
+    values = [str(v).lower() for v in claims.values() if isinstance(v, (str, int))]
+    return not any(v in ("john doe", "jane doe", "1516239022") or "example." in v for v in values)
+
+
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """Anything but a `$VAR`/template reference or a placeholder word."""
     v = secret.strip().strip("\"'")
@@ -904,6 +925,7 @@ VALIDATORS = {
     "url-param": url_param,
     "generated": generated_secret,
     "session-id": session_id,
+    "jwt": jwt_token,
     "url-token-user": url_token_user,
     "webhook-token": webhook_token,
     "password-like": password_like,
