@@ -236,7 +236,7 @@ class Redactor:
             found = self._scan_window(text, 0)
             if "%" in text and _PERCENT_SYNTAX.search(text):
                 found += self._scan_percent_decoded(text)
-            if (("\\" in text and ("\\u00" in text or "\\x" in text))
+            if (("\\" in text and ("\\u00" in text or "\\x" in text or ":\\/\\/" in text))
                     or ("&" in text and ";" in text and ("&quot;" in text or "&#" in text or "&apos;" in text))) \
                     and _ESCAPED_SYNTAX.search(text):
                 found += self._scan_unescaped(text)
@@ -375,13 +375,15 @@ _PERCENT_ESCAPE = re2.compile(r"%[0-7][0-9A-Fa-f]")
 
 _ESC = "\x00\\"  # marks a detail found with character escapes decoded
 # `\u0022`, `\x22` (printable ASCII only) and the HTML character references that quote or separate.
-_CHAR_ESCAPE = re2.compile(r"\\u00[2-7][0-9A-Fa-f]|\\x[2-7][0-9A-Fa-f]|&(?:quot|apos|amp|lt|gt);|&#(?:x[2-7][0-9A-Fa-f]|[3-9][0-9]|1[01][0-9]|12[0-6]);")
+_CHAR_ESCAPE = re2.compile(r"\\/|\\u00[2-7][0-9A-Fa-f]|\\x[2-7][0-9A-Fa-f]|&(?:quot|apos|amp|lt|gt);|&#(?:x[2-7][0-9A-Fa-f]|[3-9][0-9]|1[01][0-9]|12[0-6]);")
 # Escaped quotes and separators: only a text holding one of these is scanned again decoded.
-_ESCAPED_SYNTAX = re2.compile(r"\\u00(?:22|27|3[AaDd])|\\x(?:22|27|3[AaDd])|&(?:quot|apos|#34|#39|#x22|#x27);")
+_ESCAPED_SYNTAX = re2.compile(r":\\/\\/|\\u00(?:22|27|3[AaDd])|\\x(?:22|27|3[AaDd])|&(?:quot|apos|#34|#39|#x22|#x27);")
 _ENTITIES = {"&quot;": '"', "&apos;": "'", "&amp;": "&", "&lt;": "<", "&gt;": ">"}
 
 
 def _char_of(escape: str) -> str:
+    if escape == "\\/":
+        return "/"  # JSON's escaped solidus: `https:\\/\\/u:pw@host`
     if escape[0] == "\\":
         return chr(int(escape[-2:], 16))
     if escape.startswith("&#x"):

@@ -54,7 +54,7 @@ class Rule:
 _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
-_VALUE = (r"(\"\"\"[^\"\n]+\"\"\"|\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
+_VALUE = (r"(\"\"\"[^\"\n]+\"\"\"|\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"(?:[^\"\\\n]|\\.)+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
           r"|[^\s\"'`,;=<>(){}\[\]\\&][^\s\"'`,;<>\\&]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
@@ -358,7 +358,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
                    ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
                    ("password: &pw Yaml-Anchor-Pw-2", "Yaml-Anchor-Pw-2"),
-                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
+                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ('{"password": "Ab\\"cd9#Efgh12"}', 'Ab\\"cd9#Efgh12'), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
                    ('{"azureDevopsExtPat": "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"}',
                     "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
                    ('senha: "Minha-Senha-12"', "Minha-Senha-12"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
