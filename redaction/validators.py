@@ -352,7 +352,10 @@ def phone_digits(secret: str, match: str = "", before: str = "", after: str = ""
 
 def _dollar_reference(v: str) -> bool:
     """`$VAR`, `$env:X`, `$this->x`, `$cfg['k']`, or a whole `${...}` / `$(...)`; not a secret that
-    merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do)."""
+    merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do). `$$NAME` and `$${NAME}` are
+    the same, escaped for docker-compose or make."""
+    if v.startswith("$$") and (v[2:3].isalpha() or v[2:3] in ("_", "{", "(")):
+        v = v[1:]
     if v[1:2] in ("{", "("):  # whole, or cut off at a space (`${PW:?set it}`, `$(cat pw.txt)`)
         close = "}" if v[1] == "{" else ")"
         return v.endswith(close) or close not in v
