@@ -412,6 +412,10 @@ def is_reference(value: str) -> bool:
                     and not inner.isalpha() and not inner.islower())
     if v.startswith("%") and (len(v) <= 3 or (v.endswith("%") and v[1:-1].replace("_", "").isalnum())):
         return True  # a bare `%s`, a Windows `%PASSWORD%`
+    if v.startswith("%env(") and v.endswith(")%"):
+        return True  # Symfony's `%env(DB_PASSWORD)%`, `%env(resolve:X)%`
+    if len(v) > 4 and v[:2] == v[-2:] and v[:2] in ("##", "__", "%%") and v[2:-2].replace("_", "").replace(".", "").isalnum():
+        return True  # a deploy tool's token: `##API_KEY##`, `__DB_PASSWORD__`
     inner = v.strip("@")
     if v.startswith("@") and v.endswith("@") and inner and inner.replace("_", "").replace(".", "").isalnum():
         return True  # a build tool's filter token: `@API_KEY@`, `@@TOKEN@@`, `@db.password@`
