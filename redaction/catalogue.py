@@ -98,6 +98,13 @@ CATALOGUE_RULES: tuple[Rule, ...] = (
     _fmt("akamai-edgegrid", r"\bakab-[a-z0-9]{16}-[a-z0-9]{16}\b", ("akab-",),
          "akab-" + _tok("ak", _LOWER_ALNUM, 16) + "-" + _tok("ak2", _LOWER_ALNUM, 16), "Akamai EdgeGrid client token"),
     # ---- package registries ----
+    _fmt("docker-swarm-join-token", r"\bSWMTKN-1-[0-9a-z]{50}-[0-9a-z]{25}\b", ("swmtkn-1-",),
+         "SWMTKN-1-" + _tok("sw", string.digits + string.ascii_lowercase, 50) + "-" + _tok("sw2", string.digits + string.ascii_lowercase, 25),
+         "Docker Swarm join token", place="docker swarm join --token {t} 10.0.0.1:2377"),
+    _fmt("openvpn-static-key", r"-----BEGIN OpenVPN Static key V1-----\s*([0-9a-fA-F\s]{64,}?)\s*-----END OpenVPN Static key V1-----",
+         ("openvpn static key",), "\n".join(_tok("ov" + str(i), _HEX, 32) for i in range(4)),
+         "OpenVPN static key (tls-auth, tls-crypt)",
+         place="<tls-auth>\n-----BEGIN OpenVPN Static key V1-----\n{t}\n-----END OpenVPN Static key V1-----\n</tls-auth>"),
     _fmt("dockerhub-token", r"\bdckr_(?:pat|oat)_[A-Za-z0-9_-]{27,}", ("dckr_pat_", "dckr_oat_"),
          "dckr_pat_" + _tok("dh", _B64URL, 27), "Docker Hub access token"),
     _fmt("rubygems-key", r"\brubygems_[a-f0-9]{48}\b", ("rubygems_",), "rubygems_" + _tok("rg", _HEX, 48),

@@ -388,12 +388,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     '"errors.password.tooShort": "Password must be at least 12 characters",')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer)[^\n]{0,24}?[ \t:=\"'`]"
+         r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer|\bencrypt\b)[^\n]{0,24}?[ \t:=\"'`]"
          r"([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
-                   "session", "private", "hmac", "bearer"),
+                   "session", "private", "hmac", "bearer", "encrypt"),
          group=1, validator="generated", category="context",
          examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),
+                   ('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="', "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="),
                    ('{"segmentWriteKey": "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo"}', "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo")),
          negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
                     'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"',
@@ -757,6 +758,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("git clone https://deploy-bot-readonly-user@git.acme.io/r.git",
                     "ssh://git@github.com/acme/app.git",
                     'Sentry.init({ dsn: "https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123" })')),
+    Rule("ipsec-secret",
+         r"(?im)^[^\n#]*:[ \t]*(PSK|XAUTH|EAP)[ \t]+(\"[^\"\n]+\"|0s[A-Za-z0-9+/=]{8,}|0x[0-9A-Fa-f]{8,})",
+         keywords=("psk", "xauth", "eap"), group=2, key_group=1, validator="context", category="context",
+         reason="ipsec.secrets entry",
+         examples=(('%any 203.0.113.5 : PSK "Ipsec-Psk-Val-7"', "Ipsec-Psk-Val-7"),
+                   ('alice : XAUTH "Ipsec-Xauth-8"', "Ipsec-Xauth-8")),
+         negatives=(": RSA server.key",)),
     Rule("bundler-credentials",
          r"(?:\bBUNDLE_[A-Z0-9_]+__[A-Z0-9_]+[\"']?\s*[:=]\s*[\"']?"
          r"|\bbundle\s+config\s+(?:set\s+)?(?:--[a-z]+\s+)*[a-z0-9-]+(?:\.[a-z0-9-]+)+\s+[\"']?)"
