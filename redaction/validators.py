@@ -17,7 +17,8 @@ from collections import Counter
 _NON_SECRET_WORDS = frozenset(
     "true false null none nil undefined yes no on off str string int integer bytes bool boolean "
     "optional required object any dict list tuple float number self cls this secret password "
-    "token passwd pwd key value env default empty redacted".split()
+    "token passwd pwd key value env default empty redacted hs256 hs384 hs512 rs256 rs384 rs512 es256 es384 es512 "
+    "ps256 ps384 ps512 eddsa sha256 sha384 sha512 aes128 aes256".split()
 )
 # Key names whose value describes a secret rather than being one: `token_type`, `secret_name`, ...
 _DESCRIPTIVE_SUFFIXES = (
@@ -354,8 +355,12 @@ def _dollar_reference(v: str) -> bool:
     """`$VAR`, `$env:X`, `$this->x`, `$cfg['k']`, or a whole `${...}` / `$(...)`; not a secret that
     merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do). `$$NAME` and `$${NAME}` are
     the same, escaped for docker-compose or make."""
-    if v.startswith("$$") and (v[2:3].isalpha() or v[2:3] in ("_", "{", "(")):
-        v = v[1:]
+    if v.startswith("$$"):
+        inner = v[2:]
+        if inner[:1] in ("{", "("):
+            v = v[1:]
+        else:
+            return bool(inner) and (inner[0].isalpha() or inner[0] == "_") and inner.replace("_", "").isalnum()
     if v[1:2] in ("{", "("):  # whole, or cut off at a space (`${PW:?set it}`, `$(cat pw.txt)`)
         close = "}" if v[1] == "{" else ")"
         return v.endswith(close) or close not in v
@@ -726,8 +731,8 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     named = (before.rsplit("\n", 1)[-1][-12:] + lead).lower()
     if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC) or "public" in named or "pubkey" in named:
         return False  # an SSH public key, a key named public; a JSON Web Key's public members (`"n"`, `"x"`)
-    if is_placeholder(v) or _qualified_name(v):
-        return False
+    if is_placeholder(v) or _qualified_name(v) or after[:1] == "(":
+        return False  # ... or a call (`key = Ed25519PrivateKey.generate()`)
     raw = b64decode(v) if len(v) >= 16 else None
     if raw is not None:
         if b"CERTIFICATE" in raw[:48] or b"PUBLIC KEY" in raw[:48]:
