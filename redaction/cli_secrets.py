@@ -190,7 +190,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
-         r"|\bisql\s+(?:-\S+\s+)*[^\s-]\S*\s+[^\s-]\S*\s+|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
+         r"|\bgrafana-cli\s+admin\s+reset-admin-password\s+|\bvault\s+operator\s+unseal\s+"
+         r"|\bconsul\s+acl\s+set-agent-token\s+\S+\s+|\bisql\s+(?:-\S+\s+)*[^\s-]\S*\s+[^\s-]\S*\s+|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
          r"|\bmysqladmin\b" + _REST + r"\spassword\s+"
          r"|\bnet user\s+[^\s/]+\s+"
          r"|\bConvertTo-SecureString\s+(?:-String\s+)?"
@@ -199,7 +200,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
-                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok", "isql"),
+                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok", "isql", "grafana-cli", "operator unseal",
+                   "set-agent-token"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -215,6 +217,9 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
                    ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
                    ("isql -v PROD_DSN app Isql-Odbc-Pw-4", "Isql-Odbc-Pw-4"),
+                   ("grafana-cli admin reset-admin-password Graf-Reset-Pw-5", "Graf-Reset-Pw-5"),
+                   ("vault operator unseal Vlt-Unseal-Key-12xx", "Vlt-Unseal-Key-12xx"),
+                   ("consul acl set-agent-token agent Csl-Agent-Tok-13", "Csl-Agent-Tok-13"),
                    ("snyk auth 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
                    ("ngrok config add-authtoken 2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa", "2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa"),
                    ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83"),
