@@ -733,7 +733,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          r"(?im)(?:^[ \t]*(?:#+|//|--|;)?[ \t]*(password|passwd|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+"
          r"|\b(password|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+(?:is|was)[ \t]+[\"']?)"
          r"([^\s\"':=][^\s\"']{5,})[\"']?[ \t]*\.?[ \t]*$",
-         keywords=("pass", "pwd", "secret", "token", "key"), group=3, validator="password-like", category="context",
+         keywords=("pass", "pwd", "secret", "token", "api"), group=3, validator="password-like", category="context",
          reason="a secret word and its value, with no sign between (a directive, a note)",
          examples=(("password CwQ00s=tFYH_eCS3\n", "CwQ00s=tFYH_eCS3"),
                    ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX")),
