@@ -367,7 +367,7 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", "password: String", "password: '%env(DB_PASSWORD)%'", "api_key: ##API_KEY##", "PGPASSWORD=$$POSTGRES_PASSWORD psql", "password: $${DB_PASSWORD}", "token: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6"
+                    "password: str", "password: String", "PASSWORD_HASHER=argon2", "GITHUB_TOKEN_PERMISSIONS=read", "password: '%env(DB_PASSWORD)%'", "api_key: ##API_KEY##", "PGPASSWORD=$$POSTGRES_PASSWORD psql", "password: $${DB_PASSWORD}", "token: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6"
                     "IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "token_hash: 3f4e5d6c7b8a99887766554433221100ffeeddcc3f4e5d6c7b8a998877665544",
                     "password_digest: $2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", "public_token: Xq2Lm9Pw4Rt6Vz8Nc1Df",
                     "password_changed_at: 2026-01-01T00:00:00Z", 'TEST_TOKEN = "fixture-token-abc123"', "secret: keyboard-cat",

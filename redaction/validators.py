@@ -31,7 +31,8 @@ _DESCRIPTIVE_SUFFIXES = (
     "required", "endpoint", "arn", "policy", "manager", "service", "handler", "validator", "generator",
     "help", "text", "description", "desc", "message", "msg", "title", "tooltip", "placeholder", "caption",
     "prompt", "error", "warning", "hash", "hashed", "digest", "sha", "sha1", "sha256", "sha512", "md5", "checksum",
-    "fingerprint", "at", "date", "time", "timestamp",
+    "fingerprint", "at", "date", "time", "timestamp", "hasher", "hashers", "permission", "permissions", "engine",
+    "namespace",
 )
 # Words that contain a secret-bearing word without being about a secret.
 _NOT_SECRET_KEY_PARTS = ("tokeniz", "secretar", "passport", "passthrough", "bypass", "compass", "passenger",
