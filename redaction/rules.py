@@ -730,13 +730,14 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("token: |\n  Yaml-Lit-Tok-8\n", "Yaml-Lit-Tok-8")),
          negatives=("password: |\n  {{ .Values.password }}\n", "tls.key: |\n  -----BEGIN CERTIFICATE-----\n")),
     Rule("secret-word-value",
-         r"(?im)(?:^[ \t]*(?:#+|//|--|;)?[ \t]*(password|passwd|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+"
+         r"(?im)(?:^[ \t]*(?:#+|//|--|;)?[ \t]*(password|passwd|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+[\"']?"
          r"|\b(password|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+(?:is|was)[ \t]+[\"']?)"
          r"([^\s\"':=][^\s\"']{5,})[\"']?[ \t]*\.?[ \t]*$",
          keywords=("pass", "pwd", "secret", "token", "api"), group=3, validator="password-like", category="context",
          reason="a secret word and its value, with no sign between (a directive, a note)",
          examples=(("password CwQ00s=tFYH_eCS3\n", "CwQ00s=tFYH_eCS3"),
-                   ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX")),
+                   ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX"),
+                   ("credentials {\n    username 'deploy'\n    password 'Grdl-Dsl-Pw-7'\n}\n", "Grdl-Dsl-Pw-7")),
          negatives=("password required\n", "token refreshed\n", "the password is incorrect\n", "Password reset\n",
                     "secret store\n", "the token is valid\n", "password protected\n", "token   token-based\n",
                     "password VARCHAR(255)\n")),
