@@ -49,6 +49,10 @@ RUNNERS: tuple[TestRunner, ...] = (
     TestRunner("jest", r"jest(\s|$)", ("jest", "npx jest src/", "jest --ci"), ("jester", "npm i jest")),
     TestRunner("vitest", r"vitest(\s+run)?(\s|$)", ("vitest", "npx vitest run"), ("npm i vitest",)),
     TestRunner("mocha", r"mocha(\s|$)", ("mocha", "npx mocha test/"), ("mochaccino",)),
+    TestRunner("node", r"node\s+(-\S+\s+)*--test(\s|$)",
+               ("node --test", "node --test --test-reporter=junit --test-reporter-destination=junit.xml",
+                "node --experimental-strip-types --test test/"),
+               ("node test.js", "node --test-reporter=spec app.js", "node app.js --test")),
     TestRunner("go", r"go\s+test(\s|$)", ("go test ./...", "go test -run TestX ./pkg"),
                ("go build ./...", "go testing", "go vet")),
     TestRunner("cargo", r"cargo\s+(\+\S+\s+)?(test|nextest)(\s|$)",
@@ -175,15 +179,16 @@ def pytest_node_id(classname: str, name: str, file: str | None = None,
 
 class _Tests:
     """Test ids in first-seen order with their outcome (a repeated id keeps the worse), at most
-    MAX_TESTS of them."""
+    `limit` of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_TESTS) -> None:
         self.outcomes: dict[str, str] = {}
         self.truncated = False
+        self.limit = limit
 
     def add(self, test_id: str, outcome: str) -> None:
         old = self.outcomes.get(test_id)
-        if old is None and len(self.outcomes) >= MAX_TESTS:
+        if old is None and len(self.outcomes) >= self.limit:
             self.truncated = True
         elif old is None or OUTCOME_RANK[outcome] > OUTCOME_RANK[old]:
             self.outcomes[test_id] = outcome
@@ -222,15 +227,15 @@ def _testcases(raw: bytes | BinaryIO) -> Iterator[tuple[Any, bool]]:
 
 
 def parse_junit(raw: bytes | BinaryIO, *, pytest: bool | None = None,
-                is_file: Callable[[str], bool] | None = None) -> TestReport:
+                is_file: Callable[[str], bool] | None = None, max_tests: int = MAX_TESTS) -> TestReport:
     """Counts, failures and each test's outcome of a JUnit XML report (`<testsuites>` or
     `<testsuite>` root), given as bytes or as a binary stream. Test ids are pytest node ids (see
     `pytest_node_id`; `is_file` is handed on to it) when `pytest` is True, or when it is None and
     the testcase's suite is named "pytest" (pytest's default suite name); else `classname::name`
-    as the report has them."""
+    as the report has them. At most `max_tests` tests are listed."""
     passed = failed = skipped = 0
     failures: list[tuple[str, str]] = []
-    tests = _Tests()
+    tests = _Tests(max_tests)
     for case, in_pytest_suite in _testcases(raw):
         if _local(case.tag) != "testcase":
             continue
@@ -265,13 +270,13 @@ def parse_junit(raw: bytes | BinaryIO, *, pytest: bool | None = None,
     return TestReport(passed, failed, skipped, tuple(failures), listed, truncated)
 
 
-def merge_reports(reports: Iterable[TestReport]) -> TestReport | None:
+def merge_reports(reports: Iterable[TestReport], max_tests: int = MAX_TESTS) -> TestReport | None:
     """One report for a run that wrote several (one file per test class, per module, per env)."""
     reports = list(reports)
     if not reports:
         return None
     failures = tuple(f for r in reports for f in r.failures)[:MAX_FAILURES]
-    tests = _Tests()
+    tests = _Tests(max_tests)
     for r in reports:
         for test_id, outcome in r.tests:
             tests.add(test_id, outcome)

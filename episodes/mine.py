@@ -47,7 +47,10 @@ INSTANCE_KEYS = ("instance_id", "repo", "base_commit", "base_patch", "patch", "t
 TEST_DIRS = {"test", "tests", "testing", "spec", "specs", "__tests__", "__test__", "t"}
 TEST_GLOBS = ("test_*.py", "*_test.py", "conftest.py", "*_test.go", "*.test.[jt]s", "*.test.[jt]sx",
               "*.spec.[jt]s", "*.spec.[jt]sx", "*Test.java", "*Tests.java", "*_spec.rb", "*_test.rb",
-              "test_*.rb", "*Test.php", "*Tests.cs", "*_test.exs")
+              "test_*.rb", "*Test.php", "*Tests.cs", "*_test.exs", "*Test.kt", "*Tests.kt",
+              # Node's own runner's defaults, ES and CommonJS modules among them
+              "*.test.[cm][jt]s", "*.spec.[cm][jt]s", "*-test.[jt]s", "*-test.[cm][jt]s", "*_test.[jt]s",
+              "*_test.[cm][jt]s", "test-*.[jt]s", "test-*.[cm][jt]s", "test.[jt]s", "test.[cm][jt]s")
 
 
 # The kinds mining reads; the rest of an export (tool invocations, window focus, ...) is skipped.

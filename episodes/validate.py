@@ -18,9 +18,16 @@ errors or is missing without the patch and passes with it, in every run; PASS_TO
 passes both ways in every run. Valid: at least one FAIL_TO_PASS, no test that passed without the
 patch fails with it, and no test changing its verdict between runs (flaky).
 
+Other runners (any test command that is not pytest's): the command runs as recorded (or as
+`--test-cmd` gives it), whole, since how to select tests differs per runner; outcomes come from
+the JUnit XML reports it writes where the capture looks for them (`agent/testreports.py`:
+`junit.xml` and the like in the directory it runs in, `*.xml` under target/surefire-reports,
+build/test-results, ...), the reports a run wrote or rewrote, so ids are named as the capture
+named them (`classname::name`). A command that writes no report there is an `error` that says so.
+
 Promises: each run is bounded by `timeout` seconds (its whole process group is killed after it);
 worktrees and temporary files are removed when the instance is done, on error, and on Ctrl-C
-(KeyboardInterrupt propagates after the clean-up); only pytest suites are run today.
+(KeyboardInterrupt propagates after the clean-up); the clone's own work tree is never touched.
 """
 from __future__ import annotations
 
@@ -35,11 +42,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from agent import testreports
+
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin"
 PYTEST_VALUE_OPTS = {"-c", "-o", "-p", "-W", "-n", "--rootdir", "--junitxml", "--junit-xml",
                      "--confcutdir", "--basetemp", "--deselect", "--ignore", "--ignore-glob",
                      "--maxfail", "--tb", "-r", "--durations", "--log-level", "--timeout", "--import-mode"}
 SELECTING_OPTS = {"-k", "-m"}
+MAX_TESTS = 100_000  # tests read from the reports of one run of another runner
 
 
 class ValidateError(Exception):
@@ -175,19 +185,8 @@ def _apply(tree: Path, patch: str, what: str, reverse: bool = False) -> None:
         raise _InstanceError(f"{what} does not apply at base_commit ({first})")
 
 
-def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> dict[str, str]:
-    """Test id -> outcome of one run of `cmd` (a shell line) in `tree/cwd`."""
-    out_file = scratch / "outcomes.jsonl"
-    log_file = scratch / "output.log"
-    out_file.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["TRACECAP_OUTCOMES"] = str(out_file)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_DIR), env.get("PYTHONPATH", "")) if p)
-    env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p tracecap_outcomes -p no:cacheprovider").strip()
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    workdir = tree / cwd
-    if not workdir.is_dir():
-        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
+def _run(workdir: Path, cmd: str, env: dict[str, str], timeout: float, log_file: Path) -> int:
+    """Run the shell line `cmd` in `workdir`, bounded by `timeout`; its exit code."""
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(["bash", "-c", cmd], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -199,6 +198,28 @@ def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> 
         finally:
             if proc.poll() is None:  # interrupted: the whole group goes with us
                 _kill(proc)
+    return proc.returncode
+
+
+def _no_outcomes(code: int, log_file: Path, what: str) -> _InstanceError:
+    tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return _InstanceError(f"{what}; it exited {code}, its last line of output: {tail[0][:200]}")
+
+
+def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> dict[str, str]:
+    """Test id -> outcome of one run of the pytest line `cmd` in `tree/cwd`."""
+    out_file = scratch / "outcomes.jsonl"
+    log_file = scratch / "output.log"
+    out_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["TRACECAP_OUTCOMES"] = str(out_file)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p tracecap_outcomes -p no:cacheprovider").strip()
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    workdir = tree / cwd
+    if not workdir.is_dir():
+        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
+    code = _run(workdir, cmd, env, timeout, log_file)
     outcomes: dict[str, str] = {}
     rank = {"passed": 0, "skipped": 0, "failed": 1, "error": 2}
     if out_file.exists():
@@ -208,9 +229,39 @@ def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> 
             if old is None or rank.get(rec["outcome"], 2) >= rank.get(old, 0):
                 outcomes[rec["id"]] = rec["outcome"]
     if not outcomes:
-        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise _InstanceError(f"the test command reported no test outcomes (exit {proc.returncode}: {tail[0][:200]})")
+        raise _no_outcomes(code, log_file, "the test command reported no test outcomes")
     return outcomes
+
+
+def _report_stats(workdir: Path) -> dict[Path, tuple[int, int, int]]:
+    every = testreports.find_reports(str(workdir), 0, 2**63 - 1)
+    stats = {}
+    for p in every:
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            stats[p] = (st.st_mtime_ns, st.st_ino, st.st_size)
+    return stats
+
+
+def run_junit_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> dict[str, str]:
+    """Test id -> outcome of one run of `cmd` (a runner other than pytest) in `tree/cwd`, from
+    the JUnit XML reports the run wrote or rewrote where the capture looks for them."""
+    workdir = tree / cwd
+    if not workdir.is_dir():
+        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
+    log_file = scratch / "output.log"
+    before = _report_stats(workdir)
+    code = _run(workdir, cmd, dict(os.environ), timeout, log_file)
+    written = [p for p, st in _report_stats(workdir).items() if before.get(p) != st]
+    report = testreports.read_reports(sorted(written), str(workdir), pytest=False, max_tests=MAX_TESTS)
+    if report is None or not report.tests:
+        where = ", ".join(testreports.REPORT_FILES[:2] + testreports.REPORT_DIRS[:3])
+        raise _no_outcomes(code, log_file, f"the test command wrote no JUnit XML report where tracecap reads "
+                                           f"them ({where}, ...), so pass --test-cmd with one that does")
+    if report.tests_truncated:
+        raise _InstanceError(f"the test command's reports list more than {MAX_TESTS} tests; pass --test-cmd "
+                             f"running fewer")
+    return dict(report.tests)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -248,9 +299,8 @@ def validate_instance(inst: dict[str, Any], repo: Path, runs: int, test_cmd: str
     validation: dict[str, Any] = {"status": "error", "runs": 0, "reason": None, "command": None, "replay": None}
     out["validation"] = validation
     try:
-        if not is_pytest(cmd):
-            raise _InstanceError("validate runs pytest suites only; pass --test-cmd with a pytest command "
-                                 "for this task" if not test_cmd else "--test-cmd is not a pytest command")
+        if not cmd.strip():
+            raise _InstanceError("the task has no test command; pass --test-cmd")
         base = inst.get("base_commit") or ""
         if _git(repo, "cat-file", "-e", f"{base}^{{commit}}", check=False).returncode != 0:
             raise _InstanceError(f"base_commit {base[:12]} is not in {repo}; fetch it there first")
@@ -261,22 +311,28 @@ def validate_instance(inst: dict[str, Any], repo: Path, runs: int, test_cmd: str
             scratch = tree.parent
             _apply(tree, inst.get("base_patch", ""), "base_patch")
             _apply(tree, inst.get("test_patch", ""), "test_patch")
-            before, subdir, segment = pytest_part(cmd)
             cwd = os.path.normpath(meta.get("test_cwd") or ".")
-            where = os.path.normpath(os.path.join(cwd, subdir))  # where pytest itself runs
-            if where.startswith("..") or cwd.startswith(".."):
+            if cwd.startswith(".."):
                 raise _InstanceError(f"the test command runs outside the repository ({cmd!r}); pass --test-cmd")
-            # Recorded ids are relative to pytest's rootdir, which may be above `where`.
-            up = os.path.relpath(run_dir(tree, where, recorded), where)
-            ids = {i if up == "." else f"{up}/{i}" for i in recorded}
-            files = {os.path.relpath(p, where) for p in patch_paths(inst.get("test_patch", "")) if p.endswith(".py")}
-            ids = sorted(files | {i for i in ids if i.split("::")[0] not in files})
-            command = f"{before} {restrict(segment, ids)}".strip()
+            if is_pytest(cmd):
+                before, subdir, segment = pytest_part(cmd)
+                where = os.path.normpath(os.path.join(cwd, subdir))  # where pytest itself runs
+                if where.startswith(".."):
+                    raise _InstanceError(f"the test command runs outside the repository ({cmd!r}); pass --test-cmd")
+                # Recorded ids are relative to pytest's rootdir, which may be above `where`.
+                up = os.path.relpath(run_dir(tree, where, recorded), where)
+                ids = {i if up == "." else f"{up}/{i}" for i in recorded}
+                files = {os.path.relpath(p, where) for p in patch_paths(inst.get("test_patch", "")) if p.endswith(".py")}
+                ids = sorted(files | {i for i in ids if i.split("::")[0] not in files})
+                command = f"{before} {restrict(segment, ids)}".strip()
+                run = run_tests
+            else:
+                command, run = cmd, run_junit_tests
             validation["command"] = command if cwd == "." else f"cd {shlex.quote(cwd)} && {command}"
             for _ in range(runs):
-                befores.append(run_tests(tree, cwd, command, timeout, scratch))
+                befores.append(run(tree, cwd, command, timeout, scratch))
                 _apply(tree, inst.get("patch", ""), "patch")
-                afters.append(run_tests(tree, cwd, command, timeout, scratch))
+                afters.append(run(tree, cwd, command, timeout, scratch))
                 _apply(tree, inst.get("patch", ""), "patch", reverse=True)
                 validation["runs"] += 1
             validation["replay"] = _replay(tree, inst, scratch)

@@ -82,12 +82,21 @@ TOOL_FLAGS: tuple[ToolFlags, ...] = (
     ToolFlags("snmp", ("snmpwalk", "snmpget", "snmpset", "snmpbulkwalk", "snmpbulkget", "snmptrap"), ("-A", "-X"),
               examples=(("snmpwalk -v3 -l authPriv -u mon -a SHA -A Snmp-Auth-77 -x AES -X Snmp-Priv-88 10.0.0.1",
                          "Snmp-Auth-77"),)),
+    ToolFlags("rabbitmqadmin-influx", ("rabbitmqadmin", "influx"), ("-p", "--password"),
+              examples=(("rabbitmqadmin -u admin -p Rmq-Adm-Pw-2 list queues", "Rmq-Adm-Pw-2"),
+                        ("influx setup -u admin -p Infl-Setup-Pw-3 -o acme -b main -f", "Infl-Setup-Pw-3"))),
+    ToolFlags("macos-security", ("security",), ("-w",),
+              examples=(("security add-generic-password -a me -s api -w Kc-Gen-Pw-3 -U", "Kc-Gen-Pw-3"),),
+              negatives=("security find-generic-password -s api -w",)),
+    ToolFlags("codecov", ("codecov", "codecovcli"), ("-t", "--token"),
+              examples=(("codecov -t 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55 -f coverage.xml", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),)),
     ToolFlags("doctl", ("doctl",), ("-t", "--access-token"),
               examples=(("doctl auth init -t 4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4",
                          "4cd7e1b2a9f8c3d6e5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4"),)),
     ToolFlags("registry-login", ("docker", "podman", "nerdctl", "helm", "buildah", "skopeo", "oras", "crane",
-                                 "regctl"), ("--password", "-p"),
-              examples=(("podman login quay.io -u robot -p Qy7-Rb0t-Pw9", "Qy7-Rb0t-Pw9"),),
+                                 "regctl", "oc"), ("--password", "-p"),
+              examples=(("podman login quay.io -u robot -p Qy7-Rb0t-Pw9", "Qy7-Rb0t-Pw9"),
+                        ("oc login https://api.ocp.acme.io:6443 -u kubeadmin -p Oc-Login-Pw-3", "Oc-Login-Pw-3")),
               negatives=("docker run -p 8080:80 nginx", "podman run -p 5432:5432 postgres")),
 )
 
@@ -105,7 +114,9 @@ def _tool_rule(row: ToolFlags) -> Rule:
         pattern = (r"\b(?:" + tools + r")\s+(?:registry\s+)?login\b" + _REST + r"\s(?:\-\-password|\-p)(?:\s+|=)" + VALUE)
     flags = ", ".join(row.flags + row.attached)
     repeat = _REST + r"\s(?:" + "|".join(branches) + ")" + VALUE
-    return Rule(f"cli-{row.name}", pattern, repeat=repeat, keywords=tuple(t.lower() for t in row.tools), group=1,
+    # registry logins are found after `login`, which is rarer in text than a short tool name (`oc`)
+    keywords = ("login",) if row.name == "registry-login" else tuple(t.lower() for t in row.tools)
+    return Rule(f"cli-{row.name}", pattern, repeat=repeat, keywords=keywords, group=1,
                 validator="context", category="context", reason=f"command line: {row.tools[0]} {flags}",
                 examples=row.examples, negatives=row.negatives)
 
@@ -131,15 +142,30 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"\b(?:echo(?:\s+-[neE]+)*|printf(?:\s+[\"'][^\"'\n]*%s[^\"'\n]*[\"'])?)\s+" + VALUE
          + r"\s*\|\s*(?:sudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
          r"|[A-Za-z0-9_.-]+\b[^\n|;&]*(?:--password-stdin|--with-token|--token-stdin|--secret-stdin)\b"
-         r"|passwd\s+--stdin)",
-         keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin"), group=1, validator="context", category="context",
+         r"|passwd\s+--stdin|(?:sudo\s+)?chpasswd\b"
+         r"|[A-Za-z0-9_.-]+\b[^\n|;&]*\s--data-file(?:=|\s+)(?:-|/dev/stdin)(?:\s|$)|wrangler\s+secret\s+put\b"
+         r"|(?:docker|podman)\s+secret\s+create\s+(?:-\S+\s+)*\S+\s+-(?:\s|$))",
+         keywords=("sudo", "password-stdin", "passwd", "with-token", "token-stdin", "secret-stdin", "data-file",
+                   "wrangler", "secret create", "chpasswd"), group=1, validator="context", category="context",
          reason="command line: a password piped to sudo -S or --password-stdin",
          examples=(("echo 'Sud0-L0cal!' | sudo -S apt-get update", "Sud0-L0cal!"),
                    ("echo Passw0rd-77 | sudo -k -S systemctl restart nginx", "Passw0rd-77"),
                    ('echo -n "Ec-Pw-73" | docker login -u bob --password-stdin', "Ec-Pw-73"),
                    ('printf "%s" "Pf-Pw-84" | sudo -S true', "Pf-Pw-84"),
-                   ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57")),
+                   ("echo Gh-Tok-Stdin-57 | gh auth login --with-token", "Gh-Tok-Stdin-57"),
+                   ("echo -n 'Gc-Sec-Pipe-4' | gcloud secrets versions add db --data-file=-", "Gc-Sec-Pipe-4"),
+                   ("echo Wr-Sec-Put-9 | wrangler secret put API_KEY", "Wr-Sec-Put-9"),
+                   ('printf "Dkr-Sec-Cr-8" | docker secret create db_password -', "Dkr-Sec-Cr-8"),
+                   ('echo "deploy:Chp-Pw-9x" | sudo chpasswd', "deploy:Chp-Pw-9x")),
          negatives=('echo "$PW" | sudo -S true', "echo hello | sudo tee /etc/motd")),
+    Rule("cli-herestring-secret",
+         r"(?:--password-stdin|--with-token|--token-stdin|--secret-stdin|--data-file(?:=|\s+)-|\bsudo\s+(?:-[A-Za-z]+\s+)*?-[A-Za-z]*S\b"
+         r"[^\n<|;&]*|\bchpasswd|\bwrangler\s+secret\s+put\s+\S+)\s*<<<\s*" + VALUE,
+         keywords=("<<<",), group=1, validator="context", category="context",
+         reason="command line: a secret given on stdin as a here-string",
+         examples=(('gh auth login --with-token <<< "Gh-Hstr-Tok-1x"', "Gh-Hstr-Tok-1x"),
+                   ("docker login -u me --password-stdin <<< Hstr-Dk-Pw-2", "Hstr-Dk-Pw-2")),
+         negatives=('gh auth login --with-token <<< "$GH_TOKEN"',)),
     Rule("cli-userinfo-flag",
          r"(?:\b(?:smbclient|rpcclient|smbcacls|smbget|smbmap)\b" + _REST + r"\s(?:-U|--user(?:name)?)(?:\s+|=)[\"']?[^\s%\"']+%"
          r"|\blftp\b" + _REST + r"\s-u\s+[\"']?[^\s,\"']+,"
@@ -164,7 +190,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"|\bwpa_passphrase\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\S+)\s+"
          r"|\bmc (?:alias set|config host add)\s+\S+\s+\S+\s+\S+\s+"
          r"|\bnet use\s+\S+\s+/user:\S+\s+"
-         r"|\bcargo login\s+"
+         r"|\bgrafana-cli\s+admin\s+reset-admin-password\s+|\bvault\s+operator\s+unseal\s+"
+         r"|\bconsul\s+acl\s+set-agent-token\s+\S+\s+|\bisql\s+(?:-\S+\s+)*[^\s-]\S*\s+[^\s-]\S*\s+|\bcargo login\s+|\bsnyk\s+auth\s+|\bngrok\s+(?:config\s+add-)?authtoken\s+"
          r"|\bmysqladmin\b" + _REST + r"\spassword\s+"
          r"|\bnet user\s+[^\s/]+\s+"
          r"|\bConvertTo-SecureString\s+(?:-String\s+)?"
@@ -173,7 +200,8 @@ SPECIAL_RULES: tuple[Rule, ...] = (
          r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>@=][^\s|;&<>@]*)",
          keywords=("sqlplus", "rabbitmqctl", "vault login", "aws configure", "kubectl", "gh secret", "nmcli",
                    "wpa_passphrase", "mc alias", "mc config", "net use", "az keyvault", "aws ssm", "cargo login",
-                   "pulumi config", "mysqladmin", "net user", "convertto-securestring"),
+                   "pulumi config", "mysqladmin", "net user", "convertto-securestring", "snyk", "ngrok", "isql", "grafana-cli", "operator unseal",
+                   "set-agent-token"),
          group=1, validator="context", category="context", reason="command line: a secret argument of this tool",
          examples=(("sqlplus scott/T1ger-0ra@orcl", "T1ger-0ra"),
                    ("rabbitmqctl add_user svc Rmq-Svc-Pw5", "Rmq-Svc-Pw5"),
@@ -188,6 +216,12 @@ SPECIAL_RULES: tuple[Rule, ...] = (
                    ("az keyvault secret set --vault-name kv --name db --value Kv-Val-19x", "Kv-Val-19x"),
                    ("aws ssm put-parameter --name /db/pw --type SecureString --value Ssm-Val-28", "Ssm-Val-28"),
                    ("cargo login Crg-Tok-7q2Lm9", "Crg-Tok-7q2Lm9"),
+                   ("isql -v PROD_DSN app Isql-Odbc-Pw-4", "Isql-Odbc-Pw-4"),
+                   ("grafana-cli admin reset-admin-password Graf-Reset-Pw-5", "Graf-Reset-Pw-5"),
+                   ("vault operator unseal Vlt-Unseal-Key-12xx", "Vlt-Unseal-Key-12xx"),
+                   ("consul acl set-agent-token agent Csl-Agent-Tok-13", "Csl-Agent-Tok-13"),
+                   ("snyk auth 6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55", "6f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
+                   ("ngrok config add-authtoken 2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa", "2Xq8Lm2Zx9Pw4Rt6Yb1Nc3Df5G_7Jk0Xq9Zs8Bv7Cn6Aa"),
                    ("pulumi config set --secret dbPassword Plm-Sec-83", "Plm-Sec-83"),
                    ("mysqladmin -u root password N3w-Root-Pw", "N3w-Root-Pw"),
                    ("net user bob Nu-Pw-28 /add", "Nu-Pw-28"),

@@ -13,8 +13,9 @@ gives `Redactor.redact_text(text) -> RedactionResult`. Promises:
   its matches, so every secret flag of one command is found, not only the first.
 - Every finding says why (`Finding.reason`): the format, the context key, or what decoding showed.
 - Decode before judging: a text (up to one scan window long) holding percent-escaped syntax (`%3D`,
-  `%22`, `%3A`, ...) is also scanned percent-decoded, and what is found there is redacted at its
-  place in the original.
+  `%22`, `%3A`, ...) is also scanned percent-decoded, one holding `\u0022`/`\x22` escapes or HTML
+  entities (`&quot;`, `&#34;`) is also scanned with those decoded, and what is found there is
+  redacted at its place in the original.
 """
 from __future__ import annotations
 
@@ -235,6 +236,10 @@ class Redactor:
             found = self._scan_window(text, 0)
             if "%" in text and _PERCENT_SYNTAX.search(text):
                 found += self._scan_percent_decoded(text)
+            if (("\\" in text and ("\\u00" in text or "\\x" in text or ":\\/\\/" in text))
+                    or ("&" in text and ";" in text and ("&quot;" in text or "&#" in text or "&apos;" in text))) \
+                    and _ESCAPED_SYNTAX.search(text):
+                found += self._scan_unescaped(text)
             return _merge(found)
         raw = []
         step = self._window - OVERLAP
@@ -284,6 +289,15 @@ class Redactor:
             out.append((starts[s], starts[e], i, d + _PCT if d else _PCT))
         return out
 
+    def _scan_unescaped(self, text: str) -> list[tuple[int, int, int, str]]:
+        """Findings in the text with `\\u0022`, `\\x22` and HTML character references decoded
+        (`{\\u0022password\\u0022: …}`, `value="{&quot;token&quot;: …}"`), as spans of `text`."""
+        view, starts = escape_decoded(text, _CHAR_ESCAPE, _char_of)
+        out = []
+        for s, e, i, d in self._scan_window(view, 0):
+            out.append((starts[s], starts[e], i, d + _ESC if d else _ESC))
+        return out
+
     def _judge(self, c: _Compiled, m, group: int, data: bytes) -> tuple[int, int, str] | None:
         """The span to redact for match `m` (quotes trimmed) and the detail for `--explain`, or
         None when the rule's entropy floor or check rejects it."""
@@ -294,7 +308,9 @@ class Redactor:
         if data[s:s + 1] in b"bBrRuU" and e - s >= 4 and data[s + 1:s + 2] in (b'"', b"'") \
                 and data[e - 1:e] == data[s + 1:s + 2]:
             s += 1  # a bytes or raw literal (`b"..."`): the quotes inside are trimmed next
-        if data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
+        if data[s:s + 3] in (b'"""', b"'''") and e - s >= 7 and data[e - 3:e] == data[s:s + 3]:
+            s, e = s + 3, e - 3  # a triple-quoted string (Python, Kotlin, TOML)
+        elif data[s:s + 1] in (b'"', b"'", b"`") and e - s >= 2 and data[e - 1:e] == data[s:s + 1]:
             s, e = s + 1, e - 1  # a quoted value: redact inside the quotes
         elif data[s:s + 2] == b'\\"' and e - s >= 5 and data[e - 2:e] == b'\\"':
             s, e = s + 2, e - 2  # the same inside an escaped string (JSON in JSON, diffs)
@@ -357,17 +373,43 @@ _PERCENT_SYNTAX = re2.compile(r"%(?:3[DdAa]|22|27|26|2[Cc]|7[BbDd])")  # = : " '
 _PERCENT_ESCAPE = re2.compile(r"%[0-7][0-9A-Fa-f]")
 
 
+_ESC = "\x00\\"  # marks a detail found with character escapes decoded
+# `\u0022`, `\x22` (printable ASCII only) and the HTML character references that quote or separate.
+_CHAR_ESCAPE = re2.compile(r"\\/|\\u00[2-7][0-9A-Fa-f]|\\x[2-7][0-9A-Fa-f]|&(?:quot|apos|amp|lt|gt);|&#(?:x[2-7][0-9A-Fa-f]|[3-9][0-9]|1[01][0-9]|12[0-6]);")
+# Escaped quotes and separators: only a text holding one of these is scanned again decoded.
+_ESCAPED_SYNTAX = re2.compile(r":\\/\\/|\\u00(?:22|27|3[AaDd])|\\x(?:22|27|3[AaDd])|&(?:quot|apos|#34|#39|#x22|#x27);")
+_ENTITIES = {"&quot;": '"', "&apos;": "'", "&amp;": "&", "&lt;": "<", "&gt;": ">"}
+
+
+def _char_of(escape: str) -> str:
+    if escape == "\\/":
+        return "/"  # JSON's escaped solidus: `https:\\/\\/u:pw@host`
+    if escape[0] == "\\":
+        return chr(int(escape[-2:], 16))
+    if escape.startswith("&#x"):
+        return chr(int(escape[3:-1], 16))
+    if escape.startswith("&#"):
+        return chr(int(escape[2:-1]))
+    return _ENTITIES[escape]
+
+
 def percent_decoded(text: str) -> tuple[str, list[int]]:
     """`text` with ASCII percent-escapes decoded, and for each character of the result the offset in
     `text` where it starts (one more entry: `len(text)`), so spans map back."""
+    return escape_decoded(text, _PERCENT_ESCAPE, lambda esc: chr(int(esc[1:], 16)))
+
+
+def escape_decoded(text: str, pattern, decode) -> tuple[str, list[int]]:
+    """`text` with each match of `pattern` replaced by `decode(match)`, and for each character of the
+    result the offset in `text` where it starts (one more entry: `len(text)`)."""
     out: list[str] = []
     starts: list[int] = []
     pos = 0
-    for m in _PERCENT_ESCAPE.finditer(text):
+    for m in pattern.finditer(text):
         s, e = m.span()
         out.append(text[pos:s])
         starts.extend(range(pos, s))
-        out.append(chr(int(text[s + 1:e], 16)))
+        out.append(decode(text[s:e]))
         starts.append(s)
         pos = e
     out.append(text[pos:])
@@ -412,6 +454,8 @@ def _reason(rule: Rule, detail: str) -> str:
     """One phrase for `--explain`: why this rule redacted this span."""
     if detail.endswith(_PCT):
         return _reason(rule, detail[:-len(_PCT)]) + ", after percent-decoding"
+    if detail.endswith(_ESC):
+        return _reason(rule, detail[:-len(_ESC)]) + ", after decoding character escapes"
     if rule.key_group and detail:
         return f"context: key {detail!r}" + (f" ({rule.reason})" if rule.reason else "")
     reason = rule.reason or {"known": f"format: {rule.name}", "context": "context", "pii": "personal data",

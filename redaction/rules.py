@@ -54,30 +54,38 @@ class Rule:
 _Q = r"(?:\\?[\"'`])?"  # an optional quote around a key, maybe escaped (JSON inside a string)
 # Values: a quoted string (quotes trimmed later, escaped quotes too) or a run up to
 # whitespace/quote/separator.
-_VALUE = (r"(\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"[^\"\n]+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
+_VALUE = (r"(\"\"\"[^\"\n]+\"\"\"|\\\"[^\"\\\n]+\\\"|[bBrRuU]?\"(?:[^\"\\\n]|\\.)+\"|[bBrRuU]?'[^'\n]+'|`[^`\n]+`"
           r"|[^\s\"'`,;=<>(){}\[\]\\&][^\s\"'`,;<>\\&]*)")
 # Key words that make a key secret-bearing whatever the rest of its name (case-insensitive), and, in
 # env style (`SESSION_SALT`, `SMTP_CRED`), the suffixes that mean a secret by convention.
 _SECRET_WORDS = (
-    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"secret|pass[_.-]?w(?:or)?d|passphrase|passcode|\bpwd|passwort|kennwort|contrase(?:n|\x{00f1})a|\bsenha|wachtwoord"
+    r"|mot[_.-]?de[_.-]?passe|\bparola\b|\bpass\b|\bpsk\b|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|auth[_.-]?key|private[_.-]?key|signing[_.-]?key|(?:en|de)cryption[_.-]?key|validation[_.-]?key|master[_.-]?key"
     r"|account[_.-]?key"
     r"|shared[_.-]?key|app[_.-]?key|credentials?|\bcreds?\b|client[_.-]?secret|\bsas\b|sas[_.-]?token"
-    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN)\b)"
+    r"|(?-i:[A-Z0-9]_(?:KEY|SALT|SEED|CREDS?|PASS|PW|PWD|PAT|SIG|SIGNATURE|PEPPER|HMAC|NONCE|PIN|SK)\b)|\bpw\b"
+    r"|(?-i:\b[A-Z][A-Z0-9_]*[A-Z]{3}KEY\b)"
     r"|(?-i:[a-z0-9]_(?:salt|seed|creds?|pass|pw|pat|sig|pepper|hmac)\b)"
-    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd)\b)"
+    r"|(?-i:[a-z0-9](?:Pass|Pwd|Passwd|PW|Pat)\b)"
     r"|\b(?:db|root|admin|user|my|smtp|mail|ftp|ssh|sudo|app|redis|mysql|pg|ldap|bind|vnc|wifi|proxy|master|sa)pass\b"
 )
-_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "_pw",
+# Between a key and `=`: a type annotation (`password: String`, `api_key: &'static str`,
+# `apiKey?: string`), a Go type (`Password string`) or a C# auto-property (`Password { get; set; }`).
+_TYPED = (r"(?:[ \t]*\??:[ \t]*&?(?:'static[ \t]+)?[A-Za-z_][A-Za-z0-9_.<>?]{0,30}"
+          r"|[ \t]+(?:string|\[\]byte)|[ \t]*\{[ \t]*get;[ \t]*(?:private[ \t]+)?(?:set|init);[ \t]*\})")
+_SECRET_KEYWORDS = ("secret", "pass", "pwd", "psk", "token", "key", "credential", "cred", "sas", "_salt", "_seed", "pw", "_sk",
+                    "kennwort", "contrase", "senha", "wachtwoord", "parola", 'pat"', "pat'", "pat=", "pat:",
                     "_pat", "_sig", "_pepper", "_hmac", "_nonce", "_pin")
 # Names whose value is a secret when written as an element, attribute pair or code pair.
 _KEY_NAME = (
-    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|secret|token|api[_.-]?key|apikey|access[_.-]?key"
+    r"[A-Za-z0-9_.:-]*(?:password|passwd|pwd|passphrase|passwort|kennwort|senha|requirepass|masterauth|secret|token|api[_.-]?key|apikey|access[_.-]?key"
     r"|account[_.-]?key|auth[_.-]?key|private[_.-]?key|shared[_.-]?key|signing[_.-]?key|master[_.-]?key"
     r"|encryption[_.-]?key|app[_.-]?key|credential|sas[_.-]?token|salt"
-    r"|(?-i:_(?:KEY|PASS|PW|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
+    r"|(?-i:_(?:KEY|PASS|PW|PWD|PAT|SEED|CREDS?|SIG|PEPPER|HMAC))\b)[A-Za-z0-9_.:-]*"
 )
 _KEY_NAME_KEYWORDS = ("pass", "pwd", "secret", "token", "key", "credential", "salt", "_pw", "_pat", "_seed", "_cred",
+                      "kennwort", "senha",
                       "_sig", "_pepper", "_hmac")
 
 _SG = "SG.aBcDeFgHiJkLmNoPqRsTuV." + "wXyZ0123456789aBcDeFgHiJkLmNoPqRsTuVwXyZ012"[:43]
@@ -222,10 +230,12 @@ _KNOWN_RULES: tuple[Rule, ...] = (
     Rule("age-secret-key", r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b", keywords=("age-secret-key-1",),
          examples=(("age key: " + _AGE, _AGE),)),
     # ---- structured tokens and key material ----
-    Rule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", keywords=("eyj",),
+    Rule("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", keywords=("eyj",), validator="jwt",
          examples=(("Cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
                     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),),
-         negatives=("eyJ is how base64 JSON starts",)),
+         negatives=("eyJ is how base64 JSON starts",
+                    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5"
+                    "MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")),
     Rule("private-key",
          r"-----BEGIN[ A-Z0-9]{0,20}PRIVATE KEY(?: BLOCK)?-----"
          r"((?s:[A-Za-z0-9+/=\s\\,:.\"'|+-]{16,}?))"
@@ -281,12 +291,13 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("curl -u $USER:$PASS https://host", "curl -u admin https://host")),
     Rule("password-flag",
          r"(?i)(?:^|\s)(--?[a-z0-9-]{0,30}(?:password|passwd|passphrase|secret|token|api-key|apikey|account-key|access-key"
-         r"|private-key|auth-key|signing-key|connection-string|conn-str|bearer|secret-string)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))"
+         r"|private-key|auth-key|signing-key|connection-string|conn-str|bearer|secret-string|requirepass|masterauth)"
+         r"|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))"
          r"(?:=|\s+)"
          r"([^\s\"'][^\s]*|\"[^\"\n]+\"|'[^'\n]+')",
          keywords=("password", "passwd", "passphrase", "secret", "token", "api-key", "apikey", "account-key",
                    "access-key", "private-key", "auth-key", "signing-key", "connection-string", "conn-str", "bearer",
-                   "-pass", "-pw"), group=2, key_group=1,
+                   "-pass", "-pw", "requirepass", "masterauth"), group=2, key_group=1,
          validator="not-reference", category="context",
          examples=(("mysql --user=root --password=Sup3r-S3cret db", "Sup3r-S3cret"),
                    ("curl --oauth2-bearer Zq8kLm2Np4Rt6Vx8 https://api.acme.io", "Zq8kLm2Np4Rt6Vx8"),
@@ -294,7 +305,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("influx -username admin -password Infl-Pw-31 -host db", "Infl-Pw-31"),
                    ("aws secretsmanager create-secret --name db --secret-string 'Sm-Str-57x'", "Sm-Str-57x"),
                    ("vault login --token s.Xk2Lm9Pq4Rt6", "s.Xk2Lm9Pq4Rt6"),
-                   ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!")),
+                   ("docker login --password 'hunter2!!' registry.example.com", "hunter2!!"),
+                   ("command: redis-server --appendonly yes --requirepass Rds-Flag-Pw4", "Rds-Flag-Pw4")),
          negatives=("docker login --password-stdin < pw.txt", "app --token-file /run/tok", "--password $PASS")),
     Rule("mysql-password", r"\b(?:mysql|mysqldump|mysqladmin|mariadb|mysqlsh)\b[^\n|;&]*?\s-p([^\s\"']+|\"[^\"\n]+\"|'[^'\n]+')",
          keywords=("mysql", "mariadb"), group=1, validator="not-reference", category="context",
@@ -310,7 +322,8 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=("docker run -p 8080:80 nginx", "sshpass -p $PW ssh host")),
     Rule("secret-assignment",
          r"(?i)([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)" + _Q
-         + r"[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=)[ \t]{0,4}" + _VALUE,
+         + r"(?:" + _TYPED + r"[ \t]*=|[\]]?[ \t]{0,24}(?:=|:=|:|=>|<-|\|\|=|\?=))[ \t]{0,4}"
+         r"(?:!![a-z]+[ \t]+|&[A-Za-z0-9_-]+[ \t]+)?" + _VALUE,
          keywords=_SECRET_KEYWORDS, group=2, key_group=1, validator="literal", category="context",
          examples=(("export API_TOKEN=ab12Cd34Ef56Gh78", "ab12Cd34Ef56Gh78"),
                    ("DB_PASSWORD=hunter2", "hunter2"),
@@ -338,11 +351,33 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("db.url: jdbc:mysql://db/app\ndb.password: YBeRzUNcBBJcqipTcDkiG\n", "YBeRzUNcBBJcqipTcDkiG"),
                    ('network={\n    psk="copper-falcon-meadow57"\n}', "copper-falcon-meadow57"),
                    ("$env:AZURE_DEVOPS_EXT_PAT = 'w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7'",
-                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7")),
+                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
+                   ('private val clientSecret: String = "Kt-Typed-Sec-4"', "Kt-Typed-Sec-4"),
+                   ("static API_KEY: &'static str = \"Rs-Static-K3y9\";", "Rs-Static-K3y9"),
+                   ('public string Password { get; set; } = "Cs-Prop-Pw-4";', "Cs-Prop-Pw-4"),
+                   ('var Password string = "Go-Typed-Pw-6"', "Go-Typed-Pw-6"),
+                   ("password: !!str Yaml-Tag-Pw-5", "Yaml-Tag-Pw-5"),
+                   ("password: &pw Yaml-Anchor-Pw-2", "Yaml-Anchor-Pw-2"),
+                   ("//fs/share /mnt cifs username=ci,password=majsbYTFqdnJbCvO,uid=1000 0 0", "majsbYTFqdnJbCvO"), ("olcRootPW: Ldif-Root-Pw-2", "Ldif-Root-Pw-2"), ("DB_PWD=Env-Pwd-61", "Env-Pwd-61"), ('{"password": "Ab\\"cd9#Efgh12"}', 'Ab\\"cd9#Efgh12'), ("kennwort: Geheim-Wort-78", "Geheim-Wort-78"),
+                   ('{"azureDevopsExtPat": "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"}',
+                    "w2s5kqgxfwtverp4bhyosynfbrnhzskodz3b257ixpqy33dbkpi7"),
+                   ('senha: "Minha-Senha-12"', "Minha-Senha-12"), ("STRIPE_SK=Env-Sk-Val-9q", "Env-Sk-Val-9q"),
+                   ("HONEYCOMB_WRITEKEY=Vq8Lm2Zx9Pw4Rt6Yb1Nc", "Vq8Lm2Zx9Pw4Rt6Yb1Nc"), ("API_SECRET=8947731172394062", "8947731172394062"),
+                   ('password = """Py-Triple-Pw-3"""', "Py-Triple-Pw-3"), ("# pw: Cmt-Pw-77x", "Cmt-Pw-77x")),
          negatives=('api_key = os.environ["API_KEY"]', "TOKEN=$GITHUB_TOKEN", 'password = ""',
                     "password: ${{ secrets.DB_PASSWORD }}", "self.password = password",
                     "token = tokens[0]", "max_tokens = 1024", "token_type = 'quoted-string'", "secret_name: db-creds", "secret_key = settings.SECRET_KEY",
-                    "password: str", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
+                    "password: str", "password: String", "PASSWORD_HASHER=argon2", "GITHUB_TOKEN_PERMISSIONS=read", "password: '%env(DB_PASSWORD)%'", "api_key: ##API_KEY##", "PGPASSWORD=$$POSTGRES_PASSWORD psql", "password: $${DB_PASSWORD}", "token: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6"
+                    "IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "token_hash: 3f4e5d6c7b8a99887766554433221100ffeeddcc3f4e5d6c7b8a998877665544",
+                    "password_digest: $2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", "public_token: Xq2Lm9Pw4Rt6Vz8Nc1Df",
+                    "password_changed_at: 2026-01-01T00:00:00Z", 'TEST_TOKEN = "fixture-token-abc123"', "secret: keyboard-cat",
+                    'fake_secret = "secret-for-tests"', "TOKEN_TTL=3600", "MONKEY=banana", "api_key: @API_KEY@",
+                    "TOKEN=`cat ~/.token`", "password: op://Prod/db/password", "token: vault:secret/data/ci#token",
+                    'ClientSecret: "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/cs/)"',
+                    "db_password: projects/acme/secrets/db-password/versions/latest", "jasypt_password: ENC(G6N718UuyPE5bHyWKyuLQSm02auQPUtm)",
+                    "api_key = :api_key", "SECRET_KEY=@@SECRET_KEY@@", "api_key: api_key_123",
+                    "secret: deadbeefdeadbeefdeadbeefdeadbeef", ': "${DB_PASSWORD:?DB_PASSWORD must be set}"',"return {'token': token}",
+                    'Password: !Sub "{{resolve:secretsmanager:db:SecretString:password}}"', 'apiKey?: string;', "const apiKey: string = process.env.API_KEY!", 'url = f"https://x/?token={token}"', "password: *default_password", "primary_key=True",
                     'password = "changeme"', "API_KEY=your-api-key-here", 'token: "<your-token>"', "password=%(pw)s",
                     'secret: "{{ vault_secret }}"', "DB_PASSWORD=xxxxxxxx", 'password = "dummy"', "SECRET_KEY=1234567890",
                     "conn = connect(host=h, password=password)", "password:", '"password": "example"',
@@ -353,22 +388,28 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     '"errors.password.tooShort": "Password must be at least 12 characters",')),
     Rule("high-entropy-near-keyword",
          r"(?i)(?:secret|token|passw|pwd|api[_-]?key|credential|\bauth\b|signature|\bsig\b|\bsas\b|salt|cookie|session"
-         r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer)[^\n]{0,24}?[ \t:=\"'`]"
+         r"|private|hmac|\bkey\b|_key\b|(?-i:[a-z0-9]Key\b)|bearer|\bencrypt\b)[^\n]{0,24}?[ \t:=\"'`]"
          r"([A-Za-z0-9+/][A-Za-z0-9+/_.~-]{19,}={0,2})",
          keywords=("secret", "token", "passw", "pwd", "key", "credential", "auth", "sig", "sas", "salt", "cookie",
-                   "session", "private", "hmac", "bearer"),
+                   "session", "private", "hmac", "bearer", "encrypt"),
          group=1, validator="generated", category="context",
          examples=(("the deploy token is Zx8Kq2Lm9Pw4Rt6Vb1Nc", "Zx8Kq2Lm9Pw4Rt6Vb1Nc"),
+                   ('encrypt = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="', "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="),
                    ('{"segmentWriteKey": "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo"}', "2KNYd4PEMdTkhbDEpIAce5L00c4QUdwo")),
          negatives=("token sha 3f4e5d6c7b8a99887766554433221100ffeeddcc",
                     'token "integrity": "sha512-Qm9yZW1pcHN1bWRvbG9yc2l0YW1ldGNvbnNlY3RldHVy"',
                     "ED25519 key fingerprint is SHA256:Vq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6Aa.",
-                    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0\n")),
+                    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEq8Lm2Zx9Pw4Rt6Yb1Nc3Df5Gh7Jk0\n",
+                    "PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+                    'PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher"]',
+                    "key = Ed25519PrivateKey.generate()",
+                    '{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"}')),
     Rule("xml-secret-element",
-         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*([^<>\s][^<>\n]*?)\s*</",
+         r"(?i)<(" + _KEY_NAME + r")(?:\s[^<>\n]*)?>\s*(?:<!\[CDATA\[)?([^<>\s\[\]][^<>\n\]]*?)\s*(?:\]\]>)?</",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
          reason="XML element",
          examples=(("<datasource><password>Xml-El-Pw42</password></datasource>", "Xml-El-Pw42"),
+                   ("<password><![CDATA[Xml-Cdata-Pw-7]]></password>", "Xml-Cdata-Pw-7"),
                    ("  <ApiKey>Zk8Lm2Pq9Rt4Vx7Nc1</ApiKey>", "Zk8Lm2Pq9Rt4Vx7Nc1"),
                    ("<password>{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}</password>",
                     "{AQAAABAAAAAQk2Zq8Lm2Pw4Rt6Vy1Nc3Df5Gh7Jk0Xq9Zs8Bv7Cn6=}")),
@@ -408,15 +449,20 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                     "Hv-Ms-Pw-8")),
          negatives=("<property><name>fs.s3a.secret.key</name><value>${env.S3_SECRET}</value></property>",)),
     Rule("code-pair",
-         r"(?i)[\"'](" + _KEY_NAME + r")[\"']\s*,\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?[\"']([^\"'\n]+)[\"']",
+         r"(?i)(?:[\"']|(?:^|[\s(]):|\{\s*)(" + _KEY_NAME + r")[\"']?\s*(?:,|\bto\b)\s*(?:[A-Za-z_][A-Za-z0-9_]{0,20}\s*[:=]\s*)?"
+         r"[\"']([^\"'\n]+)[\"']",
          keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="pair", category="context",
          reason="code: a key and its value side by side",
          examples=(('var cfg = new Dictionary<string,string> { { "AccountKey", "Dct-Acc-Key-88" } };', "Dct-Acc-Key-88"),
                    ('new SqlParameter("password", "Prm-Pw-55")', "Prm-Pw-55"),
                    ('props.setProperty("db.password", "Jv-Prop-Pw3");', "Jv-Prop-Pw3"),
                    ('os.getenv("API_TOKEN", "Dflt-Tok-9z")', "Dflt-Tok-9z"),
-                   ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK")),
+                   ("define( 'AUTH_KEY', '$(xsW4Um3c)VQbJp+)kz5n2!e#1cK' );", "$(xsW4Um3c)VQbJp+)kz5n2!e#1cK"),
+                   ('set :password, "Rb-Sym-Pw-9"', "Rb-Sym-Pw-9"),
+                   ('val creds = mapOf("password" to "Kt-Map-Pw-4")', "Kt-Map-Pw-4"),
+                   ('{password, "Erl-Tuple-Pw-5"}', "Erl-Tuple-Pw-5")),
          negatives=('parser.add_argument("--password", "-p")', 'os.getenv("API_TOKEN", "")',
+                    'jwt.encode({"some": "payload"}, "secret", algorithm="HS256")',
                     '("password", "Password")', 'choices = [("password", "password_hash")]',
                     'form.add("password", "Enter your password")')),
     Rule("code-call",
@@ -429,11 +475,18 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          negatives=('keyring.get_password("svc")', 'os.getenv_secret("NAME")', 'verify_token("abc")',
                     'hash_password("Pw")', 'getSecret("db-password")')),
     Rule("credential-constructor",
-         r"(?:\b[A-Za-z]{0,30}(?i:credentials?|auth|login)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]|\bbasic_auth\s+"
-         r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect)\s*\(\s*"
-         r"(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
-         r"[\"'][^\"'\n]+[\"']\s*,\s*[\"']([^\"'\n]+)[\"']",
-         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli"), group=1, validator="pair",
+         r"(?:\bPlainAuth\s*\(\s*[\"'][^\"'\n]*[\"']\s*,|\b(?:DBI->)?connect\s*\(\s*[\"'][^\"'\n]+[\"']\s*,"
+         r"|\bTransport\.send\s*\(\s*[A-Za-z_][A-Za-z0-9_.]*\s*,"
+         r"|\b[A-Za-z_]{0,30}(?i:credentials?|auth|login|simple_bind|bind_s)[A-Za-z]{0,20}\s*\(|\bauth\s*=\s*[\(\[]"
+         r"|\bbasic_auth\s+"
+         r"|\b(?:getConnection|new\s+PDO|mysqli_connect|new\s+mysqli|mysqli_real_connect|mysql_p?connect|new\s+Sequelize)"
+         r"\s*\(\s*(?:\$[A-Za-z_]+\s*,\s*)?[\"'][^\"'\n]+[\"']\s*,)\s*"
+         r"(?:[\"'][^\"'\n]*[\"']|[A-Za-z_.]*(?i:user|name|login|email|account)[A-Za-z0-9_]*|[Ss]tring\.Empty|null|None|nil)"
+         r"\s*,\s*"
+         r"(?:Some\s*\(\s*)?[\"']([^\"'\n]+)[\"']",
+         keywords=("credential", "auth", "login", "getconnection", "pdo", "mysqli", "mysql_", "sequelize", "bind", "connect",
+                   "transport.send"),
+         group=1, validator="pair",
          category="context",
          reason="code: a credential object built from user and password",
          examples=(('var c = new NetworkCredential("svc_build", "Net-Cred-Pw7");', "Net-Cred-Pw7"),
@@ -443,8 +496,21 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('DriverManager.getConnection("jdbc:mysql://db/app", "root", "Jdbc-Gc-31")', "Jdbc-Gc-31"),
                    ("$db = new PDO('mysql:host=db;dbname=app', 'app', 'Pdo-Pw-62');", "Pdo-Pw-62"),
                    ("$c = mysqli_connect('db', 'app', 'Mysqli-Pw-5', 'shop');", "Mysqli-Pw-5"),
-                   ("req.basic_auth 'reporter', 'Rb-Basic-81'", "Rb-Basic-81")),
-         negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")')),
+                   ("req.basic_auth 'reporter', 'Rb-Basic-81'", "Rb-Basic-81"),
+                   ('client.post(url).basic_auth("admin", Some("Rs-Basic-62"))', "Rs-Basic-62"),
+                   ('$pdo = new PDO("mysql:host=db", "shop", "-sQx7#!Pdo-Lead");', "-sQx7#!Pdo-Lead"),
+                   ('SecureString s = new NetworkCredential("", "Net-Empty-U-3").SecurePassword;', "Net-Empty-U-3"),
+                   ('smtp.login(user, "Smtp-Var-U-5")', "Smtp-Var-U-5"),
+                   ('ldap.simple_bind_s("cn=admin,dc=acme,dc=io", "Ldap-Bind-Pw-6")', "Ldap-Bind-Pw-6"),
+                   ('mysql_connect("localhost", "root", "My-Conn-Pw-7");', "My-Conn-Pw-7"),
+                   ('new Sequelize("app", "app", "Seq-Pw-8x", { dialect: "postgres" });', "Seq-Pw-8x"),
+                   ('auth := smtp.PlainAuth("", "me@acme.io", "Go-Plain-Pw-6", "smtp.acme.io")', "Go-Plain-Pw-6"),
+                   ('my $dbh = DBI->connect("dbi:mysql:app", "root", "Perl-Dbi-Pw-7");', "Perl-Dbi-Pw-7"),
+                   ('transport.connect("smtp.acme.io", "mailer", "Jm-Conn-Pw-8");', "Jm-Conn-Pw-8"),
+                   ('Transport.send(msg, "mailer@acme.io", "Jm-Send-Pw-9");', "Jm-Send-Pw-9"),
+                   ('new NetworkCredential(string.Empty, "Net-Empty-Pw-2").SecurePassword', "Net-Empty-Pw-2")),
+         negatives=('HTTPBasicAuth("user", os.environ["PW"])', 'auth=("bob", "")',
+                    'login(request, "Welcome back")', 'auth.bind(handler, "click")')),
     Rule("netrc-password",
          r"(?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+(?:account\s+\S+\s+)?password\s+(\S+)",
          keywords=("machine", "default"), group=1, validator="context", category="context", reason=".netrc entry",
@@ -453,10 +519,15 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ("machine git.acme.io login bob password Ntrc-Pw-41", "Ntrc-Pw-41")),
          negatives=("machine learning password reset flow", "machine x login y password $PW")),
     Rule("dockerfile-env",
-         r"(?im)^\s*(?:ENV|ARG)\s+([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+([^\s=][^\n]*?)\s*$",
-         keywords=("env", "arg"), group=2, key_group=1, validator="context", category="context",
-         reason="Dockerfile ENV/ARG",
-         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),),
+         r"(?im)(?:^\s*(?:ENV|ARG)\s+|\b(?:setx|setenv|launchctl\s+setenv|set\s+-[gxU]{1,3})\s+"
+         r"|\bSet-Item\s+(?:-Path\s+)?env:)"
+         r"([A-Za-z0-9_.-]*(?:" + _SECRET_WORDS + r")[A-Za-z0-9_.-]*)[ \t]+(?:-Value[ \t]+)?([^\s=][^\n]*?)\s*$",
+         keywords=("env", "arg", "setx", "set -", "set-item"), group=2, key_group=1, validator="context", category="context",
+         reason="a variable set by a command (Dockerfile ENV/ARG, setx, setenv, fish set -x)",
+         examples=(("FROM python:3.12\nENV API_TOKEN Dkr-Env-Tok9\nRUN make", "Dkr-Env-Tok9"),
+                   ('setx API_SECRET "Win-Setx-Sec-3"', "Win-Setx-Sec-3"),
+                   ("setenv DB_PASSWORD Csh-Env-Pw-7", "Csh-Env-Pw-7"), ("set -gx GITHUB_TOKEN Fish-Tok-8q", "Fish-Tok-8q"),
+                   ("Set-Item env:DB_PASSWORD 'Ps-Item-Pw-6'", "Ps-Item-Pw-6")),
          negatives=("ENV API_TOKEN $API_TOKEN", "ENV PASSWORD_FILE /run/secrets/pw")),
     Rule("pgpass-line", r"(?m)^(?:[A-Za-z0-9_.-]+|\*):(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:(\S+)$",
          group=1, validator="context", category="context", reason=".pgpass entry",
@@ -476,13 +547,26 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('new SecretKeySpec("Jv-Spec-K3y-5".getBytes(UTF_8), "HmacSHA256")', "Jv-Spec-K3y-5")),
          negatives=('jwt.sign(payload, "secret")', "jwt.encode(payload, key, algorithm='HS256')")),
     Rule("sql-password",
-         r"(?i)\b(?:password\s+|identified\s+(?:with\s+\S+\s+)?by\s+(?:password\s+)?)'([^'\n]+)'",
-         keywords=("password", "identified"), group=1, validator="context", category="context",
+         r"(?i)\b(?:password\s+|set\s+password\s+(?:for\s+\S+\s*)?=\s*"
+         r"|sp_addlogin\s+(?:@loginame\s*=\s*)?'[^'\n]+'\s*,\s*(?:@passwd\s*=\s*)?"
+         r"|identified\s+(?:with\s+\S+\s+)?by\s+(?:password\s+)?)('[^'\n]+'|\"[^\"\n]+\")",
+         keywords=("password", "identified", "sp_addlogin"), group=1, validator="context", category="context",
          reason="SQL: a user's password",
          examples=(("psql -c \"CREATE USER app WITH PASSWORD 'Crt-Pw-06'\"", "Crt-Pw-06"),
                    ("ALTER USER app PASSWORD 'Alt-Pw-95';", "Alt-Pw-95"),
-                   ("CREATE USER 'a'@'%' IDENTIFIED BY 'Idb-Pw-17';", "Idb-Pw-17")),
+                   ("CREATE USER 'a'@'%' IDENTIFIED BY 'Idb-Pw-17';", "Idb-Pw-17"),
+                   ('CREATE USER app_owner IDENTIFIED BY "Ora-Quoted-3" DEFAULT TABLESPACE users;', "Ora-Quoted-3"),
+                   ("SET PASSWORD FOR 'report'@'%' = 'Set-Pw-For-8';", "Set-Pw-For-8"),
+                   ("EXEC sp_addlogin 'app', 'Sp-Add-Pw-3';", "Sp-Add-Pw-3")),
          negatives=("ALTER USER app PASSWORD NULL;", "CREATE USER app WITH PASSWORD :'pw'")),
+    Rule("sql-identified-bare",
+         r"(?i)\b(?:user|role|to)\s+\S{1,64}\s+(identified)\s+by\s+([A-Za-z][A-Za-z0-9_#$]{3,29})(?:[\s;]|$)",
+         keywords=("identified",), group=2, key_group=1, validator="context", category="context",
+         reason="SQL: a user's password (Oracle, unquoted)",
+         examples=(("CREATE USER scott IDENTIFIED BY Tiger_Ora_41;", "Tiger_Ora_41"),
+                   ("CREATE DATABASE LINK hr CONNECT TO hr IDENTIFIED BY Hr_Link_77 USING 'prod';", "Hr_Link_77")),
+         negatives=("CREATE USER username IDENTIFIED BY password;", "ALTER USER u IDENTIFIED BY VALUES 'S:9A8B';",
+                    "CREATE USER app IDENTIFIED BY :pw;", "AIX filesets are identified by four decimal values")),
     Rule("connection-string-braced", r"(?i)(?:^|[;\s\"'])(pwd|password)\s*=\s*\{([^}\n]+)\}",
          keywords=("pwd", "password"), group=2, key_group=1, validator="context", category="context",
          reason="ODBC connection string",
@@ -491,17 +575,21 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
          keywords=("jdbc:oracle",), group=1, validator="context", category="context", reason="JDBC Oracle URL",
          examples=(("jdbc:oracle:thin:scott/Ora-Jdbc-7@db.acme.io:1521:ORCL", "Ora-Jdbc-7"),)),
     Rule("url-query-secret",
-         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_token|api[_-]?key|apikey|key|code"
+         r"[?&](?i:(sig|signature|token|access_token|refresh_token|id_token|auth_?token|api[_-]?key|apikey|key|code"
          r"|client_secret|secret|password|passwd|pwd|pass|x-amz-signature|x-amz-security-token|x-goog-signature"
-         r"|x-goog-credential|sas_token))=([^&\s#\"'<>]{6,})",
+         r"|x-goog-credential|sas_token|subscription-key|private[_-]token|circle-token|api[_-]?token|access[_-]?key"
+         r"|secret[_-]?key|hapikey|jwt|session_?id))=([^&\s#\"'<>]{6,})",
          keywords=("sig=", "signature=", "token=", "key=", "code=", "secret=", "password=", "passwd=", "pwd=",
-                   "pass=", "x-amz-", "x-goog-"), group=2, key_group=1, validator="url-param", category="context",
+                   "pass=", "x-amz-", "x-goog-", "jwt=", "sessionid=", "session_id="), group=2, key_group=1,
+         validator="url-param", category="context",
          reason="URL query parameter",
          examples=(("https://acme.blob.core.windows.net/c/f?sv=2022-11-02&sp=r&sig=Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D",
                     "Qm8kZ2%2BxLp9Rt4Vy7Nc1Df3Gh5Jk%3D"),
                    ("wget 'https://dl.acme.io/a.tgz?token=Dl7Tok3nQx9Lm2'", "Dl7Tok3nQx9Lm2"),
                    ("https://maps.example.net/api?key=k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G&q=x", "k9Xq2Lm7Pw4Rt6Vz8Nc1Df3G"),
-                   ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==")),
+                   ("https://func.azurewebsites.net/api/run?code=Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5==", "Fn9kLq2Xz8Pw4Rt6Vy1Nc3Df5=="),
+                   ("https://atlas.microsoft.com/search?api-version=1.0&subscription-key=Az8Maps2Key9Lq4Xz", "Az8Maps2Key9Lq4Xz"),
+                   ("curl 'https://gitlab.acme.io/api/v4/projects?private_token=Gl8Qry2Tok9Lq4'", "Gl8Qry2Tok9Lq4")),
          negatives=("https://shop.acme.io/search?key=summer-dress&page=2", "https://x.io/cb?code=200",
                     "https://api.acme.io/v1?token=${TOKEN}", "https://x.io/?key=value")),
     Rule("go-mysql-dsn", r"[\"'`]([^\s:\"'`/@]{1,64}):([^\s@\"'`]{1,128})@(?:tcp|unix|udp)(?:\(|/)",
@@ -533,19 +621,203 @@ _CONTEXT_RULES: tuple[Rule, ...] = (
                    ('token = os.environ.get("API_TOKEN") or "Py-Env-Fb-9"', "Py-Env-Fb-9")),
          negatives=("const port = process.env.PORT || '3000'", "const s = process.env.SESSION_SECRET || ''")),
     Rule("config-directive",
-         r"(?m)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?)"
-         r"(requirepass|masterauth|rpcpassword|insecure-password)[ \t]+(\"[^\"\n]+\"|[^\s\"#]\S*)",
-         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password"), group=2, key_group=1,
-         validator="context", category="context", reason="server config directive (redis.conf, haproxy.cfg)",
+         r"(?im)(?:^[ \t]*|^[ \t]*user[ \t]+\S+[ \t]+(?:groups[ \t]+\S+[ \t]+)?|\bconfig[ \t]+set[ \t]+)"
+         r"(requirepass|masterauth|rpcpassword|insecure-password|rootpw|bindpw|bind_pw|stats[ \t]+auth[ \t]+[^:\s]+:)"
+         r"[ \t]*(\"[^\"\n]+\"|[^\s\"#]\S*)",
+         keywords=("requirepass", "masterauth", "rpcpassword", "insecure-password", "rootpw", "bindpw", "bind_pw",
+                   "stats"), group=2, key_group=1,
+         validator="context", category="context",
+         reason="server config directive (redis.conf, haproxy.cfg, slapd.conf, nslcd.conf)",
          examples=(("port 6379\nrequirepass Rds-Conf-Pw8\n", "Rds-Conf-Pw8"),
+                   ('127.0.0.1:6379> CONFIG SET requirepass "Rds-Set-Pw-2"', "Rds-Set-Pw-2"),
+                   ("rootpw Slapd-Root-Pw-3\n", "Slapd-Root-Pw-3"), ("bindpw Nslcd-Bind-Pw-4\n", "Nslcd-Bind-Pw-4"),
+                   ("listen stats\n   stats auth admin:Hap-Stats-Pw-5\n", "Hap-Stats-Pw-5"),
                    ("userlist admins\n  user admin insecure-password Hap-Pw-39\n", "Hap-Pw-39")),
          negatives=("# requirepass foobared",)),
     Rule("sasl-passwd-line",
-         r"(?m)^[ \t]*(?:\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]*smtp[A-Za-z0-9.-]*)(?::\d{1,5})?[ \t]+[^\s:]+:(\S+)[ \t]*$",
+         r"(?m)^[ \t]*(?:\[[A-Za-z0-9.-]+\]|[A-Za-z0-9.-]*smtp[A-Za-z0-9.-]*)(?::\d{1,5})?[ \t]+[^\s:]+:([^\s/]\S*)[ \t]*$",
          keywords=("smtp", "]:", "] "), group=1, validator="context", category="context",
          reason="Postfix sasl_passwd entry (relay user:password)",
          examples=(("[smtp.mailgun.org]:587 postmaster@mg.acme.io:Sasl-Pw-64\n", "Sasl-Pw-64"),),
-         negatives=("[smtp.mailgun.org]:587 postmaster@mg.acme.io:${SMTP_PASSWORD}",)),
+         negatives=("[smtp.mailgun.org]:587 postmaster@mg.acme.io:${SMTP_PASSWORD}", "[1] https://www.gnu.org/licenses/")),
+    Rule("nested-value",
+         r"(?i)[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*(?:[:=][ \t]*\{?|\{)[ \t]*\n?"
+         r"(?:[ \t]*[\"']?[A-Za-z]+[\"']?[ \t]*[:=][^\n{},]*,?[ \t]*\n?){0,4}[ \t]*[\"']?(?:value|default|defaultValue)"
+         r"[\"']?[ \t]*[:=][ \t]*(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"',}#]+)",
+         keywords=("value", "default"), group=2, key_group=1, validator="literal", category="context",
+         reason="a secret's value or default one level down (Terraform state and variables, CloudFormation)",
+         examples=(('"outputs": {\n  "db_password": {\n    "value": "Tf-State-Pw3",\n    "sensitive": true', "Tf-State-Pw3"),
+                   ('variable "api_token" {\n  type    = string\n  default = "Tf-Var-Tok-8"\n}', "Tf-Var-Tok-8"),
+                   ("DBPassword:\n  Type: String\n  NoEcho: true\n  Default: Cfn-Def-Pw5\n", "Cfn-Def-Pw5"),
+                   ('"adminPassword": {"type": "securestring", "defaultValue": "Arm-Def-Pw-9"}', "Arm-Def-Pw-9")),
+         negatives=('variable "db_password" {\n  type      = string\n  sensitive = true\n}',
+                    "password:\n  valueFrom:\n    secretKeyRef:", 'token_ttl:\n  default: 3600',
+                    '"password": {\n  "value": "${var.db_password}"',
+                    'output "db_password" {\n  value     = random_password.db.result\n  sensitive = true\n}')),
+    Rule("xml-element-value",
+         r"(?i)<(" + _KEY_NAME + r")\s[^<>\n]*?\bvalue\s*=\s*[\"']([^\"'\n]+)[\"']",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="XML element named by its key, the value in an attribute",
+         examples=(('<Password Value="Xml-Val-Attr-7"/>', "Xml-Val-Attr-7"),
+                   ('<Secret name="api" value="Xml-Sec-Val-9"/>', "Xml-Sec-Val-9")),
+         negatives=('<PasswordPolicy value="strict"/>', '<Password value="${DB_PASSWORD}"/>')),
+    Rule("xml-key-string",
+         r"(?i)(?:<key>\s*|\bproperty\s*=\s*[\"'])(" + _KEY_NAME + r")(?:\s*</key>|[\"']\s*>)\s*<string>\s*"
+         r"([^<>\s][^<>\n]*?)\s*</string>",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="property list key and string (Info.plist, Java XMLEncoder)",
+         examples=(("<dict>\n  <key>API_KEY</key>\n  <string>Plist-Api-K3y-8</string>\n</dict>", "Plist-Api-K3y-8"),
+                   ('<void property="password"><string>Xml-Enc-Pw-9</string></void>', "Xml-Enc-Pw-9")),
+         negatives=("<key>API_KEY</key>\n<string>$(API_KEY)</string>",)),
+    Rule("keystore-password-literal",
+         r"\b(?:load|init|getKey|setKeyEntry|PasswordProtection|[A-Za-z]*(?i:credential|authentication|login))\s*\("
+         r"[^()\n]*?(?:\([^()\n]*\)[^()\n]*?)?"
+         r"[\"']([^\"'\n]+)[\"']\s*\.toCharArray\(\)",
+         keywords=("tochararray",), group=1, validator="pair", category="context",
+         reason="code: a key store's password as a literal",
+         examples=(('ks.load(new FileInputStream("ks.jks"), "Ks-Load-Pw-3".toCharArray());', "Ks-Load-Pw-3"),
+                   ('kmf.init(ks, "Kmf-Init-Pw-4".toCharArray());', "Kmf-Init-Pw-4"),
+                   ('MongoCredential.createCredential("app", "admin", "Mongo-Cred-Pw-5".toCharArray());', "Mongo-Cred-Pw-5")),
+         negatives=('ks.load(in, password.toCharArray());', 'chars = "abc".toCharArray();')),
+    Rule("cli-output-secret",
+         r"(?m)^[ \t]*(secret_id|SecretID|client_token|wrapping_token|root_token|unseal_key_b64|Initial Root Token"
+         r"|Unseal Key \d+)(?::[ \t]+|[ \t]{2,})(\S+)[ \t]*$",
+         keywords=("secret_id", "secretid", "client_token", "wrapping_token", "root_token", "unseal key"), group=2, key_group=1,
+         validator="context", category="context", reason="a secret printed by a CLI (Vault, Consul)",
+         examples=(("Key                  Value\nsecret_id            3f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55\n",
+                    "3f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55"),
+                   ("AccessorID:       9c1d2e3f-0a1b-4c5d-8e9f-001122334455\nSecretID:         e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b\n",
+                    "e1f2a3b4-c5d6-4e7f-8a9b-0c1d2e3f4a5b"),
+                   ("Unseal Key 1: q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab\n", "q8Vd93kdLx7Qp4Rt6Vz8Nc1Df3Gj5Km7Hs9Bw2Eyab")),
+         negatives=("secret_id_accessor   84896a0c-1347-aa90-a4f6-aca8b7558780",)),
+    Rule("nested-key",
+         r"(?im)^[ \t]*[\"']?((?:[A-Za-z0-9_-]*[_-])?(?:encryption|signing|secret|jwt|hmac|cipher|crypto|master|session|cookie))"
+         r"[\"']?[ \t]*:[ \t]*\{?[ \t]*\n(?:[ \t]+[A-Za-z_]+[ \t]*:[^\n]*\n){0,3}[ \t]+[\"']?(?:key|secret)[\"']?[ \t]*:[ \t]*"
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'#]+)",
+         keywords=("encryption", "signing", "secret", "jwt", "hmac", "cipher", "crypto", "master", "session", "cookie"),
+         group=2, key_group=1, validator="literal", category="context",
+         reason="a key one level under a section that says what it is for (encryption:, jwt:, session:)",
+         examples=(("encryption:\n  key: 1445d0b5f5a811bcdb5a9f313a93f046190be815e85be4299dc8c1cc9ac99b76\n  timeout: 30\n",
+                    "1445d0b5f5a811bcdb5a9f313a93f046190be815e85be4299dc8c1cc9ac99b76"),
+                   ("jwt:\n  issuer: acme\n  secret: Jwt-Nested-Sec-4\n", "Jwt-Nested-Sec-4")),
+         negatives=("session:\n  key: user_id\n", "encryption:\n  key: ${ENCRYPTION_KEY}\n",
+                    "cookie:\n  key: sid\n  secure: true\n", "session:\n  key: _acme_session\n",
+                    "jwt:\n  issuer: acme\n  key: /etc/keys/jwt.pem\n", "signing:\n  key: kms://projects/p/cryptoKeys/k\n")),
+    Rule("yaml-argv-flag",
+         r"(?im)^[ \t]*-[ \t]+[\"']?(--?[a-z0-9-]*(?:password|passwd|passphrase|token|secret|api-key|apikey|access-key"
+         r"|private-key|requirepass|masterauth)|--(?:[a-z0-9]+-)*(?:pass|pw|pwd))[\"']?[ \t]*\n[ \t]*-[ \t]+"
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'#-][^\s#]*)",
+         keywords=("pass", "pwd", "token", "secret", "key"), group=2, key_group=1, validator="context", category="context",
+         reason="a secret flag and its value as two items of a YAML list (container args)",
+         examples=(("args:\n  - --token\n  - K8s-Arg-Tok-5x\n", "K8s-Arg-Tok-5x"),
+                   ('command:\n  - redis-server\n  - "--requirepass"\n  - "Cmp-List-Pw-6"\n', "Cmp-List-Pw-6")),
+         negatives=("args:\n  - --token-file\n  - /var/run/token\n", "args:\n  - --password\n  - $(DB_PASSWORD)\n")),
+    Rule("server-header-directive",
+         r"(?i)\b(?:proxy_set_header|grpc_set_header|add_header|more_set_headers|RequestHeader\s+(?:set|add|append)"
+         r"|Header\s+(?:always\s+)?(?:set|add))\s+[\"']?((?:x-)?[a-z0-9-]{0,30}(?:key|token|secret)[a-z0-9-]{0,20}|api-key|apikey)"
+         r":?[\"']?\s+[\"']?([^\s\"';]{8,})",
+         keywords=("proxy_set_header", "grpc_set_header", "add_header", "more_set_headers", "requestheader", "header"),
+         group=2, key_group=1, validator="context", category="context",
+         reason="a web server setting a secret header (nginx, Apache)",
+         examples=(('proxy_set_header X-Api-Key "Ngx-Hdr-Key-3x";', "Ngx-Hdr-Key-3x"),
+                   ("RequestHeader set X-Auth-Token Apache-Tok-44x", "Apache-Tok-44x")),
+         negatives=("proxy_set_header X-Api-Key $http_x_api_key;", "add_header X-Frame-Options DENY;")),
+    Rule("yaml-block-value",
+         r"(?im)^[ \t]*(?:-[ \t]+)?[\"']?(" + _KEY_NAME + r")[\"']?[ \t]*:[ \t]*[|>][-+]?[0-9]?[ \t]*\n[ \t]+([^\s#][^\n]*?)[ \t]*$",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="YAML block scalar under a secret key",
+         examples=(("db:\n  password: >-\n    Yaml-Fold-Pw-7\n", "Yaml-Fold-Pw-7"),
+                   ("token: |\n  Yaml-Lit-Tok-8\n", "Yaml-Lit-Tok-8")),
+         negatives=("password: |\n  {{ .Values.password }}\n", "tls.key: |\n  -----BEGIN CERTIFICATE-----\n")),
+    Rule("secret-word-value",
+         r"(?im)(?:^[ \t]*(?:#+|//|--|;)?[ \t]*(password|passwd|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+[\"']?"
+         r"|\b(password|passphrase|pwd|secret|token|api[ _-]?key)[ \t]+(?:is|was)[ \t]+[\"']?)"
+         r"([^\s\"':=][^\s\"']{5,})[\"']?[ \t]*\.?[ \t]*$",
+         keywords=("pass", "pwd", "secret", "token", "api"), group=3, validator="password-like", category="context",
+         reason="a secret word and its value, with no sign between (a directive, a note)",
+         examples=(("password CwQ00s=tFYH_eCS3\n", "CwQ00s=tFYH_eCS3"),
+                   ("the password is QjgkO-4_+q*URKrxX\n", "QjgkO-4_+q*URKrxX"),
+                   ("credentials {\n    username 'deploy'\n    password 'Grdl-Dsl-Pw-7'\n}\n", "Grdl-Dsl-Pw-7")),
+         negatives=("password required\n", "token refreshed\n", "the password is incorrect\n", "Password reset\n",
+                    "secret store\n", "the token is valid\n", "password protected\n", "token   token-based\n",
+                    "password VARCHAR(255)\n")),
+    Rule("config-set-secret",
+         r"(?i)\bconfig\s+(?:set\s+)?(?:--?[a-z-]+\s+)*[\"']?(" + _KEY_NAME + r")[\"']?\s+"
+         r"(\"[^\"\n]+\"|'[^'\n]+'|[^\s\"'|;&<>=-][^\s|;&<>]*)",
+         keywords=_KEY_NAME_KEYWORDS, group=2, key_group=1, validator="context", category="context",
+         reason="command line: a tool's config set KEY VALUE (yarn, npm, git, poetry, composer, wp)",
+         examples=(("yarn config set npmAuthToken Yrn-Cfg-Tok-3", "Yrn-Cfg-Tok-3"),
+                   ("poetry config pypi-token.pypi Poe-Tok-4x9", "Poe-Tok-4x9"),
+                   ("git config --global github.token Git-Cfg-Tok-5", "Git-Cfg-Tok-5"),
+                   ("wp config set DB_PASSWORD Wp-Cfg-Pw-6", "Wp-Cfg-Pw-6")),
+         negatives=("git config --global credential.helper store", "git config --global user.signingkey 3AA5C34371567BD2", "npm config set _authToken $NPM_TOKEN",
+                    "yarn config get npmAuthToken", "config set password_min_length 12")),
+    Rule("url-token-userinfo",
+         r"\b(?:https?|git\+https|git\+ssh|ssh)://([A-Za-z0-9_-]{20,})@[A-Za-z0-9.-]+",
+         keywords=("://",), group=1, validator="url-token-user", category="context",
+         reason="URL: a token given as the user name",
+         examples=(("git clone https://3f9c1d2e7a8b4c5d6e0f1a2b3c4d5e6f7a8b9c0d@github.com/acme/app.git",
+                    "3f9c1d2e7a8b4c5d6e0f1a2b3c4d5e6f7a8b9c0d"),),
+         negatives=("git clone https://deploy-bot-readonly-user@git.acme.io/r.git",
+                    "ssh://git@github.com/acme/app.git",
+                    'Sentry.init({ dsn: "https://7e3b9a1f04c6d82e5b7a90f13c4d6e8f@o12345.ingest.sentry.io/123" })')),
+    Rule("ipsec-secret",
+         r"(?im)^[^\n#]*:[ \t]*(PSK|XAUTH|EAP)[ \t]+(\"[^\"\n]+\"|0s[A-Za-z0-9+/=]{8,}|0x[0-9A-Fa-f]{8,})",
+         keywords=("psk", "xauth", "eap"), group=2, key_group=1, validator="context", category="context",
+         reason="ipsec.secrets entry",
+         examples=(('%any 203.0.113.5 : PSK "Ipsec-Psk-Val-7"', "Ipsec-Psk-Val-7"),
+                   ('alice : XAUTH "Ipsec-Xauth-8"', "Ipsec-Xauth-8")),
+         negatives=(": RSA server.key",)),
+    Rule("password-call",
+         r"\b([A-Za-z_]*(?i:password|passwd)[A-Za-z_]*)\s*\(\s*(?:[\"'][^\"'\n]+[\"']\s*,\s*)?[\"'][^\"'\n]*[\"']\s*,\s*"
+         r"[\"']([^\"'\n]+)[\"']\s*\)",
+         keywords=("password", "passwd"), group=2, key_group=1, validator="call", category="context",
+         reason="code: a user and a password given to a password call",
+         examples=(("db.changeUserPassword('app', 'Mongo-Chg-Pw-7')", "Mongo-Chg-Pw-7"),
+                   ('keyring.set_password("acme-api", "ci", "Kr-Set-Pw-8")', "Kr-Set-Pw-8")),
+         negatives=('keyring.get_password("acme-api", "ci")', 'user.check_password("pbkdf2_sha256$x", "candidate")',
+                    'hash_password("salt", "Input-Pw-1")')),
+    Rule("cli-auth-userpass",
+         r"(?:\s-{1,2}(?:[a-z]+-)*auth|\bab\b[^\n|;&]*\s-A|(?i:\bbasic_?auth)\s*[=:])(?:=|\s+)?[\"']?[^\s:\"'$]+:([^\s\"']+)",
+         keywords=("auth", "-a "), group=1, validator="context", category="context",
+         reason="command line: user:password after an auth flag",
+         examples=(("app --auth admin:Cli-Auth-Pw-1 --port 80", "Cli-Auth-Pw-1"),
+                   ("ab -n 100 -A admin:Ab-Auth-Pw-2 https://x/", "Ab-Auth-Pw-2"),
+                   ("k6 run -e BASIC_AUTH=admin:K6-Auth-Pw-3 test.js", "K6-Auth-Pw-3"),
+                   ("jenkins-cli -auth admin:Jen-Auth-Pw-9 build job", "Jen-Auth-Pw-9")),
+         negatives=("jenkins-cli -auth @token-file build x", "app --auth $USER:$PASS", "ssh -o PubkeyAuthentication=no h")),
+    Rule("bundler-credentials",
+         r"(?:\bBUNDLE_[A-Z0-9_]+__[A-Z0-9_]+[\"']?\s*[:=]\s*[\"']?"
+         r"|\bbundle\s+config\s+(?:set\s+)?(?:--[a-z]+\s+)*[a-z0-9-]+(?:\.[a-z0-9-]+)+\s+[\"']?)"
+         r"[^\s:\"'$]+:([^\s\"']+)",
+         keywords=("bundle",), group=1, validator="context", category="context",
+         reason="Bundler source credentials (user:password for a gem server)",
+         examples=(("export BUNDLE_GEMS__CONTRIBSYS__COM=acme:Bnd-Env-Pw-6", "Bnd-Env-Pw-6"),
+                   ("bundle config set --global gems.contribsys.com acme:Bnd-Cfg-Pw-7", "Bnd-Cfg-Pw-7")),
+         negatives=("BUNDLE_GEMS__CONTRIBSYS__COM=acme:${SIDEKIQ_PRO}", "BUNDLE_PATH__SYSTEM=true")),
+    Rule("cookie-session",
+         r"(?i)(?:\bcookie\s*[:=]|\bset-cookie\s*:|\s(?:-b|--cookie)\s+[\"']?|\bdocument\.cookie\s*=\s*[\"'`])"
+         r"(?:[^\n]*?[\s;\"'])?[A-Za-z0-9_.-]*(?:sess|sid|auth|token|jwt|remember|login)[A-Za-z0-9_.-]*=([^;\s\"',]{16,})",
+         keywords=("cookie", " -b "), group=1, validator="session-id", category="context",
+         repeat=r"(?i)[^\n]*?[\s;][A-Za-z0-9_.-]*(?:sess|sid|auth|token|jwt|remember|login)[A-Za-z0-9_.-]*=([^;\s\"',]{16,})",
+         reason="HTTP cookie: a session id",
+         examples=(("Cookie: theme=dark; sessionid=q7k2m9x4v1n8b3c6z5l0p2r7t4w9y1a3", "q7k2m9x4v1n8b3c6z5l0p2r7t4w9y1a3"),
+                   ("Cookie: JSESSIONID=9A7C3E1B5D2F4A6C8E0B1D3F5A7C9E2B; Path=/", "9A7C3E1B5D2F4A6C8E0B1D3F5A7C9E2B"),
+                   ("curl -b 'PHPSESSID=k3j9f8d7s6a5g4h3j2k1l0q9w8' https://shop.acme.io", "k3j9f8d7s6a5g4h3j2k1l0q9w8")),
+         negatives=("Set-Cookie: theme=dark; Path=/; SameSite=Lax", "Cookie: sessionid=deleted; Max-Age=0",
+                    "Cookie: _ga=GA1.2.1234567890.1700000000; session_state=xxxxxxxxxxxxxxxxxxxx",
+                    "Cookie: auth_redirect=https%3A%2F%2Facme.io%2Fdashboard")),
+    Rule("webhook-url-token",
+         r"(?i)\bhttps?://[^\s/\"'<>]+/(?:[^\s\"'<>?#]*/)?(?:hooks?|webhooks?)/(?:[A-Za-z0-9_-]+/){0,3}"
+         r"([A-Za-z0-9_-]{20,})(?:[/?#\s\"'<>]|$)",
+         keywords=("hook",), group=1, validator="webhook-token", category="context",
+         reason="a webhook URL's secret path part",
+         examples=(("MATTERMOST_HOOK=https://chat.acme.io/hooks/5ulriyskiu4atwno1ynpcfs8iq", "5ulriyskiu4atwno1ynpcfs8iq"),
+                   ("curl -X POST https://hooks.zapier.com/hooks/catch/1234567/b7x2k9q4m1z8v3n6p0w5r2t7/",
+                    "b7x2k9q4m1z8v3n6p0w5r2t7")),
+         negatives=("https://api.github.com/repos/acme/api/hooks/123456789012345678901",
+                    "https://docs.acme.io/webhooks/configuring-webhooks-in-the-dashboard",
+                    "https://api.acme.io/v1/webhooks/3f1c2d3e-9a1b-4c5d-8e9f-a01b22c34d55/deliveries")),
     Rule("env-generated-value",
          r"(?m)^(?:export\s+)?([A-Z][A-Z0-9_]{1,60})=[\"']?([A-Za-z0-9+/_.~-]{20,}={0,2})[\"']?\s*$",
          group=2, key_group=1, validator="generated", category="context", reason="env file: a generated value",

@@ -17,7 +17,8 @@ from collections import Counter
 _NON_SECRET_WORDS = frozenset(
     "true false null none nil undefined yes no on off str string int integer bytes bool boolean "
     "optional required object any dict list tuple float number self cls this secret password "
-    "token passwd pwd key value env default empty redacted".split()
+    "token passwd pwd key value env default empty redacted hs256 hs384 hs512 rs256 rs384 rs512 es256 es384 es512 "
+    "ps256 ps384 ps512 eddsa sha256 sha384 sha512 aes128 aes256".split()
 )
 # Key names whose value describes a secret rather than being one: `token_type`, `secret_name`, ...
 _DESCRIPTIVE_SUFFIXES = (
@@ -29,7 +30,9 @@ _DESCRIPTIVE_SUFFIXES = (
     "hint", "strategy", "lifetime", "rotation", "host", "port", "username", "user", "email", "enabled",
     "required", "endpoint", "arn", "policy", "manager", "service", "handler", "validator", "generator",
     "help", "text", "description", "desc", "message", "msg", "title", "tooltip", "placeholder", "caption",
-    "prompt", "error", "warning",
+    "prompt", "error", "warning", "hash", "hashed", "digest", "sha", "sha1", "sha256", "sha512", "md5", "checksum",
+    "fingerprint", "at", "date", "time", "timestamp", "hasher", "hashers", "permission", "permissions", "engine",
+    "namespace",
 )
 # Words that contain a secret-bearing word without being about a secret.
 _NOT_SECRET_KEY_PARTS = ("tokeniz", "secretar", "passport", "passthrough", "bypass", "compass", "passenger",
@@ -47,7 +50,8 @@ _PLACEHOLDER_WORDS = frozenset(
     "password passwd passphrase pass pwd token tokens apikey key keys value values foo bar baz foobar qux "
     "xxx xyz abc todo tbd fixme none null nil redacted hidden masked removed omitted default empty unset "
     "notset insert replace here your mine qwerty asdf asdfgh qwertyuiop zxcvbn letmein "
-    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword guest".split()
+    "supersecret topsecret mysecret mypassword mytoken yourtoken yoursecret yourpassword guest "
+    "fixture fixtures stub notsecret nosecret".split()
 )
 # Words that, joined by `_`/`-`/`.`, make a name rather than a secret: `super_secret_password`,
 # `your-api-key-here`, `db_password`.
@@ -55,7 +59,7 @@ _NAME_WORDS = _PLACEHOLDER_WORDS | frozenset(
     "my the a an some new old super top very real app api db database access private public auth client "
     "secret_key service user admin root prod dev staging local store storage account master signing "
     "refresh session id bearer basic oauth jwt github gitlab aws azure gcp slack stripe goes put enter "
-    "set get required please".split()
+    "set get required please for tests unit ci spec only insecure hello world lorem ipsum keyboard cat".split()
 )
 # Fragments no generated secret contains: a marked stand-in anywhere in the value.
 _PLACEHOLDER_FRAGMENTS = (
@@ -65,6 +69,9 @@ _PLACEHOLDER_FRAGMENTS = (
     "not-a-", "fake_", "fake-", "sample_", "sample-", "replace_me", "replaceme", "replace-me", "fixme",
     "todo_", "secret_value", "####", "____", "----", "0000000", "1234567",
 )
+# Last words of a name given to a secret (a Kubernetes Secret, a key in it, a vault path).
+_SECRET_NOUNS = frozenset("password passwords passwd secret secrets token tokens key keys credentials creds "
+                          "credential pass apikey".split())
 _KEYBOARD_RUNS = ("qwerty", "asdfgh", "zxcvbn", "qwertz", "azerty")
 
 
@@ -112,18 +119,31 @@ def is_placeholder(value: str) -> bool:
     if any(f in low for f in _PLACEHOLDER_FRAGMENTS) or any(k in low for k in _KEYBOARD_RUNS):
         return True
     core = low.rstrip("0123456789!?.#_-*@ ")
-    if core in _PLACEHOLDER_WORDS or not core:
+    if core in _PLACEHOLDER_WORDS or (not core and not _random_digits(v)):
         return True
     parts = [p for p in low.replace("-", "_").replace(".", "_").replace(" ", "_").split("_") if p]
-    if parts and all(p.rstrip("0123456789") in _NAME_WORDS for p in parts):
-        return True
+    if parts and all(p.rstrip("0123456789") in _NAME_WORDS or p.isdigit() for p in parts) \
+            and not all(p.isdigit() for p in parts):
+        return True  # `db_password`, `api_key_123`
     if core.isalpha() and _made_of_words(core):
         return True  # `mysecretvalue`, `supersecretpassword`, `changemeplease`
+    if v.startswith("eyJ") and v.count(".") == 2 and not jwt_token(v):
+        return True  # the JWT of the tutorials
+    if len(parts) > 1 and all(p.isalpha() for p in parts) and low == low.lower() and parts[-1] in _SECRET_NOUNS \
+            and ("-" in v or "_" in v):
+        return True  # the name of a secret (`db-credentials`, `postgres-password`), not its value
     if len(parts) > 1 and all(len(p) >= 3 and (_sequential(p) or len(set(p)) == 1) for p in parts):
         return True  # `1234-5678-abcd`, `xxx-xxx-xxx`
-    if len(set(low)) <= 2 or _periodic(low, 4) or _sequential(low) or _longest_run(v) >= max(5, len(v) // 2):
+    if len(set(low)) <= 2 or _periodic(low, 4 if len(low) < 16 else 8) or _sequential(low) \
+            or _longest_run(v) >= max(5, len(v) // 2):
         return True
     return v[0] in "[(" and v[-1] in "])"  # `[REDACTED]`, `(hidden)`
+
+
+def _random_digits(v: str) -> bool:
+    """Twelve digits or more spread like a random number, not `1234…`, `0000…` or a date."""
+    return v.isdigit() and len(v) >= 12 and shannon_entropy(v) >= 2.8 and not _sequential(v) \
+        and _in_runs(v, 4) < len(v) // 2
 
 
 def _made_of_words(word: str) -> bool:
@@ -334,11 +354,49 @@ def phone_digits(secret: str, match: str = "", before: str = "", after: str = ""
 
 def _dollar_reference(v: str) -> bool:
     """`$VAR`, `$env:X`, `$this->x`, `$cfg['k']`, or a whole `${...}` / `$(...)`; not a secret that
-    merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do)."""
+    merely starts with `$` (`$(xsW4U)VQb+...`, as WordPress salts do). `$$NAME` and `$${NAME}` are
+    the same, escaped for docker-compose or make."""
+    if v.startswith("$$"):
+        inner = v[2:]
+        if inner[:1] in ("{", "("):
+            v = v[1:]
+        else:
+            return bool(inner) and (inner[0].isalpha() or inner[0] == "_") and inner.replace("_", "").isalnum()
     if v[1:2] in ("{", "("):  # whole, or cut off at a space (`${PW:?set it}`, `$(cat pw.txt)`)
         close = "}" if v[1] == "{" else ")"
         return v.endswith(close) or close not in v
     return v[1:2].isalpha() or v[1:2] == "_"
+
+
+def is_version(v: str) -> bool:
+    """A version or a version range: `1.4.2`, `^9.0.2`, `~> 2.1`, `>=24.3.1`, `v2.0.0-rc.1`."""
+    body = v.lstrip("^~<>=! v").strip()
+    if not body or not body[0].isdigit():
+        return False
+    core, _, tail = body.partition("-")
+    nums = core.split(".")
+    return 2 <= len(nums) <= 4 and all(n.isdigit() and len(n) <= 8 for n in nums) \
+        and all(c.isalnum() or c in ".-+" for c in tail)
+
+
+def is_colour(v: str) -> bool:
+    """A CSS colour (`#1f6feb`, `#fff`, `#1f6feb80`): a design token, not a secret."""
+    return v[:1] == "#" and len(v) in (4, 5, 7, 9) and all(c in "0123456789abcdefABCDEF" for c in v[1:])
+
+
+_SSH_KEY_TYPES = (b"ssh-rsa", b"ssh-dss", b"ssh-ed25519", b"ssh-ed448", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-")
+
+
+def is_ssh_public_key(v: str) -> bool:
+    """An SSH public key (`ssh-ed25519 AAAAC3…`), or its base64 blob alone: the blob names its key
+    type (`\\0\\0\\0\\x0bssh-ed25519`), which a private key or a token does not."""
+    v = v.strip().strip("\"'`")
+    if v.startswith(tuple(t.decode() + " AAAA" for t in _SSH_KEY_TYPES)) or v.startswith("ecdsa-sha2-"):
+        return True
+    if not v.startswith("AAAA") or len(v) < 40:
+        return False
+    raw = b64decode(v.split()[0][:80 - 80 % 4] if len(v.split()[0]) > 80 else v.split()[0])
+    return raw is not None and raw[4:4 + 11].startswith(_SSH_KEY_TYPES)
 
 
 def is_public_token(value: str) -> bool:
@@ -360,6 +418,38 @@ def is_reference(value: str) -> bool:
                     and not inner.isalpha() and not inner.islower())
     if v.startswith("%") and (len(v) <= 3 or (v.endswith("%") and v[1:-1].replace("_", "").isalnum())):
         return True  # a bare `%s`, a Windows `%PASSWORD%`
+    if v.startswith("%env(") and v.endswith(")%"):
+        return True  # Symfony's `%env(DB_PASSWORD)%`, `%env(resolve:X)%`
+    if len(v) > 4 and v[:2] == v[-2:] and v[:2] in ("##", "__", "%%") and v[2:-2].replace("_", "").replace(".", "").isalnum():
+        return True  # a deploy tool's token: `##API_KEY##`, `__DB_PASSWORD__`
+    inner = v.strip("@")
+    if v.startswith("@") and v.endswith("@") and inner and inner.replace("_", "").replace(".", "").isalnum():
+        return True  # a build tool's filter token: `@API_KEY@`, `@@TOKEN@@`, `@db.password@`
+    if v[:1] == ":" and _is_identifier_path(v[1:]):
+        return True  # a Ruby symbol: `api_key = :token`
+    return _secret_store_reference(v)
+
+
+# Where a value is kept rather than the value: 1Password, Vault, vals, cloud secret managers,
+# SOPS, Doppler; `env:NAME` as openssl and others read it.
+_STORE_SCHEMES = ("op", "vault", "awssm", "awsssm", "ssm", "secretsmanager", "gcpsm", "gcpsecrets", "azkv",
+                  "keyvault", "akv", "sops", "secretref", "doppler", "infisical", "bw", "lpass", "gopass", "env",
+                  "arn", "k8s", "kubernetes", "sm")
+
+
+def _secret_store_reference(v: str) -> bool:
+    """`op://vault/item/password`, `vault:secret/data/db#password`, `ref+awssecrets://db`,
+    `arn:aws:secretsmanager:…`, `@Microsoft.KeyVault(SecretUri=…)`, GCP's
+    `projects/p/secrets/s/versions/latest`, Jasypt's `ENC(…)` (encrypted for committing)."""
+    if v.startswith(("@Microsoft.KeyVault(", "ref+")) or (v[:4] in ("ENC(", "enc(") and v.endswith(")")):
+        return True
+    if v.startswith("projects/") and "/secrets/" in v:
+        return True
+    scheme, sep, rest = v.partition(":")
+    if not sep or not rest or " " in v or scheme.lower() not in _STORE_SCHEMES:
+        return False
+    path = rest.lstrip("/")
+    return bool(path) and all(c.isalnum() or c in "_.-/#:@+" for c in path)
     return False
 
 
@@ -386,6 +476,19 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
         return False
     if low.startswith(("sha1-", "sha256-", "sha384-", "sha512-", "http://", "https://", "file:")):
         return False
+    if "://" in v and "@" not in v and " " not in v:
+        return False  # a URL with no user in it (`kms://projects/…`, `vault://…`)
+    if is_version(v) or is_colour(v) or is_ssh_public_key(v):
+        return False  # `"jsonwebtoken": "^9.0.2"`, `--token-color-primary: #1f6feb`, `public_key = "ssh-ed25519 AAAA…"`
+    if _in_template(before):
+        return False  # `{{resolve:secretsmanager:db:SecretString:password}}`: inside a template expression
+    if before.endswith("${") and v.startswith("?"):
+        return False  # `${DB_PASSWORD:?must be set}`: the shell's message when it is not
+    if " " in v and match[match.rfind(secret) - 1:match.rfind(secret)] == "`":
+        return False  # TOKEN=`cat ~/.token`: a command's output
+    if v[-1] in ")]}" and {")": "(", "]": "[", "}": "{"}[v[-1]] not in v and _is_identifier_path(v[:-1]) \
+            and not any(c.isdigit() for c in v) and not _random_letters(v[:-1]):
+        return False  # `{'token': token}`: a name, then the bracket that closes around it
     if _decodes_to_placeholder(v):
         return False  # a Kubernetes Secret's `password: cGFzc3dvcmQ=` is base64 of "password"
     if _is_path(v):
@@ -393,9 +496,11 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _quoted_in(match, secret):
         return not _prose(v)
     if v.replace(".", "").replace("_", "").replace("-", "").isdigit():
-        return False
+        return v.isdigit() and len(v) >= 12 and shannon_entropy(v) >= 2.8 and _strong_key(match)  # a numeric secret
     if v.startswith("!!") or v[:1] in ("*", "&", "!") and all(c.isalpha() or c in "_-" for c in v[1:]):
         return False  # a YAML alias, anchor or tag (`*defaults`, `!vault`), not a password starting so
+    if v.endswith("!") and "." in v and _is_identifier_path(v[:-1]) and not _looks_generated(v):
+        return False  # TypeScript's non-null assertion: `process.env.API_KEY!`
     if any(c in v for c in "()[]") or _verb_noun(v):
         return False  # a call, or a PowerShell command (`$cred = Get-Credential`)
     if _inside_string(before) or (_tight_equals(match, secret) and after[:1] not in (",", ")", "(", ".")):
@@ -403,9 +508,22 @@ def literal_secret(secret: str, match: str = "", before: str = "", after: str = 
     if _is_identifier_path(v):
         if "." in v:
             return _looks_generated(v)
-        return _env_style(match) or _looks_generated(v) or (_starts_line(before) and (_has_alnum_mix(v)
-                                                                                        or _random_letters(v)))
+        return _env_style(match) or _looks_generated(v) or _random_letters(v) or (_starts_line(before)
+                                                                                   and _has_alnum_mix(v))
     return True
+
+
+def _in_template(before: str) -> bool:
+    """The match starts inside an open `{{ … }}` of its line (not `${key:default}`, whose default is
+    a literal)."""
+    line = before.rsplit("\n", 1)[-1]
+    return line.count("{{") > line.count("}}")
+
+
+def _strong_key(match: str) -> bool:
+    """The key says secret, token or password outright (not merely `key` or `auth`)."""
+    key = _key_of(match).lower()
+    return any(w in key for w in ("secret", "token", "passw", "pwd", "apikey", "api_key", "api-key"))
 
 
 def _key_word(low: str, key: str) -> bool:
@@ -465,12 +583,20 @@ def pair_value(secret: str, match: str = "", before: str = "", after: str = "") 
     "v")`, `new X("token", "v")`): as `context_value`, and not words with spaces (a label), not a
     flag (`"--password", "-p"`), not a lower-case field name (`"password_hash"`)."""
     v = secret.strip()
-    if " " in v or v.startswith("-") or any(w in v.lower() for w in ("password", "passwd", "secret", "token")):
+    if " " in v or _flag_like(v) or any(w in v.lower() for w in ("password", "passwd", "secret", "token")):
         return False  # a label, the next flag, or another name (`"HTTPPasswordMgr"`, `"user:passwd"`)
     parts = v.split("_")
     if len(parts) > 1 and v.islower() and all(p.isalpha() for p in parts):
         return False
     return context_value(secret, match, before, after)
+
+
+def _flag_like(v: str) -> bool:
+    """`-p`, `--password`, `--db-pass`: a flag, not a password that starts with `-`."""
+    body = v.lstrip("-")
+    return v.startswith("-") and len(v) - len(body) <= 2 and bool(body) and body[0].isalpha() \
+        and all(c.isalnum() or c == "-" for c in body) and not (any(c.isdigit() for c in body)
+                                                               and any(c.isupper() for c in body))
 
 
 _NOT_SETTERS = ("get", "load", "read", "fetch", "find", "lookup", "has", "is", "check", "verify", "validate",
@@ -487,7 +613,7 @@ def setter_value(secret: str, match: str = "", before: str = "", after: str = ""
     return pair_value(secret, match, before, after)
 
 
-_WEAK_PARAMS = frozenset(("key", "code"))
+_WEAK_PARAMS = frozenset(("key", "code", "sessionid", "session_id"))
 
 
 def url_param(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
@@ -518,6 +644,10 @@ def _descriptive_key(match: str) -> bool:
     if any(p in key.lower() for p in _NOT_SECRET_KEY_PARTS):
         return True
     last = key.lower().replace("-", "_").rsplit(".", 1)[-1]
+    if last.startswith(("existing_", "public_")) or last.endswith(("password_key", "passwords_key", "signingkey")):
+        return True  # `existingSecret`, `adminPasswordKey`: which Secret, which key in it; `public_token`
+    if last.endswith(("secret_id", "secretid")):
+        return False  # Vault's AppRole and Consul's SecretID are the credential, not its name
     return any(last == s or last.endswith("_" + s) for s in _DESCRIPTIVE_SUFFIXES)
 
 
@@ -556,12 +686,13 @@ def _prose(v: str) -> bool:
 
 
 def _random_letters(v: str) -> bool:
-    """Letters only, but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not camelCase words: the case
-    flips at least at 40% of the positions."""
-    if len(v) < 16 or not v.isalpha():
-        return False
-    flips = sum(a.isupper() != b.isupper() for a, b in zip(v, v[1:]))
-    return flips >= 0.4 * len(v) and shannon_entropy(v) >= 3.5
+    """Letters only (a separator or two aside), but cased at random (`YBeRzUNcBBJcqipTcDkiG`), not
+    camelCase words: the case flips at least at 40% of the positions."""
+    letters = v.replace("_", "").replace("-", "")
+    if len(v) < 16 or len(letters) < 14 or not letters.isalpha() or len(letters) < len(v) - 2:
+        return False  # at most two `_`/`-` between the letters (`PQHzOh_eTBhJExRC`)
+    flips = sum(a.isupper() != b.isupper() for a, b in zip(letters, letters[1:]))
+    return flips >= 0.4 * len(letters) and shannon_entropy(letters) >= 3.5
 
 
 def _has_alnum_mix(v: str) -> bool:
@@ -598,8 +729,11 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     lead = match[:match.rfind(v)].lower() if v and v in match else ""
     if lead.endswith(("sha1:", "sha256:", "sha384:", "sha512:", "md5:")) or is_public_token(v):
         return False  # an SSH or GPG fingerprint (`SHA256:...`), a digest named by its algorithm
-    if is_placeholder(v):
-        return False
+    named = (before.rsplit("\n", 1)[-1][-12:] + lead).lower()
+    if is_ssh_public_key(v) or lead.rstrip(" \t\"':").endswith(_JWK_PUBLIC) or "public" in named or "pubkey" in named:
+        return False  # an SSH public key, a key named public; a JSON Web Key's public members (`"n"`, `"x"`)
+    if is_placeholder(v) or _qualified_name(v) or after[:1] == "(":
+        return False  # ... or a call (`key = Ed25519PrivateKey.generate()`)
     raw = b64decode(v) if len(v) >= 16 else None
     if raw is not None:
         if b"CERTIFICATE" in raw[:48] or b"PUBLIC KEY" in raw[:48]:
@@ -609,6 +743,74 @@ def generated_secret(secret: str, match: str = "", before: str = "", after: str 
     classes = sum((any(c.islower() for c in v), any(c.isupper() for c in v),
                    any(c.isdigit() for c in v)))
     return classes == 3 and shannon_entropy(v) >= 3.6
+
+
+def _qualified_name(v: str) -> bool:
+    """A dotted name in code (`django.contrib.auth.hashers.Argon2PasswordHasher`): two parts or more
+    that are lower-case words."""
+    parts = v.split(".")
+    return len(parts) >= 3 and _is_identifier_path(v) and sum(p.isalpha() and p.islower() and len(p) >= 3
+                                                              for p in parts) >= 2
+
+
+_JWK_PUBLIC = ('"n', '"e', '"x', '"y')
+
+
+def password_like(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A word after a secret word with no sign between (`password Kq2-xL9!`, `the token is …`): a
+    secret only when it reads like one: letters with digits or symbols, eight characters or more,
+    no placeholder, reference, path or version."""
+    v = secret.strip().strip("\"'").rstrip(".")
+    if len(v) < 8 or is_reference(v) or is_placeholder(v) or _is_path(v) or is_version(v) or "://" in v \
+            or (v.endswith(")") and "(" in v):
+        return False  # ... or a call or a column type (`VARCHAR(255)`)
+    has_alpha = any(c.isalpha() for c in v)
+    other = any(c.isdigit() for c in v) or any(not c.isalnum() and c not in "-_." for c in v)
+    return (has_alpha and other and (not _is_identifier_path(v) or _looks_generated(v))) or _random_letters(v)
+
+
+def session_id(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A session id or a webhook's secret path part: 16 characters or more, letters and digits,
+    spread like a random value (`q7k2m9x4v1n8b3c6…`, `9A7C3E1B5D2F…`), not a placeholder."""
+    v = secret.strip().strip("\"'")
+    if len(v) < 16 or is_reference(v) or is_placeholder(v) or "://" in v or "%3A%2F%2F" in v.upper():
+        return False  # ... or a URL kept in a cookie (`auth_redirect=https%3A%2F%2F…`)
+    return any(c.isdigit() for c in v) and any(c.isalpha() for c in v) and shannon_entropy(v) >= 3.0
+
+
+def url_token_user(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A token as a URL's user name (`https://TOKEN@github.com/...`); not a Sentry DSN's public key,
+    which Sentry documents as safe to publish."""
+    return "sentry" not in match.lower() and session_id(secret)
+
+
+def webhook_token(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A webhook URL's secret path part; a UUID there is more often the webhook's id in an API path."""
+    return session_id(secret) and not _is_uuid(secret)
+
+
+def _is_uuid(v: str) -> bool:
+    parts = v.split("-")
+    return [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(c in "0123456789abcdefABCDEF" for p in parts for c in p)
+
+
+def jwt_token(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """A JSON Web Token, unless its claims are documentation's (`"name": "John Doe"`, jwt.io's `"iat":
+    1516239022`, an `example.com` issuer or address): the token every JWT tutorial shows is no secret."""
+    import json
+
+    parts = secret.split(".")
+    if len(parts) < 3 or not token_body_ok(parts[2]):
+        return False
+    raw = b64decode(parts[1])
+    try:
+        claims = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return True
+    if not isinstance(claims, dict):
+        return True
+    values = [str(v).lower() for v in claims.values() if isinstance(v, (str, int))]
+    return not any(v in ("john doe", "jane doe", "1516239022") or "example." in v for v in values)
 
 
 def not_reference(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
@@ -647,6 +849,19 @@ def credentials_in_base64(value: str) -> bool:
 def decoded_credentials(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
     """The value decodes from base64 to `user:password`."""
     return credentials_in_base64(secret)
+
+
+def decoded_url_credentials(secret: str, match: str = "", before: str = "", after: str = "") -> bool:
+    """The value decodes from base64 to a URL whose userinfo holds a password that is no reference or
+    placeholder (`postgres://app:pw@db/app`)."""
+    raw = b64decode(secret)
+    if raw is None or not raw.isascii():
+        return False
+    text = raw.decode("ascii")
+    scheme, sep, rest = text.partition("://")
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
+    user, colon, pw = userinfo.partition(":")
+    return bool(colon and pw) and text.isprintable() and not is_reference(pw) and not is_placeholder(pw)
 
 
 _JSON_SECRET_KEYS = ("password", "passwd", "secret", "token", "apikey", "api_key", "auth", "credential",
@@ -722,10 +937,16 @@ VALIDATORS = {
     "call": setter_value,
     "url-param": url_param,
     "generated": generated_secret,
+    "session-id": session_id,
+    "jwt": jwt_token,
+    "url-token-user": url_token_user,
+    "webhook-token": webhook_token,
+    "password-like": password_like,
     "not-reference": not_reference,
     "known-token": known_token,
     "truncated": truncated_token,
     "decoded-credentials": decoded_credentials,
     "decoded-private-key": decoded_private_key,
     "decoded-json": decoded_json,
+    "decoded-url-credentials": decoded_url_credentials,
 }

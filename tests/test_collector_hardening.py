@@ -155,3 +155,51 @@ def test_a_previous_data_directory_is_tightened(collector, tmp_path):
     collector()
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "index.sqlite3").stat().st_mode) == 0o600
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_leaves_nothing(tmp_path, monkeypatch):
+    """A client that sends its headers and part of a bundle, then nothing, gets 408 once the body
+    has been idle for `BODY_IDLE_TIMEOUT` (shortened here from 30 s); the partial bytes are not
+    kept and the collector goes on serving. The collector's app, in uvicorn on loopback."""
+    import threading
+
+    import uvicorn
+
+    from collector import server
+    from collector.storage import BundleStore
+
+    monkeypatch.setattr(server, "BODY_IDLE_TIMEOUT", 1.0)
+    store = BundleStore(tmp_path / "data")
+    sock = server.bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(server.create_app(store, "s3cret"), log_level="warning",
+                                       lifespan="on", http=server._guarded_h11(64)))
+    t = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not uv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert uv.started
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"PUT /v1/bundles/0123456789abcdef-0123456789ab HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Authorization: Bearer s3cret\r\nContent-Length: 100000\r\n\r\n" + b"T" * 5000)
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                got = c.recv(4096)
+                if not got:
+                    break
+                answer += got
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"stopped arriving for 1s; send it again" in answer
+        assert 0.9 <= waited < 8, waited
+        assert list(store.root.rglob("*.part")) == [] and not any(
+            p.is_file() and p.stat().st_size == 5000 for p in store.root.rglob("*"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        uv.should_exit = True
+        t.join(15)
+        store.close()

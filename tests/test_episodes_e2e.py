@@ -66,6 +66,20 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
 
 
+def wait_sources(d: DaemonProcess) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+            s.startswith("running") for n, s in d.status()["sources"].items() if n in ("files", "shell", "git")):
+        time.sleep(0.2)
+
+
+def shell_env(root: Path, d: DaemonProcess, policy: Path, *path: str) -> dict:
+    """The environment of an engineer's shell: tracecap (and `path`) on PATH, the daemon's home."""
+    return {"HOME": str(root), "PATH": ":".join([os.path.dirname(TRACECAP), *path, "/usr/bin", "/bin"]),
+            "TERM": "xterm", "TRACECAP_HOME": d.env["TRACECAP_HOME"], "TRACECAP_POLICY": str(policy),
+            "LANG": "C.UTF-8", "PS1": "$ ", "HISTCONTROL": "ignorespace", **GIT_ENV}
+
+
 def _repo(path: Path, files: dict[str, str]) -> None:
     path.mkdir(parents=True)
     for name, text in files.items():
@@ -97,18 +111,13 @@ def captured(tmp_path_factory):
     shells: list[Tmux] = []
     try:
         d.cli("opt-in")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not all(
-                s.startswith("running") for n, s in d.status()["sources"].items() if n in ("files", "shell", "git")):
-            time.sleep(0.2)
+        wait_sources(d)
         bin_dir = root / "bin"
         bin_dir.mkdir()
         agent = bin_dir / "claude"  # a coding agent that drives a bash
         agent.write_text("#!/bin/sh\nbash --norc --noprofile -i\n")
         agent.chmod(0o755)
-        env = {"HOME": str(root), "PATH": f"{os.path.dirname(TRACECAP)}:/usr/bin:/bin", "TERM": "xterm",
-               "TRACECAP_HOME": d.env["TRACECAP_HOME"], "TRACECAP_POLICY": str(policy), "LANG": "C.UTF-8",
-               "PS1": "$ ", "HISTCONTROL": "ignorespace", **GIT_ENV}
+        env = shell_env(root, d, policy)
         human = Tmux(env, src / "app", "bash --norc --noprofile -i")
         shells.append(human)
         human.run('eval "$(tracecap shell-init bash)"')

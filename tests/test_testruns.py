@@ -142,7 +142,7 @@ def test_a_real_pytest_run_of_more_tests_than_listed_is_flagged(tmp_path):
     import subprocess
     import sys
 
-    from agent.sources.shell import read_reports
+    from agent.testreports import read_reports
 
     (tmp_path / "test_many.py").write_text(
         "import pytest\n@pytest.mark.parametrize('i', range(1001))\ndef test_i(i):\n    assert i != 7\n")

@@ -10,9 +10,8 @@ consumption and no command is lost to a crash; a segment is deleted once it is r
 its events are durable, and its shell has moved on or is gone. A record whose events reached the
 journal just before a crash is read again after it: its events carry a command `id`, and the
 daemon drops those already journaled (agent/replay.py). While the journal's disk is full the spool
-is left unread: the commands wait there, within the hook's bounds. Test reports are opened without
-blocking and without following links, only when they are regular files under
-`REPORT_MAX_BYTES`, and parsed as a stream.
+is left unread: the commands wait there, within the hook's bounds. Test reports are found and read
+by agent/testreports.py (without blocking, without following links, size-capped, as a stream).
 
 Spool format, version 2 (the hooks in agent/shell/ are the writers; this module is the reader)
 --------------------------------------------------------------------------------------------------
@@ -83,15 +82,15 @@ import json
 import os
 import re
 import select
-import stat
 import threading
 import time
 import urllib.parse
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from agent import testruns
+from agent.testreports import find_reports, read_reports
 from agent.sources import files_inotify
 
 SEGMENTS_KEPT = 4
@@ -99,9 +98,6 @@ CURSOR_FILE = ".reader.json"
 MAX_PENDING = 10_000  # started commands waiting for their end, across sessions
 HOUSEKEEPING_S = 5.0  # how often gone shells' files are looked for when nothing else happens
 READ_CHUNK = 1 << 22  # at most this many bytes of one segment per read
-REPORT_DIRS = ("target/surefire-reports", "target/failsafe-reports", "build/test-results",
-               "reports", "test-results", "test-reports")
-REPORT_FILES = ("junit.xml", "report.xml", "test-results.xml", "junit-report.xml")
 SCRATCH_SUFFIXES = (".cmd", ".umask", ".junit.xml")  # .cmd: bash's history copy in version 1
 _SEGMENT = re.compile(r"^(?P<sid>[0-9]+-[A-Za-z0-9]+)\.(?P<k>[0-9]+)\.rec$")
 # The hooks put a pytest report path in PYTEST_ADDOPTS only for lines holding one of these words.
@@ -110,7 +106,6 @@ CURSOR_SAVE_S = 1.0  # the cursor is saved at most this often while reading (and
 QUIET_S = 30.0  # a loop that has not come round for this long is stuck (it comes every 5 s)
 STOP_FLUSH_S = 3.0  # on stop, how long to wait for the last events to be durable before erasing
 ORPHAN_REPORT_S = 600  # a report no command read for this long is deleted unread
-REPORT_MAX_BYTES = 32 << 20  # larger test reports are not read (pytest's for 10,000 tests: ~3 MiB)
 _ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -385,100 +380,6 @@ def pair_records(state: PairState, records: Iterable[Record], now_ns: int
     while len(totals) > MAX_PENDING:
         totals.pop(next(iter(totals)))
     return events, finished, PairState(pending, totals)
-
-
-# --- test runs --------------------------------------------------------------------------------
-
-def find_reports(cwd: str, since_ns: int, until_ns: int, *, limit: int = 500) -> list[Path]:
-    """JUnit XML files under `cwd`'s usual report places written between the two times."""
-    base = Path(cwd)
-    candidates: list[Path] = [base / name for name in REPORT_FILES]
-    for d in REPORT_DIRS:
-        root = base / d
-        if root.is_dir():
-            for dirpath, _dirs, files in os.walk(root):
-                candidates.extend(Path(dirpath) / f for f in files if f.endswith(".xml"))
-                if len(candidates) > limit:
-                    break
-    found = []
-    for path in candidates[:limit]:
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if since_ns - 1_000_000_000 <= st.st_mtime_ns <= until_ns + 1_000_000_000:
-            found.append(path)
-    return found
-
-
-def pytest_files(cwd: str, levels: int = 8) -> Callable[[str], bool]:
-    """Whether a '/'-separated path names a file under `cwd` or one of the `levels` directories
-    above it (pytest's rootdir, which its node ids are relative to, may be an ancestor holding
-    its configuration). Asked while the report is read, just after the run; answers cached."""
-    bases = [Path(cwd), *list(Path(cwd).parents)[:levels]]
-    known: dict[str, bool] = {}
-
-    def is_file(rel: str) -> bool:
-        if rel not in known:
-            known[rel] = any((b / rel).is_file() for b in bases)
-        return known[rel]
-
-    return is_file
-
-
-class _CappedReader:
-    """A report file read as a stream, refused once it passes `limit` bytes (it may grow)."""
-
-    def __init__(self, f: Any, limit: int) -> None:
-        self.f, self.left = f, limit
-
-    def read(self, n: int = -1) -> bytes:
-        want = self.left + 1 if n is None or n < 0 else min(n, self.left + 1)
-        data = self.f.read(want)
-        self.left -= len(data)
-        if self.left < 0:
-            raise testruns.ReportError("the report grew past the size limit while it was read")
-        return data
-
-
-def open_report(path: Path, limit: int = REPORT_MAX_BYTES) -> Any:
-    """A test report opened for reading as a stream, or ReportError. Never blocks: a FIFO, device
-    or socket is refused (opened O_NONBLOCK, then fstat), as are links (O_NOFOLLOW) and files over
-    `limit` bytes (a huge sparse file costs nothing to make)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise testruns.ReportError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise testruns.ReportError(f"{path} is not a regular file")
-        if st.st_size > limit:
-            raise testruns.ReportError(f"{path} is larger than {limit} bytes")
-        return _CappedReader(os.fdopen(fd, "rb", buffering=1 << 16), limit)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_reports(paths: Iterable[Path], cwd: str | None = None, *, pytest: bool | None = None,
-                 log: Any = None) -> testruns.TestReport | None:
-    """The reports merged; `cwd` (where the command ran) resolves pytest node ids, `pytest`
-    True says the reports are pytest's (see testruns.parse_junit)."""
-    is_file = pytest_files(cwd) if cwd else None
-    reports = []
-    for path in paths:
-        try:
-            stream = open_report(path)
-            try:
-                reports.append(testruns.parse_junit(stream, pytest=pytest, is_file=is_file))
-            finally:
-                stream.f.close()
-        except (OSError, testruns.ReportError) as exc:
-            if log is not None:
-                log.info("test report %s not read: %s", path, exc)
-            continue
-    return testruns.merge_reports(reports)
 
 
 # --- the source -------------------------------------------------------------------------------

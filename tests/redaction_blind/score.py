@@ -1,8 +1,8 @@
 """Score the redaction engine on the blind set: secrets detected per category, look-alikes changed.
 
-Run `python -m tests.redaction_blind.score [--first|--second] [--misses] [--cli]` from the
-repository root; both sets by default (`generate`, written before the engine was changed, and
-`fresh`, written after and never used to change it). Each
+Run `python -m tests.redaction_blind.score [--first|--second|--third] [--misses] [--cli]` from the
+repository root; every set by default (`generate`, written before the engine was changed,
+`fresh`, written after and never used to change it, and `third`, other places again). Each
 sample goes through the engine's public entry point (`Redactor.from_policy` with the daemon's
 default [redaction] table, then `redact_text`), or with `--cli` through `tracecap redact` itself,
 one process per sample. A secret counts as detected when its exact value no longer occurs in the
@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.redaction_blind import fresh, generate  # noqa: E402
+from tests.redaction_blind import fresh, generate, third  # noqa: E402
 
-SETS = {"first": generate, "second": fresh}
+SETS = {"first": generate, "second": fresh, "third": third}
 
 KEY = b"blind-set-key-0123456789abcdef01"
 
@@ -106,7 +106,8 @@ def report(sc: Score, misses: bool) -> str:
 
 def main(argv: list[str]) -> int:
     redact = cli_redact() if "--cli" in argv else engine_redact()
-    for which in (("second",) if "--second" in argv else ("first",) if "--first" in argv else SETS):
+    chosen = [w for w in SETS if f"--{w}" in argv] or list(SETS)
+    for which in chosen:
         print(f"== {which} set ==")
         print(report(score(redact, which), "--misses" in argv))
     return 0
