@@ -66,6 +66,21 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
 
 
+def wait_captured(d: DaemonProcess, runs: int, commits: int) -> None:
+    """Until the daemon has journaled `runs` test runs, `commits` commits and the end of every
+    command whose start it journaled: each source journals on its own schedule, and a loaded
+    machine delays some more than others, so the log is mined only once all of it is in."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        evs = d.events()
+        ended = {e["data"]["id"] for e in evs if e["kind"] == "shell.end"}
+        if (sum(e["kind"] == "test.run" for e in evs) >= runs
+                and sum(e["kind"] == "git.commit" for e in evs) >= commits
+                and all(e["data"]["id"] in ended for e in evs if e["kind"] == "shell.start")):
+            return
+        time.sleep(0.3)
+
+
 def wait_sources(d: DaemonProcess) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(
@@ -152,16 +167,7 @@ def captured(tmp_path_factory):
         bot.run(PYTEST)
         bot.run(_edit("calc.py", "return a - b", "return a + b"))
         bot.run(PYTEST)
-        # Every run's test.run and every command's end are journaled before the log is mined
-        # (each source journals on its own schedule; a loaded machine delays some more than others).
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            evs = d.events()
-            ended = {e["data"]["id"] for e in evs if e["kind"] == "shell.end"}
-            if (sum(e["kind"] == "test.run" for e in evs) >= 9
-                    and all(e["data"]["id"] in ended for e in evs if e["kind"] == "shell.start")):
-                break
-            time.sleep(0.3)
+        wait_captured(d, runs=9, commits=1)
         log = d.cli("log", "--json").stdout
         (root / "events.jsonl").write_text(log)
         mined = subprocess.run([TRACECAP, "episodes", "mine", "--events", "-", "--out", str(root / "tasks.jsonl")],

@@ -12,12 +12,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from tests.daemon_harness import TRACECAP, DaemonProcess
-from tests.test_episodes_e2e import Tmux, _append, _edit, _repo, shell_env, wait_sources
+from tests.test_episodes_e2e import Tmux, _append, _edit, _repo, shell_env, wait_captured, wait_sources
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
@@ -61,9 +60,7 @@ def captured(tmp_path_factory):
         sh.run(_append("calc.test.mjs", "test(\\x27negatives\\x27, () => assert.equal(add(-1, -1), -2));\\n"))
         sh.run(RUN)
         sh.run("git commit -qam 'Fix add'")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum(e["kind"] == "test.run" for e in d.events()) < 2:
-            time.sleep(0.3)
+        wait_captured(d, runs=2, commits=1)  # the commit closes the task: mined only once it is in
         log = d.cli("log", "--json").stdout
         runs = [json.loads(line) for line in log.splitlines() if '"test.run"' in line]
         mined = subprocess.run([TRACECAP, "episodes", "mine", "--events", "-", "--out", str(root / "tasks.jsonl")],
