@@ -235,11 +235,11 @@ class Redactor:
         if len(text) <= self._window:
             found = self._scan_window(text, 0)
             if "%" in text and _PERCENT_SYNTAX.search(text):
-                found += self._scan_percent_decoded(text)
+                found += self._scan_decoded(percent_decoded(text), _PCT)
             if (("\\" in text and ("\\u00" in text or "\\x" in text or ":\\/\\/" in text))
                     or ("&" in text and ";" in text and ("&quot;" in text or "&#" in text or "&apos;" in text))) \
                     and _ESCAPED_SYNTAX.search(text):
-                found += self._scan_unescaped(text)
+                found += self._scan_decoded(escape_decoded(text, _CHAR_ESCAPE, _char_of), _ESC)
             return _merge(found)
         raw = []
         step = self._window - OVERLAP
@@ -280,23 +280,12 @@ class Redactor:
             found = [(s + base, e + base, i, d) for s, e, i, d in found]
         return found
 
-    def _scan_percent_decoded(self, text: str) -> list[tuple[int, int, int, str]]:
-        """Findings in the percent-decoded text (`password%3DS3cr3t`, `%7B%22token%22%3A...`),
-        as spans of `text`: a secret is judged once its syntax can be read."""
-        view, starts = percent_decoded(text)
-        out = []
-        for s, e, i, d in self._scan_window(view, 0):
-            out.append((starts[s], starts[e], i, d + _PCT if d else _PCT))
-        return out
-
-    def _scan_unescaped(self, text: str) -> list[tuple[int, int, int, str]]:
-        """Findings in the text with `\\u0022`, `\\x22` and HTML character references decoded
-        (`{\\u0022password\\u0022: …}`, `value="{&quot;token&quot;: …}"`), as spans of `text`."""
-        view, starts = escape_decoded(text, _CHAR_ESCAPE, _char_of)
-        out = []
-        for s, e, i, d in self._scan_window(view, 0):
-            out.append((starts[s], starts[e], i, d + _ESC if d else _ESC))
-        return out
+    def _scan_decoded(self, decoded: tuple[str, list[int]], mark: str) -> list[tuple[int, int, int, str]]:
+        """Findings in a decoded view of the text (`percent_decoded`, `escape_decoded`: the view and
+        where each of its characters starts in the text), as spans of the text, their detail
+        marked with `mark` for `--explain`: a secret is judged once its syntax can be read."""
+        view, starts = decoded
+        return [(starts[s], starts[e], i, d + mark if d else mark) for s, e, i, d in self._scan_window(view, 0)]
 
     def _judge(self, c: _Compiled, m, group: int, data: bytes) -> tuple[int, int, str] | None:
         """The span to redact for match `m` (quotes trimmed) and the detail for `--explain`, or
