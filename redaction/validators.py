@@ -395,7 +395,7 @@ def is_ssh_public_key(v: str) -> bool:
         return True
     if not v.startswith("AAAA") or len(v) < 40:
         return False
-    raw = b64decode(v.split()[0][:80 - 80 % 4] if len(v.split()[0]) > 80 else v.split()[0])
+    raw = b64decode(v.split()[0][:80])  # the head is enough to name the type (80: whole base64 quads)
     return raw is not None and raw[4:4 + 11].startswith(_SSH_KEY_TYPES)
 
 
@@ -450,7 +450,6 @@ def _secret_store_reference(v: str) -> bool:
         return False
     path = rest.lstrip("/")
     return bool(path) and all(c.isalnum() or c in "_.-/#:@+" for c in path)
-    return False
 
 
 def _is_identifier_path(v: str) -> bool:
