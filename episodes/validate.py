@@ -185,8 +185,12 @@ def _apply(tree: Path, patch: str, what: str, reverse: bool = False) -> None:
         raise _InstanceError(f"{what} does not apply at base_commit ({first})")
 
 
-def _run(workdir: Path, cmd: str, env: dict[str, str], timeout: float, log_file: Path) -> int:
-    """Run the shell line `cmd` in `workdir`, bounded by `timeout`; its exit code."""
+def _run(tree: Path, cwd: str, cmd: str, env: dict[str, str], timeout: float, log_file: Path) -> int:
+    """Run the shell line `cmd` in `tree/cwd`, bounded by `timeout`, its output to `log_file`;
+    its exit code."""
+    workdir = tree / cwd
+    if not workdir.is_dir():
+        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(["bash", "-c", cmd], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -216,10 +220,7 @@ def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> 
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGIN_DIR), env.get("PYTHONPATH", "")) if p)
     env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p tracecap_outcomes -p no:cacheprovider").strip()
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    workdir = tree / cwd
-    if not workdir.is_dir():
-        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
-    code = _run(workdir, cmd, env, timeout, log_file)
+    code = _run(tree, cwd, cmd, env, timeout, log_file)
     outcomes: dict[str, str] = {}
     rank = {"passed": 0, "skipped": 0, "failed": 1, "error": 2}
     if out_file.exists():
@@ -234,6 +235,8 @@ def run_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Path) -> 
 
 
 def _report_stats(workdir: Path) -> dict[Path, tuple[int, int, int]]:
+    """Each test report in `workdir`'s usual report places (none when it is not there), by path:
+    its mtime, inode and size, to tell the reports a run wrote or rewrote."""
     every = testreports.find_reports(str(workdir), 0, 2**63 - 1)
     stats = {}
     for p in every:
@@ -247,13 +250,11 @@ def run_junit_tests(tree: Path, cwd: str, cmd: str, timeout: float, scratch: Pat
     """Test id -> outcome of one run of `cmd` (a runner other than pytest) in `tree/cwd`, from
     the JUnit XML reports the run wrote or rewrote where the capture looks for them."""
     workdir = tree / cwd
-    if not workdir.is_dir():
-        raise _InstanceError(f"the test directory {cwd} does not exist at base_commit")
     log_file = scratch / "output.log"
     before = _report_stats(workdir)
-    code = _run(workdir, cmd, dict(os.environ), timeout, log_file)
+    code = _run(tree, cwd, cmd, dict(os.environ), timeout, log_file)
     written = [p for p, st in _report_stats(workdir).items() if before.get(p) != st]
-    report = testreports.read_reports(sorted(written), str(workdir), pytest=False, max_tests=MAX_TESTS)
+    report = testreports.read_reports(sorted(written), pytest=False, max_tests=MAX_TESTS)
     if report is None or not report.tests:
         where = ", ".join(testreports.REPORT_FILES[:2] + testreports.REPORT_DIRS[:3])
         raise _no_outcomes(code, log_file, f"the test command wrote no JUnit XML report where tracecap reads "
