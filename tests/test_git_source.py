@@ -82,6 +82,36 @@ def test_worktrees_submodules_and_late_repos(tmp_path):
                    (str(late), "first", "main")}
 
 
+def test_a_repo_made_between_the_scan_and_the_watch_is_found(tmp_path, monkeypatch):
+    """`mkdir late && git init late`: the source sees `late` made and looks into it; a `.git` made
+    after that look but before the watch on `late` exists has no event of its own. Here the init
+    is put in exactly that window: the source must look again once it watches."""
+    import agent.sources.git as git_source
+
+    late = tmp_path / "src" / "late"
+    real = git_source.discover_repos
+
+    def then_init(roots, depth=4):
+        found = real(roots, depth)
+        if any(d == late for d, _ in found.scanned) and not (late / ".git").exists():
+            init_repo(late)  # after the look, before the watch
+        return found
+
+    rec = Recorder(ignore=("repo.state",))
+    (tmp_path / "src").mkdir()
+    src = start(tmp_path, rec)
+    with Running(src) as r:
+        r.wait_ready(lambda: bool(src.roles))
+        monkeypatch.setattr(git_source, "discover_repos", then_init)
+        late.mkdir()
+        r.wait_ready(lambda: late in src.repos)
+        (late / "x").write_text("x")
+        git(late, "add", "x")
+        git(late, "commit", "-qm", "first")
+        rec.wait_for(lambda ev: any(k == "git.commit" for k, _, _ in ev))
+    assert [(d["repo"], d["message"]) for d in rec.data("git.commit")] == [(str(late), "first")]
+
+
 def test_branch_rename_reports_only_the_rename(tmp_path):
     repo = init_repo(tmp_path / "src" / "p", {"a": "1\n"})
     git(repo, "branch", "old")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.repos import (CaptureSettings, GitDirs, RepoIgnore, discover_repos, git_dirs,
-                         is_always_ignored_dir, iter_all_repos, walk_repo)
+                         is_always_ignored_dir, is_repo, iter_all_repos, walk_repo)
 from agent.sources.base import SourceContext
 from agent.sources.files_inotify import FsEvent, InotifyError, InotifyWatcher, stop_pipe
 from agent.sources.git_catfile import CatFile
@@ -112,9 +112,17 @@ class GitSource:
     def _scan_roots(self, initial: bool) -> None:
         found = discover_repos(self.settings.roots, self.settings.repo_depth)
         for d, level in found.scanned:
-            self._watch(d, ("discovery", level))
+            self._watch_above_repos(d, level, initial)
         for root, _, _ in iter_all_repos(found.repos, 0, self.settings.exclude):
             self._add_repo(root, initial)
+
+    def _watch_above_repos(self, d: Path, level: int, initial: bool) -> None:
+        """Watch a directory found not to be a repo, then look again: a `git init` between the
+        scan and the watch made no event, so it is found now or never."""
+        self._watch(d, ("discovery", level))
+        if is_repo(d):
+            for root, _, _ in iter_all_repos([d], 0, self.settings.exclude):
+                self._add_repo(root, initial)
 
     def _add_repo(self, root: Path, initial: bool) -> None:
         if root in self.repos:
@@ -250,7 +258,7 @@ class GitSource:
                 and level < self.settings.repo_depth:
             found = discover_repos([path], self.settings.repo_depth - level - 1)
             for d, sub in found.scanned:
-                self._watch(d, ("discovery", level + 1 + sub))
+                self._watch_above_repos(d, level + 1 + sub, initial=False)
             for root in found.repos:
                 self._add_new_tree(root)
 
